@@ -1,0 +1,188 @@
+"""Django settings, driven by environment variables with development-friendly defaults.
+
+Every variable is documented in the README's configuration table. Only this module reads the
+environment; apps read their settings through their own typed accessor (``mcpauth.conf``,
+``audit.conf``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("VAR_DIR", BASE_DIR / "var"))
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    raw = os.environ.get(name, default)
+    return [item.strip() for item in raw.replace(",", " ").split() if item.strip()]
+
+
+TESTING = "pytest" in sys.modules or sys.argv[1:2] == ["test"]
+DEBUG = env_bool("DEBUG", False)
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "")
+if not SECRET_KEY:
+    if DEBUG or TESTING:
+        SECRET_KEY = "django-insecure-development-only-key-do-not-use-in-production"
+    else:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set the SECRET_KEY environment variable, or set DEBUG=1 for "
+            "local development (make run does this for you)."
+        )
+
+BASE_URL = os.environ.get("BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost 127.0.0.1 [::1]")
+_base_host = BASE_URL.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+if _base_host and _base_host not in ALLOWED_HOSTS:
+    ALLOWED_HOSTS.append(_base_host)
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", BASE_URL)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_ratelimit",
+    "mcpauth",
+    "audit",
+    "todos",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------------------
+# DATABASE_URL, e.g. postgres://user@127.0.0.1:5432/mcp (psycopg 3). Default: SQLite in var/.
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'db.sqlite3'}",
+        conn_max_age=int(os.environ.get("CONN_MAX_AGE", "60")),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database that accepts TCP but never answers must not hang requests (libpq option).
+    _pg_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _pg_options.setdefault("connect_timeout", int(os.environ.get("DATABASE_CONNECT_TIMEOUT", "5")))
+    # Server-side parameter binding lets psycopg prepare the hot statements (the same few
+    # queries on every call), so PostgreSQL stops re-parsing and re-planning them.
+    _pg_options.setdefault("server_side_binding", env_bool("DATABASE_SERVER_SIDE_BINDING", True))
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache --------------------------------------------------------------------------------
+# REDIS_URL, e.g. redis://127.0.0.1:6379/0. Without it, an in-process LocMem cache is used,
+# which is fine for the single-process quickstart but does not share rate limits between workers.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+if REDIS_URL:
+    # mcpauth's subclass of Django's RedisCache: one connection pool per process, and one
+    # round trip per counter increment.
+    _shared_cache = {
+        "BACKEND": "mcpauth.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+    CACHES = {
+        "default": {**_shared_cache, "KEY_PREFIX": "mcp"},
+        "ratelimit": {**_shared_cache, "KEY_PREFIX": "mcp-rl"},
+    }
+else:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+        "ratelimit": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": "ratelimit",
+        },
+    }
+RATELIMIT_USE_CACHE = "ratelimit"
+# Our own check (mcpauth.W010) reports a non-shared rate-limit cache with DEBUG off; the
+# library's checks would also fire on the quickstart's LocMem cache.
+SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# --- mcpauth (see mcpauth/conf.py for every default) -----------------------------------------
+MCPAUTH_ISSUER = os.environ.get("MCPAUTH_ISSUER", "")
+MCPAUTH_AUDIENCE = os.environ.get("MCPAUTH_AUDIENCE", "")
+MCPAUTH_JWKS_URL = os.environ.get("MCPAUTH_JWKS_URL", "")
+MCPAUTH_TENANT_CLAIM = os.environ.get("MCPAUTH_TENANT_CLAIM", "oid")
+MCPAUTH_AUTO_PROVISION_TENANTS = env_bool("MCPAUTH_AUTO_PROVISION_TENANTS", True)
+MCPAUTH_RATE_LIMIT = os.environ.get("MCPAUTH_RATE_LIMIT", "120/m")
+MCPAUTH_RATE_LIMIT_FAIL_OPEN = env_bool("MCPAUTH_RATE_LIMIT_FAIL_OPEN", False)
+MCPAUTH_UNAUTHENTICATED_RATE_LIMIT = os.environ.get("MCPAUTH_UNAUTHENTICATED_RATE_LIMIT", "30/m")
+MCPAUTH_TRUSTED_PROXIES = int(os.environ.get("MCPAUTH_TRUSTED_PROXIES", "0"))
+MCPAUTH_ALLOWED_ORIGINS = env_list("MCPAUTH_ALLOWED_ORIGINS")
+SCALEKIT_ENVIRONMENT_URL = os.environ.get("SCALEKIT_ENVIRONMENT_URL", "")
+SCALEKIT_RESOURCE_ID = os.environ.get("SCALEKIT_RESOURCE_ID", "")
+
+# --- audit (see audit/conf.py) -----------------------------------------------------------------
+AUDIT_RETENTION_DAYS = int(os.environ.get("AUDIT_RETENTION_DAYS", "90"))
+AUDIT_RECORD_ALL_METHODS = env_bool("AUDIT_RECORD_ALL_METHODS", True)

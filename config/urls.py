@@ -1,0 +1,26 @@
+from django.contrib import admin
+from django.urls import path
+
+from config.api import api
+from mcpauth import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path(
+        ".well-known/oauth-protected-resource/mcp",
+        views.protected_resource_metadata,
+        name="protected-resource-metadata",
+    ),
+    path(
+        ".well-known/oauth-protected-resource",
+        views.protected_resource_metadata,
+        name="protected-resource-metadata-root",
+    ),
+    path("dev-issuer/jwks.json", views.dev_jwks, name="dev-jwks"),
+    path(
+        "dev-issuer/.well-known/openid-configuration",
+        views.dev_openid_configuration,
+        name="dev-openid-configuration",
+    ),
+    path("", api.urls),
+]
