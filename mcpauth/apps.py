@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class MCPAuthConfig(AppConfig):
+    name = "mcpauth"
+    verbose_name = "MCP authorization"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from mcpauth import checks, scopes, tenancy  # noqa: F401  (register checks and signals)

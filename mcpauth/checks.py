@@ -1,0 +1,111 @@
+"""System checks for mcpauth (``python manage.py check``); errors also stop ASGI startup.
+
+* ``mcpauth.E001`` no identity provider configured while ``DEBUG`` is off;
+* ``mcpauth.E002`` ``BASE_URL`` is not an absolute http(s) URL;
+* ``mcpauth.E003`` no usable algorithm (HMAC/``none`` are never allowed);
+* ``mcpauth.E004`` a rate setting does not parse;
+* ``mcpauth.E005`` Scalekit preset half-configured;
+* ``mcpauth.W010`` the rate-limit cache is not shared between workers while ``DEBUG`` is off;
+* ``mcpauth.W011`` ``ALLOWED_HOSTS`` contains ``*``, which disables DNS-rebinding protection;
+* ``mcpauth.W012`` the development issuer is active.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+
+from mcpauth.conf import get_settings, parse_rate
+
+_SHARED_CACHES = ("redis", "memcached", "db.DatabaseCache")
+
+
+@checks.register("mcpauth")
+def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    conf = get_settings()
+    messages: list[checks.CheckMessage] = []
+    if conf.preset == "none":
+        messages.append(
+            checks.Error(
+                "No identity provider is configured and DEBUG is off.",
+                hint="Set SCALEKIT_ENVIRONMENT_URL and SCALEKIT_RESOURCE_ID, or MCPAUTH_ISSUER "
+                "(and MCPAUTH_AUDIENCE / MCPAUTH_JWKS_URL as needed). The development issuer "
+                "only runs with DEBUG=1.",
+                id="mcpauth.E001",
+            )
+        )
+    if not conf.base_url.startswith(("http://", "https://")):
+        messages.append(
+            checks.Error(
+                f"BASE_URL {conf.base_url!r} is not an absolute http(s) URL.",
+                hint="e.g. BASE_URL=https://mcp.example.com",
+                id="mcpauth.E002",
+            )
+        )
+    if not conf.algorithms:
+        messages.append(
+            checks.Error(
+                "MCPAUTH_ALGORITHMS leaves no usable algorithm.",
+                hint="Use asymmetric algorithms such as RS256 or ES256; HS* and none are refused.",
+                id="mcpauth.E003",
+            )
+        )
+    rates = {
+        "MCPAUTH_RATE_LIMIT": conf.rate_limit,
+        "MCPAUTH_UNAUTHENTICATED_RATE_LIMIT": conf.unauthenticated_rate_limit,
+    }
+    for scope, rate in conf.scope_rate_limits.items():
+        rates[f"MCPAUTH_SCOPE_RATE_LIMITS[{scope!r}]"] = rate
+    for name, rate in rates.items():
+        try:
+            parse_rate(rate)
+        except ValueError as exc:
+            messages.append(checks.Error(f"{name}: {exc}", hint="e.g. 120/m", id="mcpauth.E004"))
+    if bool(getattr(settings, "SCALEKIT_ENVIRONMENT_URL", "")) != bool(
+        getattr(settings, "SCALEKIT_RESOURCE_ID", "")
+    ):
+        messages.append(
+            checks.Error(
+                "Only one of SCALEKIT_ENVIRONMENT_URL and SCALEKIT_RESOURCE_ID is set.",
+                hint="Set both to use the Scalekit preset.",
+                id="mcpauth.E005",
+            )
+        )
+    backend = str(settings.CACHES.get(conf.rate_limit_cache, {}).get("BACKEND", ""))
+    if not conf.debug and not any(s.lower() in backend.lower() for s in _SHARED_CACHES):
+        messages.append(
+            checks.Warning(
+                f"The rate-limit cache {conf.rate_limit_cache!r} ({backend}) is not shared "
+                "between worker processes: each worker counts its own calls.",
+                hint="Set REDIS_URL.",
+                id="mcpauth.W010",
+            )
+        )
+    if "*" in conf.allowed_hosts:
+        messages.append(
+            checks.Warning(
+                "ALLOWED_HOSTS contains '*': DNS-rebinding protection on /mcp is weakened.",
+                hint="List the host names this server is reached by.",
+                id="mcpauth.W011",
+            )
+        )
+    if conf.preset == "dev":
+        messages.append(
+            checks.Warning(
+                "The development issuer is active: tokens minted locally are accepted.",
+                hint="Configure a real issuer for anything but local development.",
+                id="mcpauth.W012",
+            )
+        )
+    return messages
+
+
+def assert_startup_ready() -> None:
+    """Raise ImproperlyConfigured when a ``mcpauth`` check reports an error."""
+    errors = [m for m in check_configuration() if m.is_serious()]
+    if errors:
+        lines = [f"{m.id}: {m.msg} HINT: {m.hint}" for m in errors]
+        raise ImproperlyConfigured("mcpauth is misconfigured:\n  " + "\n  ".join(lines))

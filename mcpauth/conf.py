@@ -1,0 +1,215 @@
+"""Typed, documented settings for mcpauth.
+
+Read settings only through :func:`get_settings`. The object is built lazily from
+``django.conf.settings`` and rebuilt whenever a setting changes (``setting_changed``), so
+``override_settings`` and the pytest ``settings`` fixture behave as expected. Nothing here
+mutates ``django.conf.settings``.
+
+Identity-provider presets, in order of precedence:
+
+* **scalekit** when ``SCALEKIT_ENVIRONMENT_URL`` and ``SCALEKIT_RESOURCE_ID`` are set;
+* **oidc** when ``MCPAUTH_ISSUER`` is set;
+* **dev** (a local RSA key under ``var/``) only when neither is set and ``DEBUG`` is on;
+* **none** otherwise, which the system check ``mcpauth.E001`` reports and startup refuses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from django.conf import settings as dj_settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+Preset = Literal["scalekit", "oidc", "dev", "none"]
+
+#: Asymmetric algorithms only. HMAC and ``none`` can never be enabled: an HS* entry in
+#: ``MCPAUTH_ALGORITHMS`` is ignored and reported by ``mcpauth.E003``.
+SAFE_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
+
+
+def _split(value: Any) -> tuple[str, ...]:
+    if not value:
+        return ()
+    if isinstance(value, str):
+        return tuple(v for v in value.replace(",", " ").split() if v)
+    return tuple(str(v) for v in value)
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """Parse ``"120/m"`` (or ``"10/5s"``) into ``(count, seconds)``; raise ``ValueError``."""
+    match = _RATE_RE.match(rate or "")
+    if not match:
+        raise ValueError(f"invalid rate {rate!r}: use N/s, N/m, N/h or N/d")
+    count, multiplier, unit = match.groups()
+    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit] * int(multiplier or 1)
+    return int(count), seconds
+
+
+@dataclass(frozen=True)
+class MCPAuthSettings:
+    debug: bool
+    #: Public base URL of this server (``BASE_URL``); the MCP resource is ``base_url + "/mcp"``.
+    base_url: str
+    preset: Preset
+    #: Accepted ``iss`` values.
+    issuers: tuple[str, ...]
+    #: Accepted ``aud`` values; a token must carry at least one of them.
+    audiences: tuple[str, ...]
+    #: Explicit JWKS URL; when empty it is discovered from the first issuer's metadata.
+    jwks_url: str
+    #: Advertised in the protected-resource metadata (RFC 9728).
+    authorization_servers: tuple[str, ...]
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    #: Accepted JOSE ``typ`` header values (case-insensitive). A missing ``typ`` is refused
+    #: unless ``require_typ`` is off.
+    accepted_types: tuple[str, ...] = ("jwt", "at+jwt", "application/at+jwt")
+    require_typ: bool = True
+    leeway_seconds: int = 30
+    max_token_bytes: int = 8192
+    jwks_cache_ttl: int = 3600
+    #: At most one JWKS refetch per this many seconds for an unknown ``kid``.
+    jwks_refetch_interval: int = 60
+    jwks_timeout: float = 3.0
+    tenant_claim: str = "oid"
+    auto_provision_tenants: bool = True
+    #: Seconds a worker caches tenants, client bindings/policies and the scope map.
+    cache_ttl: int = 30
+    resource_name: str = "Governed MCP todo server"
+    #: Scopes named in a bare 401 challenge (``scope=``); empty means every concrete scope of
+    #: the scope map, so a client that follows the challenge can see every tool it may get.
+    base_scopes: tuple[str, ...] = ()
+    rate_limit: str = "120/m"
+    #: Optional ``{scope: rate}`` tiers; the most generous tier the token holds wins.
+    scope_rate_limits: dict[str, str] = field(default_factory=dict)
+    rate_limit_cache: str = "ratelimit"
+    rate_limit_fail_open: bool = False
+    unauthenticated_rate_limit: str = "30/m"
+    trusted_proxies: int = 0
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 1_048_576
+    max_json_depth: int = 32
+    #: Serve plain handshake-era ``tools/call`` requests without FastMCP's per-request transport
+    #: (same validation, result shape and audit); off routes every request through FastMCP.
+    direct_tool_calls: bool = True
+    dev_key_path: Path = Path("var/dev-issuer-key.pem")
+
+    @property
+    def resource_url(self) -> str:
+        return f"{self.base_url}/mcp"
+
+    @property
+    def resource_metadata_url(self) -> str:
+        return f"{self.base_url}/.well-known/oauth-protected-resource/mcp"
+
+    @property
+    def dev_issuer(self) -> str:
+        return f"{self.base_url}/dev-issuer"
+
+
+def _build() -> MCPAuthSettings:
+    s = dj_settings
+    debug = bool(getattr(s, "DEBUG", False))
+    base_url = str(getattr(s, "BASE_URL", "http://127.0.0.1:8000")).rstrip("/")
+    resource = f"{base_url}/mcp"
+    extra_audiences = _split(getattr(s, "MCPAUTH_AUDIENCE", ""))
+    sk_env = str(getattr(s, "SCALEKIT_ENVIRONMENT_URL", "") or "").rstrip("/")
+    sk_resource = str(getattr(s, "SCALEKIT_RESOURCE_ID", "") or "")
+    issuer_setting = _split(getattr(s, "MCPAUTH_ISSUER", ""))
+    jwks_url = str(getattr(s, "MCPAUTH_JWKS_URL", "") or "")
+    auth_servers = _split(getattr(s, "MCPAUTH_AUTHORIZATION_SERVERS", ""))
+    var_dir = Path(getattr(s, "VAR_DIR", Path(s.BASE_DIR) / "var"))
+
+    preset: Preset
+    if sk_env and sk_resource:
+        preset = "scalekit"
+        issuers: tuple[str, ...] = (sk_env, f"{sk_env}/resources/{sk_resource}")
+        audiences = tuple(dict.fromkeys((sk_resource, resource, *extra_audiences)))
+        jwks_url = jwks_url or f"{sk_env}/keys"
+        auth_servers = auth_servers or (f"{sk_env}/resources/{sk_resource}",)
+    elif issuer_setting:
+        preset = "oidc"
+        issuers = issuer_setting
+        audiences = extra_audiences or (resource,)
+        auth_servers = auth_servers or (issuers[0],)
+    elif debug:
+        preset = "dev"
+        issuers = (f"{base_url}/dev-issuer",)
+        audiences = extra_audiences or (resource,)
+        auth_servers = issuers
+    else:
+        preset = "none"
+        issuers, audiences = (), extra_audiences or (resource,)
+
+    algorithms = tuple(
+        a
+        for a in _split(getattr(s, "MCPAUTH_ALGORITHMS", "")) or DEFAULT_ALGORITHMS
+        if a in SAFE_ALGORITHMS
+    )
+    hosts = tuple(getattr(s, "ALLOWED_HOSTS", ()) or ())
+    return MCPAuthSettings(
+        debug=debug,
+        base_url=base_url,
+        preset=preset,
+        issuers=issuers,
+        audiences=audiences,
+        jwks_url=jwks_url,
+        authorization_servers=auth_servers,
+        algorithms=algorithms,
+        require_typ=bool(getattr(s, "MCPAUTH_REQUIRE_TYP", True)),
+        leeway_seconds=int(getattr(s, "MCPAUTH_LEEWAY_SECONDS", 30)),
+        max_token_bytes=int(getattr(s, "MCPAUTH_MAX_TOKEN_BYTES", 8192)),
+        jwks_cache_ttl=int(getattr(s, "MCPAUTH_JWKS_CACHE_TTL", 3600)),
+        jwks_refetch_interval=int(getattr(s, "MCPAUTH_JWKS_REFETCH_INTERVAL", 60)),
+        jwks_timeout=float(getattr(s, "MCPAUTH_JWKS_TIMEOUT", 3.0)),
+        tenant_claim=str(getattr(s, "MCPAUTH_TENANT_CLAIM", "oid") or "oid"),
+        auto_provision_tenants=bool(getattr(s, "MCPAUTH_AUTO_PROVISION_TENANTS", True)),
+        cache_ttl=int(getattr(s, "MCPAUTH_CACHE_TTL", 30)),
+        resource_name=str(getattr(s, "MCPAUTH_RESOURCE_NAME", "Governed MCP todo server")),
+        base_scopes=_split(getattr(s, "MCPAUTH_BASE_SCOPES", "")),
+        rate_limit=str(getattr(s, "MCPAUTH_RATE_LIMIT", "120/m")),
+        scope_rate_limits=dict(getattr(s, "MCPAUTH_SCOPE_RATE_LIMITS", {}) or {}),
+        rate_limit_cache=str(getattr(s, "RATELIMIT_USE_CACHE", "ratelimit")),
+        rate_limit_fail_open=bool(getattr(s, "MCPAUTH_RATE_LIMIT_FAIL_OPEN", False)),
+        unauthenticated_rate_limit=str(getattr(s, "MCPAUTH_UNAUTHENTICATED_RATE_LIMIT", "30/m")),
+        trusted_proxies=int(getattr(s, "MCPAUTH_TRUSTED_PROXIES", 0)),
+        allowed_hosts=hosts,
+        allowed_origins=_split(getattr(s, "MCPAUTH_ALLOWED_ORIGINS", ())),
+        max_body_bytes=int(getattr(s, "MCPAUTH_MAX_BODY_BYTES", 1_048_576)),
+        max_json_depth=int(getattr(s, "MCPAUTH_MAX_JSON_DEPTH", 32)),
+        direct_tool_calls=bool(getattr(s, "MCPAUTH_DIRECT_TOOL_CALLS", True)),
+        dev_key_path=Path(getattr(s, "MCPAUTH_DEV_KEY_PATH", var_dir / "dev-issuer-key.pem")),
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> MCPAuthSettings:
+    return _build()
+
+
+_WATCHED_PREFIXES = ("MCPAUTH_", "SCALEKIT_")
+_WATCHED = {"DEBUG", "BASE_URL", "ALLOWED_HOSTS", "RATELIMIT_USE_CACHE", "VAR_DIR"}
+
+
+@receiver(setting_changed)
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting in _WATCHED or setting.startswith(_WATCHED_PREFIXES):
+        get_settings.cache_clear()

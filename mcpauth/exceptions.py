@@ -1,0 +1,197 @@
+"""Typed errors that carry their protocol data, and the one place that puts them on the wire.
+
+Every refusal on ``/mcp`` is an :class:`MCPAuthError` subclass. Code decides on the class and
+its attributes (``error``, ``status_code``, ``reason``), never on the message text.
+:func:`error_response` turns one into an HTTP status, headers (``WWW-Authenticate``,
+``Retry-After``, rate-limit headers) and a JSON-RPC error body.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+
+class MCPAuthError(Exception):
+    """Base class. Subclasses set the class attributes; instances may refine them."""
+
+    status_code: ClassVar[int] = 500
+    #: OAuth / RFC 6750 error code (``invalid_token``, ``insufficient_scope`` ...).
+    error: ClassVar[str] = "server_error"
+    #: Audit outcome (``audit.models.Outcome`` value) recorded for this refusal.
+    outcome: ClassVar[str] = "server_error"
+    #: JSON-RPC error code used in the response body.
+    jsonrpc_code: ClassVar[int] = -32603
+    default_description: ClassVar[str] = "Internal error."
+    #: Audit ``error_code`` when no specific reason is given.
+    default_reason: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        reason: str = "",
+        retry_after: int | None = None,
+        scopes: Iterable[str] = (),
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.description = description or self.default_description
+        #: Machine-readable reason for the audit log (``expired``, ``bad_signature`` ...).
+        self.reason = reason or self.default_reason or self.error or "server_error"
+        self.retry_after = retry_after
+        #: Scopes to put in a ``WWW-Authenticate`` challenge.
+        self.scopes = tuple(scopes)
+        self.extra_headers = dict(headers or {})
+        super().__init__(self.description)
+
+
+class MissingToken(MCPAuthError):
+    """No credentials, or not the Bearer scheme: a bare challenge (RFC 6750 §3.1)."""
+
+    status_code = 401
+    error = ""
+    outcome = "unauthenticated"
+    jsonrpc_code = -32001
+    default_description = "Authentication required: send a Bearer access token."
+    default_reason = "missing_token"
+
+
+class InvalidToken(MCPAuthError):
+    status_code = 401
+    error = "invalid_token"
+    outcome = "unauthenticated"
+    jsonrpc_code = -32001
+    default_description = "The access token is invalid."
+
+
+class InsufficientScope(MCPAuthError):
+    status_code = 403
+    error = "insufficient_scope"
+    outcome = "denied"
+    jsonrpc_code = -32003
+    default_description = "The access token lacks the scope this tool needs."
+
+
+class AccessDenied(MCPAuthError):
+    """Authenticated, but refused: no tenant, suspended tenant, blocked client."""
+
+    status_code = 403
+    error = "access_denied"
+    outcome = "denied"
+    jsonrpc_code = -32003
+    default_description = "Access denied."
+
+
+class RateLimited(MCPAuthError):
+    status_code = 429
+    error = "rate_limited"
+    outcome = "rate_limited"
+    jsonrpc_code = -32029
+    default_description = "Rate limit exceeded; retry later."
+
+
+class ServiceUnavailable(MCPAuthError):
+    status_code = 503
+    error = "temporarily_unavailable"
+    outcome = "server_error"
+    jsonrpc_code = -32603
+    default_description = "A backing service is unavailable; retry later."
+
+
+class InvalidRequest(MCPAuthError):
+    status_code = 400
+    error = "invalid_request"
+    outcome = "invalid_request"
+    jsonrpc_code = -32600
+    default_description = "Invalid request."
+
+
+class ParseError(InvalidRequest):
+    jsonrpc_code = -32700
+    default_description = "Parse error: the body is not valid JSON."
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+    default_description = "Request body too large."
+
+
+class MethodNotFound(InvalidRequest):
+    """JSON-RPC level: answered with HTTP 200, as MCP servers answer protocol errors."""
+
+    status_code = 200
+    jsonrpc_code = -32601
+    default_description = "Method not found."
+
+
+class UnknownTool(InvalidRequest):
+    status_code = 200
+    jsonrpc_code = -32602
+    default_description = "Unknown tool."
+
+
+class HostNotAllowed(MCPAuthError):
+    """DNS-rebinding protection: a Host or Origin this server does not serve."""
+
+    status_code = 403
+    error = "invalid_request"
+    outcome = "invalid_request"
+    jsonrpc_code = -32600
+    default_description = "Host or Origin not allowed."
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def www_authenticate(exc: MCPAuthError, *, resource_metadata: str) -> str | None:
+    """The ``WWW-Authenticate`` value for 401/403 challenges, else ``None``."""
+    if not isinstance(exc, MissingToken | InvalidToken | InsufficientScope):
+        return None
+    params: list[str] = []
+    if exc.error:
+        params.append(f'error="{exc.error}"')
+        params.append(f'error_description="{_quote(exc.description)}"')
+    if exc.scopes:
+        params.append(f'scope="{_quote(" ".join(exc.scopes))}"')
+    params.append(f'resource_metadata="{resource_metadata}"')
+    return "Bearer " + ", ".join(params)
+
+
+def error_response(
+    exc: MCPAuthError,
+    *,
+    resource_metadata: str,
+    request_id: Any = None,
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Map an error to ``(status, headers, body)``; the body is a JSON-RPC error object."""
+    headers: list[tuple[str, str]] = [("content-type", "application/json")]
+    challenge = www_authenticate(exc, resource_metadata=resource_metadata)
+    if challenge:
+        headers.append(("www-authenticate", challenge))
+    if exc.retry_after is not None:
+        headers.append(("retry-after", str(max(1, int(exc.retry_after)))))
+    headers.extend((k.lower(), v) for k, v in exc.extra_headers.items())
+    data: dict[str, Any] = {"status": exc.status_code}
+    if exc.error:
+        data["error"] = exc.error
+    data["error_description"] = exc.description
+    if exc.scopes and isinstance(exc, InsufficientScope):
+        data["required_scopes"] = list(exc.scopes)
+    body = {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "error": {"code": exc.jsonrpc_code, "message": exc.description, "data": data},
+    }
+    return exc.status_code, headers, json.dumps(body, separators=(",", ":")).encode()
+
+
+class ServiceError(Exception):
+    """A domain error raised by a service layer (``todos.services``).
+
+    Tool edges turn it into an MCP tool error (``isError: true``) carrying ``str(exc)``; the
+    audit outcome is the class attribute ``outcome``.
+    """
+
+    outcome: ClassVar[str] = "tool_error"

@@ -1,0 +1,464 @@
+"""ASGI middleware in front of the FastMCP app: the governance pipeline for ``/mcp``.
+
+For every request, in order:
+
+1. ``Host``/``Origin`` check (DNS-rebinding protection) → 403;
+2. body read with a size cap and the JSON-RPC envelope parsed (errors answered after auth);
+3. bearer token → :func:`mcpauth.tokens.verify` → tenant → scopes → ``Principal`` → 401/403;
+   requests without a valid token are throttled per IP;
+4. client policy and rate limit keyed on ``client_id`` → 403/429/503;
+5. for ``tools/call``: the tool must exist and the caller must hold its permissions → 403
+   ``insufficient_scope`` step-up challenge;
+6. the request goes to FastMCP; its JSON response is held until the call's audit row is
+   committed, then sent with ``X-Request-ID`` and rate-limit headers.
+
+Fast path: a plain handshake-era ``tools/call`` (see :func:`direct_tool_call`) runs steps 3-6
+in one worker thread and calls the tool directly (:func:`mcpauth.tools.call_direct`), skipping
+FastMCP's per-request transport and session, which cost more than all the governance together.
+
+Every refusal is audited (except IP-throttled floods, which is the point of the throttle).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.http.request import split_domain_port, validate_host
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from audit.conf import get_settings as audit_settings
+from audit.models import Outcome
+from audit.recorder import record
+from mcpauth import ratelimit, scopes, tenancy
+from mcpauth.conf import MCPAuthSettings, get_settings
+from mcpauth.context import SCOPE_KEY, CallContext
+from mcpauth.exceptions import (
+    HostNotAllowed,
+    InsufficientScope,
+    InvalidRequest,
+    InvalidToken,
+    MCPAuthError,
+    MissingToken,
+    ParseError,
+    PayloadTooLarge,
+    RateLimited,
+    UnknownTool,
+    error_response,
+)
+from mcpauth.tokens import Principal, verify
+from mcpauth.tools import REGISTRY, call_direct
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _header(scope: Scope, name: bytes) -> list[bytes]:
+    return [v for k, v in scope.get("headers", []) if k.lower() == name]
+
+
+def client_ip(scope: Scope, trusted_proxies: int) -> str:
+    peer = (scope.get("client") or ("", 0))[0] or ""
+    if trusted_proxies <= 0:
+        return peer
+    forwarded: list[str] = []
+    for value in _header(scope, b"x-forwarded-for"):
+        forwarded.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
+    if not forwarded:
+        return peer
+    return forwarded[-trusted_proxies] if len(forwarded) >= trusted_proxies else forwarded[0]
+
+
+def _depth(value: Any, limit: int) -> bool:
+    """True when ``value`` nests deeper than ``limit`` (iterative, no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
+def parse_envelope(ctx: CallContext, body: bytes, conf: MCPAuthSettings) -> None:
+    """Fill ``ctx`` from a JSON-RPC body; store (not raise) any error for after auth."""
+    try:
+        message = json.loads(body)
+    except RecursionError:
+        ctx.parse_error = InvalidRequest("JSON nested too deeply.")
+        return
+    except ValueError:
+        ctx.parse_error = ParseError()
+        return
+    if isinstance(message, list):
+        ctx.parse_error = InvalidRequest("Batch requests are not supported.")
+        return
+    if not isinstance(message, dict):
+        ctx.parse_error = InvalidRequest("The body must be a JSON-RPC object.")
+        return
+    if _depth(message, conf.max_json_depth):
+        ctx.parse_error = InvalidRequest("JSON nested too deeply.")
+        return
+    rpc_id = message.get("id")
+    ctx.rpc_id = rpc_id if isinstance(rpc_id, str | int) and not isinstance(rpc_id, bool) else None
+    ctx.is_notification = "id" not in message
+    method = message.get("method")
+    if not isinstance(method, str) or message.get("jsonrpc") != "2.0":
+        if "result" in message or "error" in message:
+            ctx.method = "response"
+            return
+        ctx.parse_error = InvalidRequest("Not a JSON-RPC 2.0 request.")
+        return
+    ctx.method = method[:64]
+    if method == "tools/call":
+        params = message.get("params")
+        if not isinstance(params, dict) or not isinstance(params.get("name"), str):
+            ctx.parse_error = InvalidRequest("tools/call needs params.name.")
+            return
+        ctx.tool = params["name"][:100]
+        args = params.get("arguments", {})
+        ctx.arguments = args
+        if ctx.tool not in REGISTRY:
+            ctx.parse_error = UnknownTool(f"Unknown tool: {ctx.tool!r}.")
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The bearer token, or ``None`` when absent; raise for ambiguous or malformed headers."""
+    values = _header(scope, b"authorization")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidToken("Multiple Authorization headers.", reason="malformed")
+    try:
+        value = values[0].decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidToken("Malformed Authorization header.", reason="malformed") from None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = token.strip()
+    if not token or " " in token:
+        raise InvalidToken("Malformed Authorization header.", reason="malformed")
+    return token
+
+
+def check_host(scope: Scope, conf: MCPAuthSettings) -> None:
+    hosts = list(conf.allowed_hosts) or [".localhost", "127.0.0.1", "[::1]"]
+    host_values = _header(scope, b"host")
+    host = host_values[0].decode("latin-1") if host_values else ""
+    domain, _port = split_domain_port(host)
+    if not domain or not validate_host(domain, hosts):
+        raise HostNotAllowed("Host not allowed.", reason="bad_host")
+    origins = _header(scope, b"origin")
+    if origins:
+        origin = origins[0].decode("latin-1").rstrip("/")
+        if origin in conf.allowed_origins or origin == conf.base_url:
+            return
+        netloc = origin.split("://", 1)[1] if "://" in origin else ""
+        odomain, _ = split_domain_port(netloc)
+        if "*" in hosts:  # any Host is accepted, so at least require a same-host Origin
+            ok = bool(odomain) and odomain == domain
+        else:
+            ok = bool(odomain) and validate_host(odomain, hosts)
+        if not ok:
+            raise HostNotAllowed("Origin not allowed.", reason="bad_origin")
+
+
+async def read_body(receive: Receive, limit: int, scope: Scope) -> bytes:
+    for value in _header(scope, b"content-length"):
+        if value.isdigit() and int(value) > limit:
+            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal:
+    """Steps 3-5 (sync: may touch the DB, cache and JWKS). Fills ``ctx``."""
+    ctx.refresh_db()
+    try:
+        ratelimit.anonymous_throttle(ctx.client_ip)
+        if raw is None:
+            raise MissingToken(scopes=scopes.challenge_scopes())
+        token = verify(raw)
+    except (MissingToken, InvalidToken):
+        try:
+            ratelimit.count_anonymous_failure(ctx.client_ip)
+        except RateLimited:
+            ctx.recorded = True  # over budget: refused without filling the audit table
+            raise
+        raise
+    except RateLimited:
+        ctx.recorded = True
+        raise
+    ctx.token = token
+    principal = Principal(
+        client_id=token.client_id,
+        subject=token.subject,
+        tenant=tenancy.resolve(token),
+        scopes=token.scopes,
+        permissions=scopes.permissions_for(token.scopes),
+        token_id=token.token_id,
+    )
+    ctx.principal = principal
+    if not ctx.is_notification and ctx.http_method == "POST":
+        ctx.usage = ratelimit.hit(principal)
+    else:
+        ratelimit.rate_for(principal)  # a blocked client is refused on every request
+    if ctx.method == "tools/call" and ctx.parse_error is None:
+        authorize_tool(ctx, principal)  # here, in a thread: the challenge may read the scope map
+    return principal
+
+
+def _accepts_json(scope: Scope) -> bool:
+    for value in _header(scope, b"accept"):
+        for item in value.decode("latin-1").split(","):
+            media = item.split(";", 1)[0].strip().lower()
+            if media in ("application/json", "application/*", "*/*"):
+                return True
+    return False
+
+
+def direct_tool_call(scope: Scope, ctx: CallContext) -> bool:
+    """Whether this ``tools/call`` can skip FastMCP's per-request transport and session.
+
+    Only for what that transport would treat as a plain handshake-era request: POST, a
+    well-formed ``tools/call`` for a registered tool, JSON accepted and sent, and no
+    ``MCP-Protocol-Version`` header or a handshake-era one. Anything else (newer protocol
+    envelopes, content negotiation failures ...) goes through FastMCP unchanged.
+    """
+    if ctx.method != "tools/call" or ctx.parse_error is not None or ctx.http_method != "POST":
+        return False
+    versions = _header(scope, b"mcp-protocol-version")
+    if versions and versions[0].decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS:
+        return False
+    content_types = _header(scope, b"content-type")
+    if not content_types or content_types[0].split(b";")[0].strip().lower() != b"application/json":
+        return False
+    return _accepts_json(scope)
+
+
+def admit_and_call(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> bytes:
+    """The whole direct ``tools/call`` in one worker thread: admission, then the tool."""
+    admit(ctx, raw, conf)
+    return call_direct(ctx)
+
+
+def authorize_tool(ctx: CallContext, principal: Principal) -> None:
+    spec = REGISTRY[ctx.tool]
+    if not principal.has_perms(spec.permissions):
+        needed = scopes.scopes_for(spec.permissions)
+        raise InsufficientScope(
+            f"The '{ctx.tool}' tool needs scope: {' '.join(needed) or '(none mapped)'}.",
+            scopes=needed,
+        )
+
+
+def _outcome_from_response(ctx: CallContext, status: int, body: bytes) -> tuple[str, str, str]:
+    """``(outcome, error_code, message)`` for a response FastMCP produced."""
+    if status >= 500:
+        return Outcome.SERVER_ERROR, f"http_{status}", ""
+    if status >= 400:
+        return Outcome.INVALID_REQUEST, f"http_{status}", ""
+    if not body:
+        return Outcome.OK, "", ""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return Outcome.OK, "", ""
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        err = payload["error"]
+        code = err.get("code")
+        outcome = Outcome.SERVER_ERROR if code == -32603 else Outcome.INVALID_REQUEST
+        return outcome, f"jsonrpc_{code}", str(err.get("message", ""))
+    result = payload.get("result") if isinstance(payload, dict) else None
+    if isinstance(result, dict) and result.get("isError"):
+        text = ""
+        content = result.get("content")
+        if isinstance(content, list) and content and isinstance(content[0], dict):
+            text = str(content[0].get("text", ""))
+        if ctx.tool_ran:
+            return Outcome.TOOL_ERROR, "tool_error", text
+        return Outcome.INVALID_REQUEST, "invalid_arguments", text
+    return Outcome.OK, "", ""
+
+
+class GovernedMCP:
+    """Wraps the FastMCP Starlette app (see module docstring)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        conf = get_settings()
+        ua = _header(scope, b"user-agent")
+        ctx = CallContext(
+            request_id=uuid.uuid4().hex,
+            client_ip=client_ip(scope, conf.trusted_proxies),
+            user_agent=ua[0].decode("latin-1") if ua else "",
+            http_method=scope["method"],
+            method="" if scope["method"] == "POST" else f"HTTP {scope['method']}",
+        )
+        scope[SCOPE_KEY] = ctx
+        try:
+            check_host(scope, conf)
+            body = b""
+            if scope["method"] == "POST":
+                body = await read_body(receive, conf.max_body_bytes, scope)
+                parse_envelope(ctx, body, conf)
+            raw = bearer_token(scope)
+            if conf.direct_tool_calls and direct_tool_call(scope, ctx):
+                result = await sync_to_async(admit_and_call, thread_sensitive=False)(ctx, raw, conf)
+                await self._reply_direct(ctx, conf, result, send)
+                return
+            await sync_to_async(admit, thread_sensitive=False)(ctx, raw, conf)
+            if ctx.parse_error is not None:
+                raise ctx.parse_error
+        except MCPAuthError as exc:
+            await self._refuse(exc, ctx, conf, send)
+            return
+        except Exception:
+            log.exception("governance pipeline failed")
+            await self._refuse(MCPAuthError("Internal error."), ctx, conf, send)
+            return
+
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        try:
+            await self.app(scope, replay, capture)
+        except Exception:
+            log.exception("MCP app failed")
+            start = None
+        if start is None:
+            await self._refuse(MCPAuthError("Internal error."), ctx, conf, send)
+            return
+        status = int(start["status"])
+        response_body = b"".join(chunks)
+        if ctx.audit_failed:
+            await self._refuse(MCPAuthError("Internal error: audit write failed."), ctx, conf, send)
+            return
+        if not ctx.recorded and self._should_record(ctx):
+            outcome, code, message = _outcome_from_response(ctx, status, response_body)
+            if not await self._record(
+                ctx, outcome=outcome, status=status, error_code=code, error_message=message
+            ):
+                await self._refuse(
+                    MCPAuthError("Internal error: audit write failed."), ctx, conf, send
+                )
+                return
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(response_body)).encode()))
+        headers.append((b"x-request-id", ctx.request_id.encode()))
+        if ctx.usage is not None:
+            headers.extend((k.encode(), v.encode()) for k, v in ctx.usage.headers())
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": response_body})
+
+    async def _reply_direct(
+        self, ctx: CallContext, conf: MCPAuthSettings, result: bytes, send: Send
+    ) -> None:
+        if ctx.audit_failed or not ctx.recorded:
+            await self._refuse(MCPAuthError("Internal error: audit write failed."), ctx, conf, send)
+            return
+        body = b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (json.dumps(ctx.rpc_id).encode(), result)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-request-id", ctx.request_id.encode()),
+        ]
+        if ctx.usage is not None:
+            headers.extend((k.encode(), v.encode()) for k, v in ctx.usage.headers())
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def _should_record(ctx: CallContext) -> bool:
+        return ctx.method == "tools/call" or audit_settings().record_all_methods
+
+    @staticmethod
+    async def _record(ctx: CallContext, **fields: Any) -> bool:
+        def write() -> None:
+            ctx.refresh_db()
+            record(**fields, **ctx.audit_fields())
+
+        try:
+            await sync_to_async(write, thread_sensitive=False)()
+        except Exception:
+            log.exception("audit write failed")
+            return False
+        ctx.recorded = True
+        return True
+
+    async def _refuse(
+        self, exc: MCPAuthError, ctx: CallContext, conf: MCPAuthSettings, send: Send
+    ) -> None:
+        if not ctx.recorded:
+            if (
+                not await self._record(
+                    ctx,
+                    outcome=exc.outcome,
+                    status=exc.status_code,
+                    error_code=exc.reason[:64],
+                    error_message=exc.description,
+                )
+                and exc.status_code < 500
+            ):
+                exc = MCPAuthError("Internal error: audit write failed.")
+        status, headers, body = error_response(
+            exc, resource_metadata=conf.resource_metadata_url, request_id=ctx.rpc_id
+        )
+        headers.append(("x-request-id", ctx.request_id))
+        headers.append(("content-length", str(len(body))))
+        if ctx.usage is not None and not isinstance(exc, RateLimited):
+            headers.extend(ctx.usage.headers())
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode(), v.encode()) for k, v in headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

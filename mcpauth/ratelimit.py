@@ -1,0 +1,230 @@
+"""Per-client rate limits on django-ratelimit's core, in a shared cache.
+
+* Authenticated calls are keyed by OAuth ``client_id`` (never by tenant, which may be missing),
+  so the limit holds however many workers or hosts serve ``/mcp`` when the cache is shared
+  (Redis via ``REDIS_URL``).
+* Rate: a :class:`~mcpauth.models.ClientPolicy` override (custom, unlimited, blocked), else the
+  most generous ``MCPAUTH_SCOPE_RATE_LIMITS`` tier the token holds, else ``MCPAUTH_RATE_LIMIT``.
+* Requests without a valid token are throttled per client IP
+  (``MCPAUTH_UNAUTHENTICATED_RATE_LIMIT``).
+* When the cache is unreachable the call fails closed with 503, unless
+  ``MCPAUTH_RATE_LIMIT_FAIL_OPEN`` is on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import caches
+from django.db.models.signals import post_delete, post_save
+from django_ratelimit import core as rl_core
+from django_ratelimit.core import get_usage
+
+from mcpauth.cache import RedisCache
+from mcpauth.conf import get_settings, parse_rate
+from mcpauth.exceptions import AccessDenied, RateLimited, ServiceUnavailable
+from mcpauth.localcache import TTLCache
+from mcpauth.models import ClientPolicy
+from mcpauth.tokens import Principal
+
+log = logging.getLogger(__name__)
+
+_ttl = lambda: get_settings().cache_ttl  # noqa: E731
+_policies: TTLCache[tuple[str, str] | None] = TTLCache(_ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    limit: int
+    remaining: int
+    window: int
+    reset: int
+    policy: str = "default"
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [
+            ("ratelimit-policy", f'"{self.policy}";q={self.limit};w={self.window}'),
+            ("ratelimit", f'"{self.policy}";r={self.remaining};t={self.reset}'),
+            ("x-ratelimit-limit", str(self.limit)),
+            ("x-ratelimit-remaining", str(self.remaining)),
+            ("x-ratelimit-reset", str(self.reset)),
+        ]
+
+
+class _Req:
+    """django-ratelimit only needs ``method`` from the request; we key explicitly."""
+
+    method = "POST"
+
+
+def _policy(client_id: str) -> tuple[str, str] | None:
+    def load() -> tuple[str, str] | None:
+        row = ClientPolicy.objects.filter(client_id=client_id).values("mode", "rate").first()
+        return (row["mode"], row["rate"]) if row else None
+
+    return _policies.get_or_load(client_id, load)
+
+
+def _per_second(rate: str) -> float:
+    count, seconds = parse_rate(rate)
+    return count / seconds
+
+
+def rate_for(principal: Principal) -> tuple[str | None, str]:
+    """``(rate, policy name)`` for a client; ``rate`` None means unlimited.
+
+    Raises :class:`AccessDenied` for a blocked client.
+    """
+    conf = get_settings()
+    policy = _policy(principal.client_id)
+    if policy is not None:
+        mode, rate = policy
+        if mode == ClientPolicy.Mode.BLOCKED:
+            raise AccessDenied("This client is blocked.", reason="client_blocked")
+        if mode == ClientPolicy.Mode.UNLIMITED:
+            return None, "unlimited"
+        if rate:
+            return rate, "client"
+    tiers = [r for s, r in conf.scope_rate_limits.items() if s in principal.scopes]
+    if tiers:
+        return max(tiers, key=_per_second), "tier"
+    return conf.rate_limit, "default"
+
+
+def _count_in_redis(group: str, value: str, rate: str) -> dict[str, Any] | None:
+    """django-ratelimit's counting in one Redis round trip, when the cache allows it.
+
+    Same keys, windows and result as ``get_usage(..., increment=True)``, which spends two or
+    three round trips (``add``, then ``incr``). ``None`` when the cache is not
+    :class:`mcpauth.cache.RedisCache` or rate limiting is disabled: callers then use
+    ``get_usage`` itself.
+    """
+    cache = caches[get_settings().rate_limit_cache]
+    if not isinstance(cache, RedisCache) or not getattr(settings, "RATELIMIT_ENABLE", True):
+        return None
+    limit, period = rl_core._split_rate(rate)
+    window = rl_core._get_window(value, period)
+    key = rl_core._make_cache_key(group, window, rate, value, rl_core.ALL)
+    count = cache.count(key, period + rl_core.EXPIRATION_FUDGE)
+    return {
+        "count": count,
+        "limit": limit,
+        "should_limit": count > limit,
+        "time_left": window - int(time.time()),
+    }
+
+
+def _usage(group: str, value: str, rate: str, *, increment: bool, policy: str) -> Usage | None:
+    """Count one hit (or, without ``increment``, check that one more would be allowed).
+
+    Returns ``None`` when the cache failed and fail-open is configured.
+    """
+    conf = get_settings()
+    try:
+        usage = _count_in_redis(group, value, rate) if increment else None
+        if usage is None:
+            usage = get_usage(
+                _Req(), group=group, key=lambda _g, _r: value, rate=rate, increment=increment
+            )
+        failed = usage is None or (usage["limit"] == 0 and usage["time_left"] == -1)
+    except Exception:  # the cache backend's own errors (redis.ConnectionError, timeouts ...)
+        log.warning("rate-limit cache unavailable", exc_info=True)
+        usage, failed = None, True
+    if failed or usage is None:
+        if conf.rate_limit_fail_open:
+            log.warning("rate-limit cache unavailable; failing open (MCPAUTH_RATE_LIMIT_FAIL_OPEN)")
+            return None
+        raise ServiceUnavailable(
+            "Rate limiting is unavailable (cache unreachable); failing closed.",
+            reason="ratelimit_cache_down",
+            retry_after=5,
+        )
+    limit, window = parse_rate(rate)
+    result = Usage(
+        limit=limit,
+        remaining=max(0, limit - int(usage["count"])),
+        window=window,
+        # the window still counts during its last whole second (django-ratelimit: ts <= window)
+        reset=max(1, int(usage["time_left"]) + 1),
+        policy=policy,
+    )
+    over = usage["should_limit"] if increment else int(usage["count"]) >= limit
+    if over:
+        raise RateLimited(
+            f"Rate limit of {limit} calls per {window}s exceeded.",
+            reason=f"{policy}_limit",
+            retry_after=result.reset,
+            headers=dict(result.headers()),
+        )
+    return result
+
+
+def hit(principal: Principal) -> Usage | None:
+    """Count a call for ``principal.client_id``; raise RateLimited/AccessDenied/ServiceUnavailable.
+
+    Returns the usage (for response headers), or ``None`` when unlimited or failed open.
+    """
+    rate, policy = rate_for(principal)
+    if rate is None:
+        return None
+    return _usage("mcpauth.client", principal.client_id, rate, increment=True, policy=policy)
+
+
+#: ip -> monotonic deadline: IPs over their unauthenticated budget, remembered per process so a
+#: flood is refused before any token work or cache round trip.
+_throttled_ips: dict[str, float] = {}
+
+
+def anonymous_throttle(ip: str) -> None:
+    """Refuse (RateLimited) an IP that recently exhausted its unauthenticated budget."""
+    deadline = _throttled_ips.get(ip)
+    if deadline is None:
+        return
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        _throttled_ips.pop(ip, None)
+        return
+    raise RateLimited(
+        "Too many requests without a valid token from this address.",
+        reason="unauthenticated_limit",
+        retry_after=int(remaining) + 1,
+    )
+
+
+def count_anonymous_failure(ip: str) -> None:
+    """Count a request without a valid token against its IP's budget.
+
+    Raises RateLimited once the budget (``MCPAUTH_UNAUTHENTICATED_RATE_LIMIT``) is exceeded, and
+    remembers the IP until the window ends. An unreachable cache never blocks here: requests
+    with a valid token meet the per-client limiter and its configured fail mode.
+    """
+    conf = get_settings()
+    key = ip or "-"
+    try:
+        _usage(
+            "mcpauth.anon",
+            key,
+            conf.unauthenticated_rate_limit,
+            increment=True,
+            policy="unauthenticated",
+        )
+    except RateLimited as exc:
+        if len(_throttled_ips) > 100_000:
+            _throttled_ips.clear()
+        _throttled_ips[key] = time.monotonic() + (exc.retry_after or 1)
+        raise
+    except ServiceUnavailable:
+        pass
+
+
+def clear_cache(**_: Any) -> None:
+    _policies.clear()
+    _throttled_ips.clear()
+
+
+post_save.connect(clear_cache, sender=ClientPolicy, dispatch_uid="mcpauth-policy-save")
+post_delete.connect(clear_cache, sender=ClientPolicy, dispatch_uid="mcpauth-policy-delete")

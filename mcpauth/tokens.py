@@ -1,0 +1,395 @@
+"""JWT in, frozen :class:`Principal` out.
+
+:func:`verify` checks a bearer token against the configured issuer's JWKS (signature with an
+explicit asymmetric allow-list, ``iss``, ``aud``, ``exp``/``nbf``/``iat``) and extracts the
+identity claims. :func:`authenticate` adds the tenant (``mcpauth.tenancy``) and the permissions
+the scopes grant (``mcpauth.scopes``), producing the one ``Principal`` a request carries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from jwt import PyJWK
+
+from mcpauth.conf import MCPAuthSettings, get_settings
+from mcpauth.exceptions import InvalidToken, ServiceUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRef:
+    id: int
+    external_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, for which tenant, with which rights. Made once per request."""
+
+    client_id: str
+    subject: str
+    tenant: TenantRef
+    scopes: frozenset[str]
+    permissions: frozenset[str]
+    #: ``jti``, or a short sha256 fingerprint of the token; never the token itself.
+    token_id: str
+
+    def has_perm(self, perm: str) -> bool:
+        return perm in self.permissions
+
+    def has_perms(self, perms: tuple[str, ...] | frozenset[str]) -> bool:
+        return all(p in self.permissions for p in perms)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    claims: dict[str, Any]
+    client_id: str
+    subject: str
+    scopes: frozenset[str]
+    token_id: str
+
+
+def fingerprint(raw: str) -> str:
+    """A short, non-reversible token identifier for logs and audit rows."""
+    return "sha256:" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+# --- JWKS ---------------------------------------------------------------------------------
+
+
+class JWKSFetchError(Exception):
+    pass
+
+
+def _http_get_json(url: str, timeout: float) -> dict[str, Any]:
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise JWKSFetchError(f"refusing non-HTTP(S) URL {url!r}")
+    req = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            body = resp.read(1_048_576)
+        data = json.loads(body)
+    except (OSError, ValueError, urllib.error.URLError) as exc:
+        raise JWKSFetchError(f"GET {url} failed: {exc}") from exc
+    if not isinstance(data, dict):
+        raise JWKSFetchError(f"GET {url}: expected a JSON object")
+    return data
+
+
+def discover_jwks_uri(issuer: str, timeout: float) -> str:
+    """Find ``jwks_uri`` in the issuer's OpenID or OAuth metadata (RFC 8414)."""
+    parts = urllib.parse.urlsplit(issuer)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    path = parts.path.rstrip("/")
+    candidates = [
+        f"{issuer.rstrip('/')}/.well-known/openid-configuration",
+        f"{origin}/.well-known/oauth-authorization-server{path}",
+    ]
+    if path:
+        candidates.append(f"{origin}/.well-known/openid-configuration{path}")
+    errors = []
+    for url in candidates:
+        try:
+            meta = _http_get_json(url, timeout)
+        except JWKSFetchError as exc:
+            errors.append(str(exc))
+            continue
+        uri = meta.get("jwks_uri")
+        if isinstance(uri, str) and uri:
+            return uri
+        errors.append(f"{url}: no jwks_uri")
+    raise JWKSFetchError("; ".join(errors))
+
+
+def _parse_jwks(data: dict[str, Any]) -> dict[str | None, PyJWK]:
+    keys: dict[str | None, PyJWK] = {}
+    for entry in data.get("keys", []) if isinstance(data.get("keys"), list) else []:
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+            continue
+        if entry.get("kty") not in ("RSA", "EC", "OKP"):
+            continue  # never accept symmetric ("oct") keys
+        try:
+            jwk = PyJWK(entry)
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
+            continue
+        keys[entry.get("kid")] = jwk
+    return keys
+
+
+class KeySet:
+    """Cached signing keys with a TTL and throttled refetch on an unknown ``kid``.
+
+    * keys are refreshed after ``jwks_cache_ttl`` seconds;
+    * an unknown ``kid`` causes at most one fetch per ``jwks_refetch_interval`` seconds;
+    * when a fetch fails, the keys already cached keep working.
+    """
+
+    def __init__(self, conf: MCPAuthSettings) -> None:
+        self.conf = conf
+        self.keys: dict[str | None, PyJWK] = {}
+        self.fetched_at: float | None = None
+        self.last_attempt: float = float("-inf")
+        self.fetch_count = 0
+        self._jwks_uri = conf.jwks_url
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str | None, PyJWK]:
+        if self.conf.preset == "dev":
+            from mcpauth import devissuer
+
+            return _parse_jwks(devissuer.jwks())
+        if not self._jwks_uri:
+            self._jwks_uri = discover_jwks_uri(self.conf.issuers[0], self.conf.jwks_timeout)
+        return _parse_jwks(_http_get_json(self._jwks_uri, self.conf.jwks_timeout))
+
+    def _refresh(self, *, unknown_kid: bool) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self.last_attempt < self.conf.jwks_refetch_interval and (
+                unknown_kid or self.fetched_at is not None
+            ):
+                return  # throttled: someone fetched (or tried) very recently
+            self.last_attempt = now
+            self.fetch_count += 1
+            try:
+                keys = self._load()
+            except JWKSFetchError:
+                if self.fetched_at is None and not self.keys:
+                    raise
+                return
+            self.keys = keys
+            self.fetched_at = now
+
+    def get(self, kid: str | None) -> PyJWK:
+        now = time.monotonic()
+        if self.fetched_at is None or now - self.fetched_at > self.conf.jwks_cache_ttl:
+            try:
+                self._refresh(unknown_kid=False)
+            except JWKSFetchError as exc:
+                raise ServiceUnavailable(
+                    "The identity provider's signing keys are unavailable.", reason="jwks_down"
+                ) from exc
+        key = self._lookup(kid)
+        if key is None:
+            try:
+                self._refresh(unknown_kid=True)
+            except JWKSFetchError:
+                pass
+            key = self._lookup(kid)
+        if key is None:
+            raise InvalidToken("Unknown signing key.", reason="unknown_key")
+        return key
+
+    def ensure_loaded(self) -> int:
+        """Fetch keys if none are cached (for readiness); return how many are cached."""
+        if self.fetched_at is None:
+            self._refresh(unknown_kid=False)
+        return len(self.keys)
+
+    def _lookup(self, kid: str | None) -> PyJWK | None:
+        if kid is None:
+            return next(iter(self.keys.values())) if len(self.keys) == 1 else None
+        return self.keys.get(kid)
+
+
+_keyset: KeySet | None = None
+_keyset_lock = threading.Lock()
+
+
+def keyset() -> KeySet:
+    """The process-wide key set for the current settings (rebuilt when they change)."""
+    global _keyset
+    conf = get_settings()
+    ks = _keyset
+    if ks is None or ks.conf is not conf:
+        with _keyset_lock:
+            if _keyset is None or _keyset.conf is not conf:
+                _keyset = KeySet(conf)
+            ks = _keyset
+    return ks
+
+
+# --- verification -------------------------------------------------------------------------
+
+_KEY_FAMILIES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+def _str_claim(claims: dict[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 255 or not value.isprintable():
+        raise InvalidToken(f"Claim '{name}' is malformed.", reason="bad_claim")
+    return value
+
+
+def _scopes(claims: dict[str, Any]) -> frozenset[str]:
+    found: set[str] = set()
+    for name in ("scope", "scp", "scopes", "permissions"):
+        if name not in claims:
+            continue
+        value = claims[name]
+        if isinstance(value, str):
+            found.update(value.split())
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            found.update(v for v in value if v)
+        else:
+            raise InvalidToken(f"Claim '{name}' is malformed.", reason="bad_claim")
+    if any(len(s) > 200 or not s.isprintable() for s in found) or len(found) > 256:
+        raise InvalidToken("Scope claim too large.", reason="bad_claim")
+    return frozenset(found)
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    token: VerifiedToken
+    conf: MCPAuthSettings
+    keys: KeySet
+    key: PyJWK
+    kid: str | None
+    exp: float
+    nbf: float
+
+
+#: Tokens whose signature and claims were verified, by token string. Clients reuse a token for
+#: every call until it expires, so the signature check and the parsing are done once per token
+#: and key set; ``exp``/``nbf`` are checked again on every use.
+_verified: dict[str, _Verified] = {}
+_VERIFIED_MAX = 10_000
+
+
+def _from_cache(raw: str, conf: MCPAuthSettings) -> VerifiedToken | None:
+    hit = _verified.get(raw)
+    if hit is None:
+        return None
+    ks = keyset()
+    if hit.conf is not conf or hit.keys is not ks or ks.keys.get(hit.kid) is not hit.key:
+        _verified.pop(raw, None)  # settings changed or the key left the JWKS: verify afresh
+        return None
+    now = time.time()
+    if now > hit.exp + conf.leeway_seconds:
+        _verified.pop(raw, None)
+        raise InvalidToken("Token expired.", reason="expired")
+    if now < hit.nbf - conf.leeway_seconds:
+        raise InvalidToken("Token not yet valid.", reason="not_yet_valid")
+    if ks.fetched_at is not None and time.monotonic() - ks.fetched_at > conf.jwks_cache_ttl:
+        return None  # keys are due for a refresh: take the full path, which refreshes them
+    return hit.token
+
+
+def clear_cache() -> None:
+    _verified.clear()
+
+
+def verify(raw: str) -> VerifiedToken:
+    """Validate a bearer token; raise :class:`InvalidToken` (401) with a reason on failure."""
+    conf = get_settings()
+    if conf.preset == "none":
+        raise ServiceUnavailable("No identity provider is configured.", reason="not_configured")
+    if len(raw) > conf.max_token_bytes:
+        raise InvalidToken("Token too large.", reason="oversized")
+    cached = _from_cache(raw, conf)
+    if cached is not None:
+        return cached
+    if raw.count(".") != 2:
+        raise InvalidToken("Malformed token.", reason="malformed")
+    try:
+        header = jwt.get_unverified_header(raw)
+    except jwt.InvalidTokenError as exc:
+        raise InvalidToken("Malformed token.", reason="malformed") from exc
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in conf.algorithms:
+        raise InvalidToken("Token algorithm not allowed.", reason="disallowed_alg")
+    if "crit" in header:
+        raise InvalidToken("Unsupported critical header.", reason="unsupported_crit")
+    typ = header.get("typ")
+    if typ is None:
+        if conf.require_typ:
+            raise InvalidToken("Token type missing.", reason="bad_typ")
+    elif not isinstance(typ, str) or typ.lower() not in conf.accepted_types:
+        raise InvalidToken("Token type not accepted.", reason="bad_typ")
+    kid = header.get("kid")
+    if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
+        raise InvalidToken("Malformed key id.", reason="malformed")
+
+    key = keyset().get(kid)
+    if _KEY_FAMILIES.get(alg[:2]) != key.key_type:
+        raise InvalidToken("Token algorithm does not match its key.", reason="disallowed_alg")
+    try:
+        claims = jwt.decode(
+            raw,
+            key=key.key,
+            algorithms=[alg],
+            audience=list(conf.audiences),
+            issuer=list(conf.issuers),
+            leeway=conf.leeway_seconds,
+            options={"require": ["exp", "iss", "aud"], "verify_iat": True},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise InvalidToken("Token expired.", reason="expired") from exc
+    except jwt.ImmatureSignatureError as exc:
+        raise InvalidToken("Token not yet valid.", reason="not_yet_valid") from exc
+    except jwt.InvalidAudienceError as exc:
+        raise InvalidToken("Token audience is not this resource.", reason="wrong_audience") from exc
+    except jwt.InvalidIssuerError as exc:
+        raise InvalidToken("Token issuer not accepted.", reason="wrong_issuer") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise InvalidToken(f"Token lacks the '{exc.claim}' claim.", reason="missing_claim") from exc
+    except jwt.InvalidSignatureError as exc:
+        raise InvalidToken("Token signature invalid.", reason="bad_signature") from exc
+    except (jwt.InvalidTokenError, ValueError, TypeError) as exc:
+        raise InvalidToken("Malformed token.", reason="malformed") from exc
+
+    client_id = next(
+        (c for c in (_str_claim(claims, n) for n in ("client_id", "azp", "cid")) if c), None
+    )
+    if client_id is None:
+        raise InvalidToken("Token names no client (client_id/azp/cid).", reason="missing_claim")
+    subject = _str_claim(claims, "sub") or client_id
+    jti = claims.get("jti")
+    token_id = jti if isinstance(jti, str) and 0 < len(jti) <= 128 else fingerprint(raw)
+    verified = VerifiedToken(
+        claims=claims,
+        client_id=client_id,
+        subject=subject,
+        scopes=_scopes(claims),
+        token_id=token_id,
+    )
+    if len(_verified) >= _VERIFIED_MAX:
+        _verified.clear()
+    _verified[raw] = _Verified(
+        token=verified,
+        conf=conf,
+        keys=keyset(),
+        key=key,
+        kid=kid,
+        exp=float(claims["exp"]),
+        nbf=float(claims.get("nbf", 0) or 0),
+    )
+    return verified
+
+
+def authenticate(raw: str) -> Principal:
+    """Verify the token, resolve its tenant and map its scopes: the request's Principal."""
+    from mcpauth import scopes, tenancy
+
+    token = verify(raw)
+    tenant = tenancy.resolve(token)
+    return Principal(
+        client_id=token.client_id,
+        subject=token.subject,
+        tenant=tenant,
+        scopes=token.scopes,
+        permissions=scopes.permissions_for(token.scopes),
+        token_id=token.token_id,
+    )
