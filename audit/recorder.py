@@ -1,0 +1,98 @@
+"""The single writer of audit rows.
+
+:func:`record` inserts one :class:`~audit.models.AuditEvent`. Called outside a transaction it
+commits at once (autocommit); called inside ``transaction.atomic()`` it commits or rolls back
+with the surrounding work, which is how a todo mutation and its audit row stay together.
+The row is written with one prepared ``INSERT … RETURNING id`` (the same SQL every time, so
+PostgreSQL plans it once), not ``Model.objects.create``: this runs on every MCP request and the
+ORM's per-call SQL compilation costs more than the insert. Raw tokens are never accepted:
+identity comes from the ``Principal`` (``token_id`` is a ``jti`` or fingerprint), and arguments
+and messages are redacted here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from django.db import connections, router
+from django.utils import timezone
+
+from audit.models import AuditEvent, Outcome
+from audit.redaction import clean, redact, scrub_text
+
+if TYPE_CHECKING:
+    from mcpauth.tokens import Principal
+
+
+def record(
+    *,
+    outcome: Outcome | str,
+    status: int,
+    request_id: str,
+    method: str = "",
+    tool: str = "",
+    principal: Principal | None = None,
+    client_id: str = "",
+    subject: str = "",
+    tenant: str = "",
+    token_id: str = "",
+    scopes: str = "",
+    error_code: str = "",
+    error_message: str = "",
+    duration_ms: float = 0.0,
+    client_ip: str | None = None,
+    user_agent: str = "",
+    arguments: Any = None,
+) -> AuditEvent:
+    if principal is not None:
+        client_id = principal.client_id
+        subject = principal.subject
+        tenant = principal.tenant.external_id
+        token_id = principal.token_id
+        scopes = " ".join(sorted(principal.scopes))
+    return _insert(
+        created_at=timezone.now(),
+        outcome=str(outcome),
+        status=status,
+        request_id=clean(request_id[:64]),
+        method=clean(method[:64]),
+        tool=clean(tool[:100]),
+        client_id=clean(client_id[:255]),
+        subject=clean(subject[:255]),
+        tenant=clean(tenant[:255]),
+        token_id=clean(token_id[:160]),
+        scopes=clean(scopes[:1000]),
+        error_code=clean(error_code[:64]),
+        error_message=scrub_text(error_message)[:500],
+        duration_ms=round(duration_ms, 3),
+        client_ip=client_ip or None,
+        user_agent=scrub_text(user_agent)[:300],
+        arguments=redact(arguments) if arguments is not None else {},
+    )
+
+
+_FIELDS = [f for f in AuditEvent._meta.concrete_fields if not f.primary_key]
+_SQL: dict[str, str] = {}
+
+
+def _insert(**values: Any) -> AuditEvent:
+    using = router.db_for_write(AuditEvent)
+    connection = connections[using]
+    sql = _SQL.get(using)
+    if sql is None:
+        quote = connection.ops.quote_name
+        # Only identifiers from the model's own metadata; every value is a bound parameter.
+        sql = _SQL[using] = "INSERT INTO {} ({}) VALUES ({}) RETURNING {}".format(  # noqa: S608
+            quote(AuditEvent._meta.db_table),
+            ", ".join(quote(str(f.column)) for f in _FIELDS),
+            ", ".join(["%s"] * len(_FIELDS)),
+            quote(str(AuditEvent._meta.pk.column)),
+        )
+    params = [f.get_db_prep_save(values[f.attname], connection=connection) for f in _FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        (pk,) = cursor.fetchone()
+    event = AuditEvent(pk=pk, **values)
+    event._state.adding = False
+    event._state.db = using
+    return event
