@@ -1,0 +1,198 @@
+"""Every todo operation. Each takes a :class:`~mcpauth.tokens.Principal`.
+
+* every query is confined to ``principal.tenant``: another tenant's todo is "not found",
+  exactly like one that does not exist;
+* permission checks live here: ``todos.view_todo`` to read, ``add``/``change``/``delete`` to
+  write;
+* input limits live here: title 1-200 characters, description ≤ 5,000, page size 1-100.
+
+Services return plain dicts, ready to serialize.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Q, QuerySet
+
+from mcpauth.exceptions import ServiceError
+from mcpauth.tokens import Principal
+from todos.models import DESCRIPTION_MAX, TITLE_MAX, Todo
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 100
+
+
+class NotFound(ServiceError):
+    pass
+
+
+class InvalidInput(ServiceError):
+    pass
+
+
+class PermissionDenied(ServiceError):
+    outcome = "denied"
+
+
+def _require(principal: Principal, perm: str) -> None:
+    if not principal.has_perm(perm):
+        raise PermissionDenied(f"Permission denied: requires {perm}.")
+
+
+def _scoped(principal: Principal) -> QuerySet[Todo]:
+    return Todo.objects.filter(tenant_id=principal.tenant.id)
+
+
+FIELDS = ("id", "title", "description", "completed", "created_by", "created_at", "updated_at")
+
+
+def serialize_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The API shape of a todo, from ``values(*FIELDS)`` (lists skip model instances)."""
+    return {
+        "id": str(row["id"]),
+        "title": row["title"],
+        "description": row["description"] or None,
+        "completed": row["completed"],
+        "created_by": row["created_by"],
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+def serialize(todo: Todo) -> dict[str, Any]:
+    return serialize_row({name: getattr(todo, name) for name in FIELDS})
+
+
+def _title(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput("Title must be a string.")
+    title = value.strip()
+    if "\x00" in title:
+        raise InvalidInput("Title must not contain NUL characters.")
+    if not title:
+        raise InvalidInput("Title must not be empty.")
+    if len(title) > TITLE_MAX:
+        raise InvalidInput(f"Title is too long ({len(title)} > {TITLE_MAX} characters).")
+    return title
+
+
+def _description(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidInput("Description must be a string.")
+    if "\x00" in value:
+        raise InvalidInput("Description must not contain NUL characters.")
+    if len(value) > DESCRIPTION_MAX:
+        raise InvalidInput(
+            f"Description is too long ({len(value)} > {DESCRIPTION_MAX} characters)."
+        )
+    return value
+
+
+def _get(principal: Principal, todo_id: Any, *, for_update: bool = False) -> Todo:
+    try:
+        pk = uuid.UUID(str(todo_id))
+    except (ValueError, TypeError, AttributeError):
+        raise NotFound(f"Todo {str(todo_id)[:64]!r} not found.") from None
+    qs = _scoped(principal)
+    if for_update:
+        qs = qs.select_for_update()
+    try:
+        return qs.get(pk=pk)
+    except Todo.DoesNotExist:
+        raise NotFound(f"Todo {pk} not found.") from None
+
+
+def create_todo(principal: Principal, *, title: Any, description: Any = None) -> dict[str, Any]:
+    _require(principal, "todos.add_todo")
+    todo = Todo.objects.create(
+        tenant_id=principal.tenant.id,
+        title=_title(title),
+        description=_description(description),
+        created_by=principal.subject,
+    )
+    return serialize(todo)
+
+
+def get_todo(principal: Principal, todo_id: Any) -> dict[str, Any]:
+    _require(principal, "todos.view_todo")
+    return serialize(_get(principal, todo_id))
+
+
+def update_todo(
+    principal: Principal,
+    todo_id: Any,
+    *,
+    title: Any = None,
+    description: Any = None,
+    completed: bool | None = None,
+) -> dict[str, Any]:
+    _require(principal, "todos.change_todo")
+    todo = _get(principal, todo_id, for_update=True)
+    changed = ["updated_at"]
+    if title is not None:
+        todo.title = _title(title)
+        changed.append("title")
+    if description is not None:
+        todo.description = _description(description)
+        changed.append("description")
+    if completed is not None:
+        if not isinstance(completed, bool):
+            raise InvalidInput("Completed must be true or false.")
+        todo.completed = completed
+        changed.append("completed")
+    todo.save(update_fields=changed)
+    return serialize(todo)
+
+
+def delete_todo(principal: Principal, todo_id: Any) -> str:
+    _require(principal, "todos.delete_todo")
+    todo = _get(principal, todo_id, for_update=True)
+    pk = str(todo.pk)
+    todo.delete()
+    return pk
+
+
+def _encode_cursor(row: dict[str, Any]) -> str:
+    raw = json.dumps([row["created_at"].isoformat(), str(row["id"])]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, pk = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        return datetime.fromisoformat(created), uuid.UUID(pk)
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("Invalid cursor.") from None
+
+
+def list_todos(
+    principal: Principal,
+    *,
+    completed: bool | None = None,
+    limit: int | None = None,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """A page of the tenant's todos, newest first, with an opaque ``next_cursor``."""
+    _require(principal, "todos.view_todo")
+    size = DEFAULT_PAGE_SIZE if limit is None else limit
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"Limit must be between 1 and {MAX_PAGE_SIZE}.")
+    qs = _scoped(principal).order_by("-created_at", "-id")
+    if completed is not None:
+        qs = qs.filter(completed=completed)
+    if cursor:
+        created, pk = _decode_cursor(cursor)
+        qs = qs.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=pk))
+    rows = list(qs.values(*FIELDS)[: size + 1])
+    page = rows[:size]
+    next_cursor = _encode_cursor(page[-1]) if len(rows) > size else None
+    return {"todos": [serialize_row(r) for r in page], "next_cursor": next_cursor}
