@@ -1,0 +1,115 @@
+"""Malformed MCP traffic and DNS rebinding: JSON-RPC errors, never a 500 or a traceback."""
+
+from __future__ import annotations
+
+import httpx2
+import pytest
+
+from audit.models import AuditEvent
+from tests.conftest import MCP_ACCEPT, call_tool, rpc
+
+
+def raw_post(live, token, content: bytes, **headers) -> httpx2.Response:
+    hdrs = {**MCP_ACCEPT, "authorization": f"Bearer {token}", **headers}
+    return httpx2.post(live.url, content=content, headers=hdrs)
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "code"),
+    [
+        (b"{not json", 400, -32700),
+        (b'"a string"', 400, -32600),
+        (b"[1, 2, 3]", 400, -32600),
+        (b'[{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}]', 400, -32600),
+        (b'{"id": 1, "method": "tools/list"}', 400, -32600),
+        (b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {}}', 400, -32600),
+        (b"[" * 5000 + b"]" * 5000, 400, -32600),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":'
+            + b'{"a":' * 100
+            + b"1"
+            + b"}" * 100
+            + b"}",
+            400,
+            -32600,
+        ),
+        (b"\xff\xfe\x00garbage", 400, -32700),
+    ],
+    ids=[
+        "invalid-json",
+        "non-object",
+        "array",
+        "batch",
+        "no-jsonrpc",
+        "call-no-name",
+        "deep-array",
+        "deep-object",
+        "binary",
+    ],
+)
+def test_malformed_bodies_get_jsonrpc_errors(live, mint, content, status, code):
+    resp = raw_post(live, mint(), content)
+    assert resp.status_code == status
+    assert resp.json()["error"]["code"] == code
+    assert "Traceback" not in resp.text
+    assert AuditEvent.objects.get().outcome == "invalid_request"
+
+
+def test_unknown_method_and_unknown_tool(live, mint):
+    token = mint()
+    resp = raw_post(live, token, httpx2.Request("POST", "/", json=rpc("no/such")).content)
+    assert resp.status_code == 200
+    assert resp.json()["error"]["code"] == -32601
+    resp = raw_post(live, token, httpx2.Request("POST", "/", json=call_tool("nope")).content)
+    assert resp.status_code == 200
+    assert resp.json()["error"]["code"] == -32602
+    assert "nope" in resp.json()["error"]["message"]
+
+
+def test_wrong_argument_types_are_tool_errors(live, mint):
+    body = httpx2.Request("POST", "/", json=call_tool("list_todos", {"limit": "lots"})).content
+    resp = raw_post(live, mint(), body)
+    assert resp.status_code == 200
+    assert resp.json()["result"]["isError"] is True
+    assert AuditEvent.objects.get().outcome == "invalid_request"
+
+
+def test_oversized_body_is_refused_before_parsing(live, mint, settings):
+    settings.MCPAUTH_MAX_BODY_BYTES = 10_000
+    big = httpx2.Request(
+        "POST", "/", json=call_tool("create_todo", {"title": "x" * 20_000})
+    ).content
+    resp = raw_post(live, mint(), big)
+    assert resp.status_code == 413
+    assert resp.json()["error"]["code"] == -32600
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"host": "evil.example.com"},
+        {"host": "evil.example.com:8000"},
+        {"origin": "http://evil.example.com"},
+        {"origin": "null"},
+    ],
+)
+def test_dns_rebinding_is_refused_before_any_tool_runs(live, mint, headers):
+    body = httpx2.Request("POST", "/", json=call_tool("create_todo", {"title": "x"})).content
+    resp = raw_post(live, mint(), body, **headers)
+    assert resp.status_code == 403
+    assert resp.json()["error"]["data"]["error_description"].endswith("not allowed.")
+    from todos.models import Todo
+
+    assert not Todo.objects.exists()
+
+
+def test_same_origin_and_loopback_origins_are_allowed(live, mint):
+    body = httpx2.Request("POST", "/", json=rpc("tools/list")).content
+    for origin in ("http://127.0.0.1:8000", f"http://127.0.0.1:{live.port}", "http://localhost"):
+        assert raw_post(live, mint(), body, origin=origin).status_code == 200, origin
+
+
+def test_get_and_delete_need_a_token_too(live, mint):
+    assert httpx2.get(live.url, headers=MCP_ACCEPT).status_code == 401
+    resp = httpx2.get(live.url, headers={**MCP_ACCEPT, "authorization": f"Bearer {mint()}"})
+    assert resp.status_code == 405

@@ -1,0 +1,441 @@
+"""Unit tests of ``mcpauth.tokens.verify()``, the key set, the Scalekit preset and the checks."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import jwt
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from mcpauth import tokens
+from mcpauth.checks import assert_startup_ready, check_configuration
+from mcpauth.conf import get_settings
+from mcpauth.exceptions import InvalidToken, ServiceUnavailable
+from mcpauth.tokens import KeySet, fingerprint, keyset, verify
+from tests.conftest import RESOURCE, SigningKey, new_key
+from tests.servers import json_server
+
+
+def reason_of(raw: str) -> str:
+    with pytest.raises(InvalidToken) as info:
+        verify(raw)
+    return info.value.reason
+
+
+# --- claim extraction ------------------------------------------------------------------------
+
+
+def test_valid_token_yields_identity(mint):
+    token = verify(mint(scope="todo:read  todo:write", client_id="c-1", jti="jti-1"))
+    assert token.client_id == "c-1"
+    assert token.subject == "user-of-c-1"
+    assert token.scopes == frozenset({"todo:read", "todo:write"})
+    assert token.token_id == "jti-1"
+    assert token.claims["org_id"] == "acme"
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        ({"client_id": "a", "azp": "b", "cid": "c"}, "a"),
+        ({"azp": "b", "cid": "c"}, "b"),
+        ({"cid": "c"}, "c"),
+        ({"azp": "b"}, "b"),
+    ],
+)
+def test_client_id_precedence(mint, claims, expected):
+    client_id = claims.pop("client_id", None)
+    raw = mint(client_id=client_id, **claims) if client_id else mint(drop=("client_id",), **claims)
+    assert verify(raw).client_id == expected
+
+
+def test_no_client_claim_is_refused(mint):
+    assert reason_of(mint(drop=("client_id",))) == "missing_claim"
+
+
+@pytest.mark.parametrize("bad", [123, "", "x" * 256, ["a"], {"a": 1}, True])
+def test_malformed_client_id_is_refused(mint, bad):
+    assert reason_of(mint(client_id=bad)) == "bad_claim"
+
+
+def test_subject_defaults_to_client_id(mint):
+    assert verify(mint(drop=("sub",), client_id="machine")).subject == "machine"
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        ({"scope": "a b  c "}, {"a", "b", "c"}),
+        ({"scp": ["a", "b"]}, {"a", "b"}),
+        ({"scopes": ["a", ""]}, {"a"}),
+        ({"permissions": ["p:1", "p:2"]}, {"p:1", "p:2"}),
+        ({"scope": "a", "scp": ["b"], "scopes": ["c"], "permissions": ["d"]}, {"a", "b", "c", "d"}),
+        ({"scp": "x y"}, {"x", "y"}),
+        ({}, set()),
+    ],
+)
+def test_scope_claims(mint, claims, expected):
+    claims = dict(claims)
+    assert verify(mint(scope=claims.pop("scope", None), **claims)).scopes == frozenset(expected)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"scope": 1},
+        {"scope": {"todo:read": True}},
+        {"scope": ["todo:read", 1]},
+        {"scp": [1, 2]},
+        {"scopes": None},
+        {"permissions": True},
+        {"scope": " ".join(f"s{i}" for i in range(257))},
+        {"scope": "x" * 201},
+    ],
+)
+def test_malformed_scope_claims_are_refused(mint, claims):
+    claims = dict(claims)
+    assert reason_of(mint(scope=claims.pop("scope", None), **claims)) == "bad_claim"
+
+
+def test_token_id_is_jti_when_usable(mint):
+    assert verify(mint(jti="abc")).token_id == "abc"
+
+
+def test_non_string_jti_is_refused(mint):
+    assert reason_of(mint(jti=42)) == "malformed"  # PyJWT insists on a string jti
+
+
+@pytest.mark.parametrize("jti", [None, "", "j" * 129])
+def test_token_id_falls_back_to_fingerprint(mint, jti):
+    raw = mint(jti=jti) if jti is not None else mint(drop=("jti",))
+    token_id = verify(raw).token_id
+    assert token_id == fingerprint(raw)
+    assert token_id.startswith("sha256:") and len(token_id) == 7 + 16
+    assert raw not in token_id
+
+
+def test_audience_list_containing_us_is_accepted(mint):
+    assert verify(mint(aud=["https://other.example/mcp", RESOURCE])).client_id == "client-1"
+
+
+def test_audience_list_without_us_is_refused(mint):
+    assert reason_of(mint(aud=["https://other.example/mcp"])) == "wrong_audience"
+
+
+def test_extra_audience_setting(mint, settings):
+    settings.MCPAUTH_AUDIENCE = "api://todos"
+    assert verify(mint(aud="api://todos")).client_id == "client-1"
+    # MCPAUTH_AUDIENCE replaces the default resource audience for the oidc preset
+    assert reason_of(mint()) == "wrong_audience"
+
+
+def test_leeway_is_honoured(mint):
+    now = int(time.time())
+    assert verify(mint(exp=now - 20))
+    assert verify(mint(nbf=now + 20, iat=now + 20))
+    assert reason_of(mint(exp=now - 45)) == "expired"
+    assert reason_of(mint(nbf=now + 45)) == "not_yet_valid"
+    assert reason_of(mint(iat=now + 45)) == "not_yet_valid"
+
+
+def test_leeway_setting(mint, settings):
+    settings.MCPAUTH_LEEWAY_SECONDS = 0
+    assert reason_of(mint(exp=int(time.time()) - 5)) == "expired"
+
+
+@pytest.mark.parametrize("claim", ["exp", "iss", "aud"])
+def test_required_claims(mint, claim):
+    assert reason_of(mint(drop=(claim,))) == "missing_claim"
+
+
+def test_typ_rules(mint, settings):
+    assert verify(mint(headers={"typ": "JWT"}))
+    assert verify(mint(headers={"typ": "application/AT+JWT"}))
+    assert reason_of(mint(headers={"typ": "dpop+jwt"})) == "bad_typ"
+    assert reason_of(mint(headers={"typ": None})) == "bad_typ"
+    settings.MCPAUTH_REQUIRE_TYP = False
+    assert verify(mint(headers={"typ": None}))
+    assert reason_of(mint(headers={"typ": "dpop+jwt"})) == "bad_typ"
+
+
+def test_header_rules(mint, rsa_key):
+    # PyJWT itself rejects unknown critical extensions (reported as malformed); what it lets
+    # through ("b64") is refused by our own rule
+    assert reason_of(mint(headers={"crit": ["exp"]})) == "malformed"
+    assert reason_of(mint(headers={"b64": False})) == "unsupported_crit"  # detached payload
+    assert reason_of(mint(headers={"crit": "b64"})) == "malformed"
+    assert reason_of(mint(headers={"kid": "k" * 257})) == "malformed"
+    assert reason_of("a.b") == "malformed"
+    assert reason_of("a.b.c.d.e") == "malformed"
+    assert reason_of("x" * 9000) == "oversized"
+    assert reason_of(jwt.encode({"a": 1}, None, algorithm="none")) == "disallowed_alg"
+
+
+def test_key_family_must_match_alg(mint, rsa_key):
+    raw = mint()
+    _header, payload, sig = raw.split(".")
+    forged_header = jwt.utils.base64url_encode(
+        json.dumps({"alg": "ES256", "kid": rsa_key.kid, "typ": "JWT"}).encode()
+    ).decode()
+    assert reason_of(f"{forged_header}.{payload}.{sig}") == "disallowed_alg"
+
+
+def test_not_configured_is_service_unavailable(mint, settings):
+    settings.MCPAUTH_ISSUER = ""
+    settings.DEBUG = False
+    with pytest.raises(ServiceUnavailable) as info:
+        verify(mint())
+    assert info.value.reason == "not_configured"
+
+
+# --- the key set -----------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(tokens, "time", SimpleNamespace(monotonic=c.monotonic, time=time.time))
+    return c
+
+
+def test_keyset_first_use_fetches_then_caches(idp, rsa_key, clock):
+    ks = KeySet(get_settings())
+    before = idp.jwks_fetches
+    assert ks.get(rsa_key.kid).key_type == "RSA"
+    assert ks.get(rsa_key.kid)
+    assert idp.jwks_fetches - before == 1
+    assert ks.fetch_count == 1
+
+
+def test_keyset_unknown_kid_refetch_is_throttled(idp, rsa_key, clock, settings):
+    settings.MCPAUTH_JWKS_REFETCH_INTERVAL = 60
+    ks = KeySet(get_settings())
+    ks.get(rsa_key.kid)
+    before = idp.jwks_fetches
+    for _ in range(20):  # right after a fetch: no refetch at all
+        with pytest.raises(InvalidToken):
+            ks.get(f"nope-{uuid.uuid4().hex}")
+    assert idp.jwks_fetches == before
+    for window in range(1, 4):  # then at most one fetch per window, however many unknown kids
+        clock.now += 61
+        for _ in range(20):
+            with pytest.raises(InvalidToken) as info:
+                ks.get(f"nope-{uuid.uuid4().hex}")
+            assert info.value.reason == "unknown_key"
+        assert idp.jwks_fetches - before == window
+
+
+def test_keyset_rotation_picks_up_new_key_after_window(idp, rsa_key, clock, settings):
+    settings.MCPAUTH_JWKS_REFETCH_INTERVAL = 60
+    ks = KeySet(get_settings())
+    ks.get(rsa_key.kid)
+    rotated = new_key()
+    idp.keys = [rsa_key, rotated]
+    with pytest.raises(InvalidToken):
+        ks.get(rotated.kid)  # throttled: the fetch just happened
+    clock.now += 61
+    assert ks.get(rotated.kid)
+    assert ks.get(rsa_key.kid)
+
+
+def test_keyset_ttl_refresh(idp, rsa_key, clock, settings):
+    settings.MCPAUTH_JWKS_CACHE_TTL = 100
+    ks = KeySet(get_settings())
+    ks.get(rsa_key.kid)
+    before = idp.jwks_fetches
+    clock.now += 50
+    ks.get(rsa_key.kid)
+    assert idp.jwks_fetches == before
+    clock.now += 60
+    ks.get(rsa_key.kid)
+    assert idp.jwks_fetches == before + 1
+
+
+def test_keyset_keeps_cached_keys_when_idp_down(idp, rsa_key, clock, settings):
+    settings.MCPAUTH_JWKS_CACHE_TTL = 100
+    ks = KeySet(get_settings())
+    ks.get(rsa_key.kid)
+    idp.down = True
+    clock.now += 500  # TTL expired and the refresh fails: the cached key still works
+    assert ks.get(rsa_key.kid)
+    with pytest.raises(InvalidToken):
+        ks.get("unknown")
+
+
+def test_keyset_down_without_cache_is_service_unavailable(idp, rsa_key, clock):
+    ks = KeySet(get_settings())
+    idp.down = True
+    with pytest.raises(ServiceUnavailable) as info:
+        ks.get(rsa_key.kid)
+    assert info.value.reason == "jwks_down"
+
+
+def test_keyset_missing_kid_only_with_a_single_key(idp, rsa_key, clock):
+    ks = KeySet(get_settings())
+    assert ks.get(None)
+    idp.keys = [rsa_key, new_key()]
+    ks2 = KeySet(get_settings())
+    with pytest.raises(InvalidToken):
+        ks2.get(None)
+
+
+def test_parse_jwks_skips_symmetric_and_encryption_keys(rsa_key):
+    enc = {**rsa_key.jwk(), "kid": "enc", "use": "enc"}
+    oct_key = {"kty": "oct", "k": "c2VjcmV0", "kid": "oct"}
+    junk = {"kty": "RSA", "kid": "junk", "n": "!!", "e": "AQAB"}
+    keys = tokens._parse_jwks({"keys": [rsa_key.jwk(), enc, oct_key, junk, "nope", 7]})
+    assert set(keys) == {rsa_key.kid}
+    assert tokens._parse_jwks({"keys": "nope"}) == {}
+
+
+def test_keyset_is_rebuilt_when_settings_change(settings):
+    first = keyset()
+    assert keyset() is first
+    settings.MCPAUTH_JWKS_REFETCH_INTERVAL = 5
+    second = keyset()
+    assert second is not first
+    assert second.conf.jwks_refetch_interval == 5
+
+
+# --- Scalekit preset -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scalekit_env() -> Iterator[SimpleNamespace]:
+    """A loopback stand-in for a Scalekit environment serving ``/keys``."""
+    state = SimpleNamespace(key=new_key("sk-key"), fetches=0, url="")
+
+    def route(path: str) -> tuple[int, Any]:
+        if path != "/keys":
+            return 404, None
+        state.fetches += 1
+        return 200, {"keys": [state.key.jwk()]}
+
+    with json_server(route) as url:
+        state.url = url
+        yield state
+
+
+def _sk_token(key: SigningKey, iss: str, aud: Any, **claims: Any) -> str:
+    now = int(time.time())
+    payload = {
+        "iss": iss,
+        "aud": aud,
+        "sub": "user-1",
+        "client_id": "sk-client",
+        "oid": "org_123",
+        "scope": "todo:read",
+        "iat": now,
+        "exp": now + 300,
+        **claims,
+    }
+    return jwt.encode(payload, key.private, algorithm="RS256", headers={"kid": key.kid})
+
+
+def test_scalekit_preset_wiring(scalekit_env, settings, mint):
+    env, rid = scalekit_env.url, "res_1234"
+    settings.SCALEKIT_ENVIRONMENT_URL = env + "/"
+    settings.SCALEKIT_RESOURCE_ID = rid
+    conf = get_settings()
+    assert conf.preset == "scalekit"
+    assert conf.issuers == (env, f"{env}/resources/{rid}")
+    assert conf.audiences == (rid, RESOURCE)
+    assert conf.jwks_url == f"{env}/keys"
+    assert conf.authorization_servers == (f"{env}/resources/{rid}",)
+
+    token = verify(_sk_token(scalekit_env.key, f"{env}/resources/{rid}", rid))
+    assert token.client_id == "sk-client"
+    assert token.scopes == frozenset({"todo:read"})
+    assert scalekit_env.fetches == 1
+    assert verify(_sk_token(scalekit_env.key, env, [RESOURCE]))
+    other_issuer = f"{env}/resources/other"
+    assert reason_of(_sk_token(scalekit_env.key, other_issuer, rid)) == "wrong_issuer"
+    assert reason_of(_sk_token(scalekit_env.key, env, "res_other")) == "wrong_audience"
+    # the generic issuer's tokens are no longer accepted
+    assert reason_of(mint()) == "unknown_key"
+
+
+def test_scalekit_metadata_document(scalekit_env, settings, client, db):
+    env, rid = scalekit_env.url, "res_1234"
+    settings.SCALEKIT_ENVIRONMENT_URL = env
+    settings.SCALEKIT_RESOURCE_ID = rid
+    for path in (
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ):
+        doc = client.get(path).json()
+        assert doc["authorization_servers"] == [f"{env}/resources/{rid}"]
+        assert doc["resource"] == RESOURCE
+
+
+def test_scalekit_half_configured_is_an_error(settings):
+    settings.SCALEKIT_ENVIRONMENT_URL = "https://example.scalekit.dev"
+    ids = {m.id for m in check_configuration()}
+    assert "mcpauth.E005" in ids
+    assert get_settings().preset == "oidc"
+
+
+# --- startup checks --------------------------------------------------------------------------
+
+
+def test_no_issuer_with_debug_off_refuses_startup(settings):
+    settings.DEBUG = False
+    settings.MCPAUTH_ISSUER = ""
+    assert get_settings().preset == "none"
+    assert "mcpauth.E001" in {m.id for m in check_configuration()}
+    with pytest.raises(ImproperlyConfigured, match=r"mcpauth\.E001"):
+        assert_startup_ready()
+
+
+def test_configured_issuer_passes_startup(settings):
+    settings.DEBUG = False
+    assert not [m for m in check_configuration() if m.is_serious()]
+    assert_startup_ready()
+
+
+def test_verified_tokens_are_cached_but_still_expire(mint, settings, monkeypatch):
+    """A token is verified once per key set; exp is still enforced on every use."""
+    from mcpauth import tokens
+
+    settings.MCPAUTH_LEEWAY_SECONDS = 0
+    raw = mint(ttl=60)
+    first = tokens.verify(raw)
+    calls = []
+    real_decode = tokens.jwt.decode
+    monkeypatch.setattr(
+        tokens.jwt, "decode", lambda *a, **k: calls.append(1) or real_decode(*a, **k)
+    )
+    assert tokens.verify(raw) is first and calls == []
+    later = time.time() + 61
+    monkeypatch.setattr(tokens.time, "time", lambda: later)
+    with pytest.raises(InvalidToken) as exc:
+        tokens.verify(raw)
+    assert exc.value.reason == "expired"
+
+
+def test_cached_token_is_dropped_when_its_key_leaves_the_jwks(mint, idp, rsa_key, settings):
+    from mcpauth import tokens
+
+    settings.MCPAUTH_JWKS_REFETCH_INTERVAL = 0
+    raw = mint()
+    tokens.verify(raw)
+    other = new_key("k-replacement")
+    idp.keys = [other]
+    tokens.keyset()._refresh(unknown_kid=True)
+    with pytest.raises(InvalidToken) as exc:
+        tokens.verify(raw)
+    assert exc.value.reason == "unknown_key"
