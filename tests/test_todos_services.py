@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.utils import timezone
 
 from todos import services
 from todos.models import Todo
@@ -25,6 +26,27 @@ def test_crud_cycle(make_principal):
     assert services.list_todos(p)["todos"][0]["id"] == created["id"]
     assert services.delete_todo(p, created["id"]) == created["id"]
     assert not Todo.objects.exists()
+
+
+def test_update_is_one_statement_and_returns_what_was_stored(
+    make_principal, django_assert_num_queries
+):
+    p = make_principal()
+    created = services.create_todo(p, title="draft", description="keep me")
+    with django_assert_num_queries(1):  # UPDATE … RETURNING: no SELECT … FOR UPDATE first
+        updated = services.update_todo(p, created["id"], title="final", completed=True)
+    assert updated == services.get_todo(p, created["id"])
+    assert updated["description"] == "keep me" and updated["created_at"] == created["created_at"]
+    assert updated["updated_at"] > created["updated_at"]
+    stored = Todo.objects.get()
+    assert (stored.title, stored.completed, stored.description) == ("final", True, "keep me")
+
+    other = make_principal(tenant="globex")
+    with pytest.raises(services.NotFound):
+        services.update_todo(other, created["id"], title="hijack")
+    with pytest.raises(services.NotFound):  # not the caller's: "not found" before any validation
+        services.update_todo(other, created["id"], title="")
+    assert Todo.objects.get().title == "final"
 
 
 def test_list_filters_completed_and_orders_newest_first(make_principal):
@@ -51,6 +73,32 @@ def test_pagination_walks_every_row_exactly_once(make_principal):
             break
     assert pages == 3
     assert len(seen) == 7 and set(seen) == ids
+
+
+@pytest.mark.parametrize("completed", [None, True, False])
+def test_pagination_breaks_created_at_ties_by_id(make_principal, completed):
+    p = make_principal()
+    same = timezone.now()
+    rows = [
+        Todo(tenant_id=p.tenant.id, title=f"t{i}", created_by="x", completed=i % 2 == 0)
+        for i in range(9)
+    ]
+    Todo.objects.bulk_create(rows)
+    Todo.objects.update(created_at=same)  # nine rows, one timestamp: only the id orders them
+    expected = [
+        str(t.pk)
+        for t in sorted(rows, key=lambda t: t.pk, reverse=True)
+        if completed is None or t.completed is completed
+    ]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = services.list_todos(p, completed=completed, limit=2, cursor=cursor)
+        seen += [t["id"] for t in page["todos"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == expected
 
 
 def test_default_page_size_is_bounded(make_principal):

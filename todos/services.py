@@ -18,11 +18,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from mcpauth.exceptions import ServiceError
 from mcpauth.tokens import Principal
-from todos.models import DESCRIPTION_MAX, TITLE_MAX, Todo
+from todos import queries
+from todos.models import DESCRIPTION_MAX, TITLE_MAX
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
@@ -45,15 +46,8 @@ def _require(principal: Principal, perm: str) -> None:
         raise PermissionDenied(f"Permission denied: requires {perm}.")
 
 
-def _scoped(principal: Principal) -> QuerySet[Todo]:
-    return Todo.objects.filter(tenant_id=principal.tenant.id)
-
-
-FIELDS = ("id", "title", "description", "completed", "created_by", "created_at", "updated_at")
-
-
 def serialize_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The API shape of a todo, from ``values(*FIELDS)`` (lists skip model instances)."""
+    """The API shape of a todo, from a row of :mod:`todos.queries` (``FIELDS``)."""
     return {
         "id": str(row["id"]),
         "title": row["title"],
@@ -63,10 +57,6 @@ def serialize_row(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
     }
-
-
-def serialize(todo: Todo) -> dict[str, Any]:
-    return serialize_row({name: getattr(todo, name) for name in FIELDS})
 
 
 def _title(value: Any) -> str:
@@ -96,34 +86,40 @@ def _description(value: Any) -> str:
     return value
 
 
-def _get(principal: Principal, todo_id: Any, *, for_update: bool = False) -> Todo:
+def _pk(todo_id: Any) -> uuid.UUID:
     try:
-        pk = uuid.UUID(str(todo_id))
+        return uuid.UUID(str(todo_id))
     except (ValueError, TypeError, AttributeError):
         raise NotFound(f"Todo {str(todo_id)[:64]!r} not found.") from None
-    qs = _scoped(principal)
-    if for_update:
-        qs = qs.select_for_update()
-    try:
-        return qs.get(pk=pk)
-    except Todo.DoesNotExist:
-        raise NotFound(f"Todo {pk} not found.") from None
+
+
+def _not_found(pk: uuid.UUID) -> NotFound:
+    return NotFound(f"Todo {pk} not found.")
 
 
 def create_todo(principal: Principal, *, title: Any, description: Any = None) -> dict[str, Any]:
     _require(principal, "todos.add_todo")
-    todo = Todo.objects.create(
-        tenant_id=principal.tenant.id,
-        title=_title(title),
-        description=_description(description),
-        created_by=principal.subject,
+    now = timezone.now()
+    row = queries.insert(
+        {
+            "tenant": principal.tenant.id,
+            "title": _title(title),
+            "description": _description(description),
+            "created_by": principal.subject,
+            "created_at": now,
+            "updated_at": now,
+        }
     )
-    return serialize(todo)
+    return serialize_row(row)
 
 
 def get_todo(principal: Principal, todo_id: Any) -> dict[str, Any]:
     _require(principal, "todos.view_todo")
-    return serialize(_get(principal, todo_id))
+    pk = _pk(todo_id)
+    row = queries.fetch_one(principal.tenant.id, pk)
+    if row is None:
+        raise _not_found(pk)
+    return serialize_row(row)
 
 
 def update_todo(
@@ -134,30 +130,37 @@ def update_todo(
     description: Any = None,
     completed: bool | None = None,
 ) -> dict[str, Any]:
+    """Change the given fields; one ``UPDATE … RETURNING``, which also takes the row lock."""
     _require(principal, "todos.change_todo")
-    todo = _get(principal, todo_id, for_update=True)
-    changed = ["updated_at"]
-    if title is not None:
-        todo.title = _title(title)
-        changed.append("title")
-    if description is not None:
-        todo.description = _description(description)
-        changed.append("description")
-    if completed is not None:
-        if not isinstance(completed, bool):
-            raise InvalidInput("Completed must be true or false.")
-        todo.completed = completed
-        changed.append("completed")
-    todo.save(update_fields=changed)
-    return serialize(todo)
+    pk = _pk(todo_id)
+    changes: dict[str, Any] = {}
+    try:
+        if title is not None:
+            changes["title"] = _title(title)
+        if description is not None:
+            changes["description"] = _description(description)
+        if completed is not None:
+            if not isinstance(completed, bool):
+                raise InvalidInput("Completed must be true or false.")
+            changes["completed"] = completed
+    except InvalidInput:
+        # a todo that is not the caller's is "not found", whatever the input
+        if queries.fetch_one(principal.tenant.id, pk) is None:
+            raise _not_found(pk) from None
+        raise
+    changes["updated_at"] = timezone.now()
+    row = queries.update(principal.tenant.id, pk, changes)
+    if row is None:
+        raise _not_found(pk)
+    return serialize_row(row)
 
 
 def delete_todo(principal: Principal, todo_id: Any) -> str:
     _require(principal, "todos.delete_todo")
-    todo = _get(principal, todo_id, for_update=True)
-    pk = str(todo.pk)
-    todo.delete()
-    return pk
+    pk = _pk(todo_id)
+    if not queries.delete(principal.tenant.id, pk):
+        raise _not_found(pk)
+    return str(pk)
 
 
 def _encode_cursor(row: dict[str, Any]) -> str:
@@ -186,13 +189,8 @@ def list_todos(
     size = DEFAULT_PAGE_SIZE if limit is None else limit
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PAGE_SIZE:
         raise InvalidInput(f"Limit must be between 1 and {MAX_PAGE_SIZE}.")
-    qs = _scoped(principal).order_by("-created_at", "-id")
-    if completed is not None:
-        qs = qs.filter(completed=completed)
-    if cursor:
-        created, pk = _decode_cursor(cursor)
-        qs = qs.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=pk))
-    rows = list(qs.values(*FIELDS)[: size + 1])
+    after = _decode_cursor(cursor) if cursor else None
+    rows = queries.fetch_page(principal.tenant.id, completed=completed, after=after, limit=size + 1)
     page = rows[:size]
     next_cursor = _encode_cursor(page[-1]) if len(rows) > size else None
     return {"todos": [serialize_row(r) for r in page], "next_cursor": next_cursor}
