@@ -133,9 +133,10 @@ def fetch_page(
 
 
 def insert(values: dict[str, Any]) -> dict[str, Any]:
-    """Insert a todo from ``values`` (every column but the defaults filled here) and return it."""
+    """Insert a todo from ``values`` and return it; ``id`` and ``completed`` take the model's
+    defaults unless given."""
     using, connection = _connection()
-    values = {"id": uuid.uuid4(), "completed": False, **values}
+    values = {n: _FIELD[n].get_default() for n in ("id", "completed")} | values
     names = tuple(values)
 
     def build(col: Callable[[str], str], table: str, cols: str) -> str:
