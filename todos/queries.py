@@ -38,19 +38,15 @@ _FIELD: dict[str, Field[Any, Any]] = {f.name: f for f in _META.concrete_fields}
 _SQL: dict[tuple[str, str, tuple[Any, ...]], str] = {}
 
 
-def _connection() -> tuple[str, BaseDatabaseWrapper]:
+Builder = Callable[[Callable[[str], str], str, str], str]
+Params = Callable[[BaseDatabaseWrapper], list[Any]]
+
+
+def _run(kind: str, shape: tuple[Any, ...], build: Builder, params: Params) -> _Result:
+    """Execute the statement for ``(kind, shape)``; ``build(col, table, returning)`` writes its
+    SQL the first time, ``params(connection)`` gives the bound values every time."""
     using = router.db_for_write(Todo)
-    return using, connections[using]
-
-
-def _statement(
-    using: str,
-    connection: BaseDatabaseWrapper,
-    kind: str,
-    shape: tuple[Any, ...],
-    build: Callable[[Callable[[str], str], str, str], str],
-) -> str:
-    """The cached SQL for ``(kind, shape)``; ``build(col, table, returning)`` writes it once."""
+    connection = connections[using]
     key = (using, kind, shape)
     sql = _SQL.get(key)
     if sql is None:
@@ -61,38 +57,51 @@ def _statement(
 
         # Only identifiers from the model's own metadata; every value is a bound parameter.
         sql = _SQL[key] = build(col, quote(_META.db_table), ", ".join(col(n) for n in FIELDS))
-    return sql
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params(connection))
+        return _Result(connection, cursor.fetchall())
+
+
+class _Result:
+    def __init__(self, connection: BaseDatabaseWrapper, raw: list[tuple[Any, ...]]) -> None:
+        self.connection = connection
+        self.raw = raw
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The returned rows as ``FIELDS`` dicts, through the ORM's converters."""
+        return [self._convert(raw) for raw in self.raw]
+
+    def first(self) -> dict[str, Any] | None:
+        return self._convert(self.raw[0]) if self.raw else None
+
+    def _convert(self, raw: tuple[Any, ...]) -> dict[str, Any]:
+        connection = self.connection
+        row: dict[str, Any] = {}
+        for name, value in zip(FIELDS, raw, strict=True):
+            col = _FIELD[name].get_col(_META.db_table)
+            for convert in connection.ops.get_db_converters(col) + col.get_db_converters(
+                connection
+            ):
+                value = convert(value, col, connection)
+            row[name] = value
+        return row
 
 
 def _prep(connection: BaseDatabaseWrapper, name: str, value: Any) -> Any:
     return _FIELD[name].get_db_prep_save(value, connection=connection)
 
 
-def _row(connection: BaseDatabaseWrapper, raw: tuple[Any, ...]) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for name, value in zip(FIELDS, raw, strict=True):
-        col = _FIELD[name].get_col(_META.db_table)
-        for convert in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
-            value = convert(value, col, connection)
-        row[name] = value
-    return row
+def _where_tenant_and_id(col: Callable[[str], str]) -> str:
+    return f"WHERE {col('tenant')} = %s AND {col('id')} = %s"
 
 
 def fetch_one(tenant_id: int, pk: uuid.UUID) -> dict[str, Any] | None:
-    using, connection = _connection()
-    sql = _statement(
-        using,
-        connection,
+    return _run(
         "get",
         (),
-        lambda col, table, cols: (
-            f"SELECT {cols} FROM {table} WHERE {col('tenant')} = %s AND {col('id')} = %s"  # noqa: S608
-        ),
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [tenant_id, _prep(connection, "id", pk)])
-        raw = cursor.fetchone()
-    return None if raw is None else _row(connection, raw)
+        lambda col, table, cols: f"SELECT {cols} FROM {table} {_where_tenant_and_id(col)}",  # noqa: S608
+        lambda connection: [tenant_id, _prep(connection, "id", pk)],
+    ).first()
 
 
 def fetch_page(
@@ -107,7 +116,6 @@ def fetch_page(
     The order and the keyset comparison match the ``(tenant, [completed,] -created_at, -id)``
     indexes, so each page is an index range scan however deep the cursor.
     """
-    using, connection = _connection()
 
     def build(col: Callable[[str], str], table: str, cols: str) -> str:
         where = [f"{col('tenant')} = %s"]
@@ -120,22 +128,20 @@ def fetch_page(
             f"ORDER BY {col('created_at')} DESC, {col('id')} DESC LIMIT %s"
         )
 
-    sql = _statement(using, connection, "page", (completed is None, after is None), build)
-    params: list[Any] = [tenant_id]
-    if completed is not None:
-        params.append(_prep(connection, "completed", completed))
-    if after is not None:
-        params += [_prep(connection, "created_at", after[0]), _prep(connection, "id", after[1])]
-    params.append(limit)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [_row(connection, raw) for raw in cursor.fetchall()]
+    def params(connection: BaseDatabaseWrapper) -> list[Any]:
+        values: list[Any] = [tenant_id]
+        if completed is not None:
+            values.append(_prep(connection, "completed", completed))
+        if after is not None:
+            values += [_prep(connection, "created_at", after[0]), _prep(connection, "id", after[1])]
+        return [*values, limit]
+
+    return _run("page", (completed is None, after is None), build, params).rows()
 
 
 def insert(values: dict[str, Any]) -> dict[str, Any]:
     """Insert a todo from ``values`` and return it; ``id`` and ``completed`` take the model's
     defaults unless given."""
-    using, connection = _connection()
     values = {n: _FIELD[n].get_default() for n in ("id", "completed")} | values
     names = tuple(values)
 
@@ -145,48 +151,40 @@ def insert(values: dict[str, Any]) -> dict[str, Any]:
             f"VALUES ({', '.join(['%s'] * len(names))}) RETURNING {cols}"
         )
 
-    sql = _statement(using, connection, "insert", names, build)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [_prep(connection, n, v) for n, v in values.items()])
-        raw = cursor.fetchone()
-    assert raw is not None  # INSERT … RETURNING always returns the row
-    return _row(connection, raw)
+    row = _run(
+        "insert",
+        names,
+        build,
+        lambda connection: [_prep(connection, n, v) for n, v in values.items()],
+    ).first()
+    assert row is not None  # INSERT … RETURNING always returns the row
+    return row
 
 
 def update(tenant_id: int, pk: uuid.UUID, changes: dict[str, Any]) -> dict[str, Any] | None:
     """Apply ``changes`` to the tenant's todo ``pk``; its new row, or ``None`` if not found."""
-    using, connection = _connection()
     names = tuple(changes)
 
     def build(col: Callable[[str], str], table: str, cols: str) -> str:
         sets = ", ".join(f"{col(n)} = %s" for n in names)
-        return (
-            f"UPDATE {table} SET {sets} "  # noqa: S608
-            f"WHERE {col('tenant')} = %s AND {col('id')} = %s RETURNING {cols}"
-        )
+        return f"UPDATE {table} SET {sets} {_where_tenant_and_id(col)} RETURNING {cols}"  # noqa: S608
 
-    sql = _statement(using, connection, "update", names, build)
-    params = [_prep(connection, n, v) for n, v in changes.items()]
-    params += [tenant_id, _prep(connection, "id", pk)]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        raw = cursor.fetchone()
-    return None if raw is None else _row(connection, raw)
+    def params(connection: BaseDatabaseWrapper) -> list[Any]:
+        values = [_prep(connection, n, v) for n, v in changes.items()]
+        return [*values, tenant_id, _prep(connection, "id", pk)]
+
+    return _run("update", names, build, params).first()
 
 
 def delete(tenant_id: int, pk: uuid.UUID) -> bool:
     """Delete the tenant's todo ``pk``; whether it existed."""
-    using, connection = _connection()
-    sql = _statement(
-        using,
-        connection,
-        "delete",
-        (),
-        lambda col, table, cols: (
-            f"DELETE FROM {table} WHERE {col('tenant')} = %s AND {col('id')} = %s "  # noqa: S608
-            f"RETURNING {col('id')}"
-        ),
+    return bool(
+        _run(
+            "delete",
+            (),
+            lambda col, table, cols: (
+                f"DELETE FROM {table} {_where_tenant_and_id(col)} RETURNING {col('id')}"  # noqa: S608
+            ),
+            lambda connection: [tenant_id, _prep(connection, "id", pk)],
+        ).raw
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [tenant_id, _prep(connection, "id", pk)])
-        return cursor.fetchone() is not None
