@@ -134,36 +134,49 @@ def encode(row: Row, fmt: ExportFormat, *, _writer: Any = None) -> str:
     )
 
 
+class _Chunker:
+    """Encodes rows and joins them into chunks of :data:`ROWS_PER_CHUNK` rows."""
+
+    def __init__(self, fmt: ExportFormat) -> None:
+        self.fmt = fmt
+        self.writer = _csv_writer()
+        self.rows: list[str] = []
+
+    def add(self, row: Row) -> str | None:
+        """Encode ``row``; a full chunk when this row completes one."""
+        self.rows.append(encode(row, self.fmt, _writer=self.writer))
+        if len(self.rows) < ROWS_PER_CHUNK:
+            return None
+        chunk, self.rows = "".join(self.rows), []
+        return chunk
+
+    def rest(self) -> str | None:
+        """The last, partial chunk, if any rows are left."""
+        return "".join(self.rows) if self.rows else None
+
+
 def stream(rows: Iterable[Row], fmt: ExportFormat) -> Iterator[str]:
     """Header, then the rows encoded, joined into chunks of :data:`ROWS_PER_CHUNK` rows."""
-    writer = _csv_writer()
-    head = header(fmt)
+    head, chunker = header(fmt), _Chunker(fmt)
     if head:
         yield head
-    chunk: list[str] = []
     for row in rows:
-        chunk.append(encode(row, fmt, _writer=writer))
-        if len(chunk) >= ROWS_PER_CHUNK:
-            yield "".join(chunk)
-            chunk = []
-    if chunk:
-        yield "".join(chunk)
+        if (chunk := chunker.add(row)) is not None:
+            yield chunk
+    if (chunk := chunker.rest()) is not None:
+        yield chunk
 
 
 async def astream(rows: AsyncIterable[Row], fmt: ExportFormat) -> AsyncIterator[str]:
     """:func:`stream` for an async row source such as ``QuerySet.aiterator()``."""
-    writer = _csv_writer()
-    head = header(fmt)
+    head, chunker = header(fmt), _Chunker(fmt)
     if head:
         yield head
-    chunk: list[str] = []
     async for row in rows:
-        chunk.append(encode(row, fmt, _writer=writer))
-        if len(chunk) >= ROWS_PER_CHUNK:
-            yield "".join(chunk)
-            chunk = []
-    if chunk:
-        yield "".join(chunk)
+        if (chunk := chunker.add(row)) is not None:
+            yield chunk
+    if (chunk := chunker.rest()) is not None:
+        yield chunk
 
 
 async def aiter_rows(rows: QuerySet[Any, Any], chunk_size: int) -> AsyncIterator[Any]:

@@ -34,7 +34,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from audit.conf import get_settings as audit_settings
 from audit.models import Outcome
 from audit.recorder import record
-from mcpauth import ratelimit, scopes, tenancy
+from mcpauth import ratelimit, scopes
 from mcpauth.conf import MCPAuthSettings, get_settings
 from mcpauth.context import SCOPE_KEY, CallContext
 from mcpauth.exceptions import (
@@ -50,7 +50,7 @@ from mcpauth.exceptions import (
     UnknownTool,
     error_response,
 )
-from mcpauth.tokens import Principal, verify
+from mcpauth.tokens import Principal, principal_for, verify
 from mcpauth.tools import REGISTRY, call_direct
 
 log = logging.getLogger(__name__)
@@ -215,14 +215,7 @@ def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal
         ctx.recorded = True
         raise
     ctx.token = token
-    principal = Principal(
-        client_id=token.client_id,
-        subject=token.subject,
-        tenant=tenancy.resolve(token),
-        scopes=token.scopes,
-        permissions=scopes.permissions_for(token.scopes),
-        token_id=token.token_id,
-    )
+    principal = principal_for(token)
     ctx.principal = principal
     if not ctx.is_notification and ctx.http_method == "POST":
         ctx.usage = ratelimit.hit(principal)

@@ -2,7 +2,7 @@
 
 :func:`verify` checks a bearer token against the configured issuer's JWKS (signature with an
 explicit asymmetric allow-list, ``iss``, ``aud``, ``exp``/``nbf``/``iat``) and extracts the
-identity claims. :func:`authenticate` adds the tenant (``mcpauth.tenancy``) and the permissions
+identity claims. :func:`principal_for` adds the tenant (``mcpauth.tenancy``) and the permissions
 the scopes grant (``mcpauth.scopes``), producing the one ``Principal`` a request carries.
 """
 
@@ -379,16 +379,17 @@ def verify(raw: str) -> VerifiedToken:
     return verified
 
 
-def authenticate(raw: str) -> Principal:
-    """Verify the token, resolve its tenant and map its scopes: the request's Principal."""
+def principal_for(token: VerifiedToken) -> Principal:
+    """The request's Principal: the verified token, its tenant and its mapped permissions.
+
+    Raises what tenant resolution raises (unknown or suspended tenant).
+    """
     from mcpauth import scopes, tenancy
 
-    token = verify(raw)
-    tenant = tenancy.resolve(token)
     return Principal(
         client_id=token.client_id,
         subject=token.subject,
-        tenant=tenant,
+        tenant=tenancy.resolve(token),
         scopes=token.scopes,
         permissions=scopes.permissions_for(token.scopes),
         token_id=token.token_id,
