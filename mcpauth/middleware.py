@@ -299,6 +299,11 @@ def _outcome_from_response(ctx: CallContext, status: int, body: bytes) -> tuple[
     return Outcome.OK, "", ""
 
 
+def _audit_failed() -> MCPAuthError:
+    """The 500 a call gets when its audit row could not be written (no reply without one)."""
+    return MCPAuthError("Internal error: audit write failed.")
+
+
 class GovernedMCP:
     """Wraps the FastMCP Starlette app (see module docstring)."""
 
@@ -371,16 +376,14 @@ class GovernedMCP:
         status = int(start["status"])
         response_body = b"".join(chunks)
         if ctx.audit_failed:
-            await self._refuse(MCPAuthError("Internal error: audit write failed."), ctx, conf, send)
+            await self._refuse(_audit_failed(), ctx, conf, send)
             return
         if not ctx.recorded and self._should_record(ctx):
             outcome, code, message = _outcome_from_response(ctx, status, response_body)
             if not await self._record(
                 ctx, outcome=outcome, status=status, error_code=code, error_message=message
             ):
-                await self._refuse(
-                    MCPAuthError("Internal error: audit write failed."), ctx, conf, send
-                )
+                await self._refuse(_audit_failed(), ctx, conf, send)
                 return
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
         headers.append((b"content-length", str(len(response_body)).encode()))
@@ -394,7 +397,7 @@ class GovernedMCP:
         self, ctx: CallContext, conf: MCPAuthSettings, result: bytes, send: Send
     ) -> None:
         if ctx.audit_failed or not ctx.recorded:
-            await self._refuse(MCPAuthError("Internal error: audit write failed."), ctx, conf, send)
+            await self._refuse(_audit_failed(), ctx, conf, send)
             return
         body = b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (json.dumps(ctx.rpc_id).encode(), result)
         headers = [
@@ -439,7 +442,7 @@ class GovernedMCP:
                 )
                 and exc.status_code < 500
             ):
-                exc = MCPAuthError("Internal error: audit write failed.")
+                exc = _audit_failed()
         status, headers, body = error_response(
             exc, resource_metadata=conf.resource_metadata_url, request_id=ctx.rpc_id
         )
