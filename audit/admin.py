@@ -41,7 +41,7 @@ from django.utils.text import capfirst
 from audit import export
 from audit.models import AuditEvent
 from mcpauth.models import Tenant
-from mcpauth.tools import REGISTRY
+from mcpauth.registry import registry
 
 #: Rows fetched per database round trip by the admin export.
 EXPORT_CHUNK_SIZE = 2000
@@ -153,7 +153,7 @@ class ToolFilter(_ExactValueFilter):
     parameter_name = field_name = "tool"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        choices = [(name, name) for name in sorted(REGISTRY)]
+        choices = [(name, name) for name in registry.names()]
         return self.with_current([*choices, ("", f"{NONE_LABEL} not a tool call")])
 
 

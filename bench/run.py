@@ -847,7 +847,7 @@ def seed_todos() -> int:
     from todos.models import Todo
 
     tenant, _ = Tenant.objects.get_or_create(external_id=TENANT, defaults={"name": TENANT})
-    Todo.objects.bulk_create(
+    Todo.all_tenants.bulk_create(
         [
             Todo(
                 id=uuid.UUID(tid),

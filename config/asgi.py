@@ -1,9 +1,9 @@
 """ASGI entry point: ``uvicorn config.asgi:application`` serves everything.
 
-* ``/mcp`` → the governance middleware (``mcpauth.middleware.GovernedMCP``) → FastMCP
-  (stateless streamable HTTP, JSON responses);
+* ``/mcp`` → ``mcpauth.asgi.MCPApplication``: governance, then the platform's MCP server, which
+  ``mcpauth`` builds from every installed app's ``mcp.py`` (stateless streamable HTTP, JSON);
 * everything else → Django (admin, health, API docs, protected-resource metadata);
-* ``lifespan`` → FastMCP's app, whose lifespan must run (Django's ASGI handler rejects it).
+* ``lifespan`` → the MCP application, whose lifespan must run (Django's handler rejects it).
 
 Startup fails with a clear message when mcpauth is misconfigured (system checks ``mcpauth.E*``).
 """
@@ -27,9 +27,8 @@ if settings.DEBUG:  # like runserver: serve admin assets in development only
 
     django_app = ASGIStaticFilesHandler(django_app)
 
+from mcpauth.asgi import MCPApplication  # noqa: E402
 from mcpauth.checks import assert_startup_ready  # noqa: E402
-from mcpauth.middleware import GovernedMCP  # noqa: E402
-from todos.mcp import mcp  # noqa: E402
 
 assert_startup_ready()
 
@@ -40,17 +39,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def build_application() -> ASGIApp:
-    """A fresh composed app. FastMCP's lifespan runs once per app, so a restart needs a new one."""
-    mcp_app = mcp.http_app(path="/mcp", stateless_http=True, json_response=True)
-    governed_mcp = GovernedMCP(mcp_app)
+    """A fresh composed app. The MCP lifespan runs once per app, so a restart needs a new one."""
+    mcp_app = MCPApplication()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
+        if scope["type"] == "lifespan" or mcp_app.handles(scope.get("path", "")):
             await mcp_app(scope, receive, send)
-            return
-        path: str = scope.get("path", "")
-        if path == "/mcp" or path.startswith("/mcp/"):
-            await governed_mcp(scope, receive, send)
             return
         await cast(ASGIApp, django_app)(scope, receive, send)
 

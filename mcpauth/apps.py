@@ -8,3 +8,7 @@ class MCPAuthConfig(AppConfig):
 
     def ready(self) -> None:
         from mcpauth import checks, scopes, tenancy  # noqa: F401  (register checks and signals)
+        from mcpauth.registry import autodiscover
+
+        # Every installed app's mcp.py registers its tools, as admin.py registers models.
+        autodiscover()

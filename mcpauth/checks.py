@@ -5,6 +5,9 @@
 * ``mcpauth.E003`` no usable algorithm (HMAC/``none`` are never allowed);
 * ``mcpauth.E004`` a rate setting does not parse;
 * ``mcpauth.E005`` Scalekit preset half-configured;
+* ``mcpauth.E006`` two tools share one name;
+* ``mcpauth.E007`` a tool's permission is not of the form ``app_label.codename``;
+* ``mcpauth.E008`` a tool is declared both ``read_only`` and ``destructive``;
 * ``mcpauth.W010`` the rate-limit cache is not shared between workers while ``DEBUG`` is off;
 * ``mcpauth.W011`` ``ALLOWED_HOSTS`` contains ``*``, which disables DNS-rebinding protection;
 * ``mcpauth.W012`` the development issuer is active.
@@ -19,6 +22,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 from mcpauth.conf import get_settings, parse_rate
+from mcpauth.registry import ToolRegistry, registry
 
 _SHARED_CACHES = ("redis", "memcached", "db.DatabaseCache")
 
@@ -103,9 +107,51 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
     return messages
 
 
+def tool_messages(tools: ToolRegistry) -> list[checks.CheckMessage]:
+    """Problems with the registered tools (``E006``-``E008``)."""
+    messages: list[checks.CheckMessage] = []
+    for first, second in tools.duplicates:
+        messages.append(
+            checks.Error(
+                f"Two MCP tools are named {first.name!r}: {first.module}.{first.fn.__name__} "
+                f"and {second.module}.{second.fn.__name__}.",
+                hint="Give one of them another name: @tool(name=...).",
+                id="mcpauth.E006",
+            )
+        )
+    for spec in tools:
+        for perm in spec.permissions:
+            app_label, _, codename = perm.partition(".")
+            if not app_label or not codename or "." in codename or " " in perm:
+                messages.append(
+                    checks.Error(
+                        f"MCP tool {spec.name!r} ({spec.module}) requires {perm!r}, which is not "
+                        "a permission name.",
+                        hint="Use Django permission names: 'app_label.codename', e.g. "
+                        "'notes.view_note'.",
+                        id="mcpauth.E007",
+                    )
+                )
+        if spec.read_only and spec.destructive:
+            messages.append(
+                checks.Error(
+                    f"MCP tool {spec.name!r} ({spec.module}) is declared read_only and "
+                    "destructive.",
+                    hint="A read-only tool changes nothing: drop one of the two.",
+                    id="mcpauth.E008",
+                )
+            )
+    return messages
+
+
+@checks.register("mcpauth")
+def check_tools(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    return tool_messages(registry)
+
+
 def assert_startup_ready() -> None:
     """Raise ImproperlyConfigured when a ``mcpauth`` check reports an error."""
-    errors = [m for m in check_configuration() if m.is_serious()]
+    errors = [m for m in [*check_configuration(), *check_tools()] if m.is_serious()]
     if errors:
         lines = [f"{m.id}: {m.msg} HINT: {m.hint}" for m in errors]
         raise ImproperlyConfigured("mcpauth is misconfigured:\n  " + "\n  ".join(lines))

@@ -92,7 +92,10 @@ class MCPAuthSettings:
     auto_provision_tenants: bool = True
     #: Seconds a worker caches tenants, client bindings/policies and the scope map.
     cache_ttl: int = 30
-    resource_name: str = "Governed MCP todo server"
+    #: The server's name: RFC 9728 ``resource_name`` and the MCP ``serverInfo.name``.
+    resource_name: str = "Governed MCP server"
+    #: The MCP server's ``instructions`` for clients.
+    instructions: str = "Every call is authorised per tool and audited."
     #: Scopes named in a bare 401 challenge (``scope=``); empty means every concrete scope of
     #: the scope map, so a client that follows the challenge can see every tool it may get.
     base_scopes: tuple[str, ...] = ()
@@ -107,9 +110,10 @@ class MCPAuthSettings:
     allowed_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1_048_576
     max_json_depth: int = 32
-    #: Serve plain handshake-era ``tools/call`` requests without FastMCP's per-request transport
-    #: (same validation, result shape and audit); off routes every request through FastMCP.
-    direct_tool_calls: bool = True
+    #: Answer single handshake-era JSON-RPC requests without the MCP SDK's per-request stateless
+    #: transport (same handler kernel and serializer, see ``mcpauth.transport``); off sends every
+    #: request through the SDK's session manager.
+    fast_transport: bool = True
     dev_key_path: Path = Path("var/dev-issuer-key.pem")
 
     @property
@@ -183,7 +187,10 @@ def _build() -> MCPAuthSettings:
         tenant_claim=str(getattr(s, "MCPAUTH_TENANT_CLAIM", "oid") or "oid"),
         auto_provision_tenants=bool(getattr(s, "MCPAUTH_AUTO_PROVISION_TENANTS", True)),
         cache_ttl=int(getattr(s, "MCPAUTH_CACHE_TTL", 30)),
-        resource_name=str(getattr(s, "MCPAUTH_RESOURCE_NAME", "Governed MCP todo server")),
+        resource_name=str(getattr(s, "MCPAUTH_RESOURCE_NAME", "Governed MCP server")),
+        instructions=str(
+            getattr(s, "MCPAUTH_INSTRUCTIONS", "Every call is authorised per tool and audited.")
+        ),
         base_scopes=_split(getattr(s, "MCPAUTH_BASE_SCOPES", "")),
         rate_limit=str(getattr(s, "MCPAUTH_RATE_LIMIT", "120/m")),
         scope_rate_limits=dict(getattr(s, "MCPAUTH_SCOPE_RATE_LIMITS", {}) or {}),
@@ -195,7 +202,7 @@ def _build() -> MCPAuthSettings:
         allowed_origins=_split(getattr(s, "MCPAUTH_ALLOWED_ORIGINS", ())),
         max_body_bytes=int(getattr(s, "MCPAUTH_MAX_BODY_BYTES", 1_048_576)),
         max_json_depth=int(getattr(s, "MCPAUTH_MAX_JSON_DEPTH", 32)),
-        direct_tool_calls=bool(getattr(s, "MCPAUTH_DIRECT_TOOL_CALLS", True)),
+        fast_transport=bool(getattr(s, "MCPAUTH_FAST_TRANSPORT", True)),
         dev_key_path=Path(getattr(s, "MCPAUTH_DEV_KEY_PATH", var_dir / "dev-issuer-key.pem")),
     )
 

@@ -1,27 +1,57 @@
-"""Per-request state for one ``/mcp`` call, kept in the ASGI scope under ``SCOPE_KEY``.
+"""Per-request state for one ``/mcp`` call, and how code inside a tool reaches it.
 
-The middleware fills it (identity, parsed JSON-RPC envelope); tools read the ``Principal`` from
-it; whoever writes the audit row marks it ``recorded`` so each call has exactly one row.
+The governance middleware makes one :class:`CallContext` per request and binds it to a context
+variable for the whole request, so it follows the call into FastMCP, into the worker thread a
+sync tool runs in, and into ``sync_to_async`` (both copy the context). Tools read the caller
+with :func:`current_principal`; whoever writes the call's audit row marks it ``recorded``, so
+each call has exactly one row.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from django.db import close_old_connections, connection
+
+from mcpauth.exceptions import NoPrincipal
 
 if TYPE_CHECKING:
     from mcpauth.exceptions import MCPAuthError
     from mcpauth.ratelimit import Usage
     from mcpauth.tokens import Principal, VerifiedToken
 
-SCOPE_KEY = "mcpauth.call"
 #: Seconds between connection health checks (``SELECT 1``) per worker thread.
 HEALTH_CHECK_INTERVAL = 1.0
 _health = threading.local()
+_current: ContextVar[CallContext | None] = ContextVar("mcpauth_call", default=None)
+
+
+def refresh_connections() -> None:
+    """``close_old_connections()`` for this thread, with a throttled health check.
+
+    The ``/mcp`` path bypasses Django's request handler, so its ``request_started`` signal never
+    fires: this is what it would do. It drops connections that broke or outlived
+    ``CONN_MAX_AGE``, and (with ``CONN_HEALTH_CHECKS``) marks the connection for a ``SELECT 1``
+    before its next query. The ping is skipped when this thread's connection was checked less
+    than ``HEALTH_CHECK_INTERVAL`` seconds ago and has seen no error since: a connection that
+    broke in that second fails one query, which flags it, and the next request reconnects.
+    """
+    close_old_connections()
+    now = time.monotonic()
+    if (
+        connection.connection is not None
+        and not connection.errors_occurred
+        and now - getattr(_health, "checked_at", float("-inf")) < HEALTH_CHECK_INTERVAL
+    ):
+        connection.health_check_done = True  # type: ignore[attr-defined]
+    else:
+        _health.checked_at = now
 
 
 @dataclass
@@ -36,10 +66,14 @@ class CallContext:
     tool: str = ""
     arguments: Any = None
     is_notification: bool = False
+    #: The MCP protocol version the request speaks (header, else the handshake-era default).
+    protocol_version: str = ""
     parse_error: MCPAuthError | None = None
     token: VerifiedToken | None = None
     principal: Principal | None = None
     usage: Usage | None = None
+    #: The decoded JSON-RPC body (a dict), when it parsed.
+    message: dict[str, Any] | None = None
     #: True once the call's single audit row has been written (or deliberately skipped).
     recorded: bool = False
     #: True once the tool function itself started running.
@@ -50,28 +84,12 @@ class CallContext:
     db_thread: int | None = None
 
     def refresh_db(self) -> None:
-        """``close_old_connections()`` once per request and worker thread.
-
-        That drops connections that broke or outlived ``CONN_MAX_AGE``, and (with
-        ``CONN_HEALTH_CHECKS``) marks the connection for a ``SELECT 1`` before its next query.
-        The ping is skipped when this thread's connection was checked less than
-        ``HEALTH_CHECK_INTERVAL`` seconds ago and has seen no error since: a connection that
-        broke in that second fails one query, which flags it, and the next request reconnects.
-        """
+        """:func:`refresh_connections` once per request and worker thread."""
         ident = threading.get_ident()
         if self.db_thread == ident:
             return
         self.db_thread = ident
-        close_old_connections()
-        now = time.monotonic()
-        if (
-            connection.connection is not None
-            and not connection.errors_occurred
-            and now - getattr(_health, "checked_at", float("-inf")) < HEALTH_CHECK_INTERVAL
-        ):
-            connection.health_check_done = True  # type: ignore[attr-defined]
-        else:
-            _health.checked_at = now
+        refresh_connections()
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -96,3 +114,38 @@ class CallContext:
                 scopes=" ".join(sorted(self.token.scopes)),
             )
         return fields
+
+
+@contextmanager
+def bind(ctx: CallContext) -> Iterator[CallContext]:
+    """Make ``ctx`` the current call for the duration of the block."""
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
+
+
+def get_call() -> CallContext | None:
+    """The current ``/mcp`` call, or ``None`` outside one."""
+    return _current.get()
+
+
+def current_call() -> CallContext:
+    """The current ``/mcp`` call; raise :class:`~mcpauth.exceptions.NoPrincipal` outside one."""
+    ctx = _current.get()
+    if ctx is None:
+        raise NoPrincipal("No governed MCP call is in progress.")
+    return ctx
+
+
+def current_principal() -> Principal:
+    """The caller of the governed tool that is running (sync or async).
+
+    Raises :class:`~mcpauth.exceptions.NoPrincipal` outside a governed call: there is never an
+    implicit or default principal.
+    """
+    principal = current_call().principal
+    if principal is None:
+        raise NoPrincipal("The current MCP call has no authenticated principal.")
+    return principal

@@ -188,10 +188,20 @@ def error_response(
 
 
 class ServiceError(Exception):
-    """A domain error raised by a service layer (``todos.services``).
+    """A domain error raised by an app's service layer (``todos.services``, ...).
 
-    Tool edges turn it into an MCP tool error (``isError: true``) carrying ``str(exc)``; the
-    audit outcome is the class attribute ``outcome``.
+    Raised anywhere inside a tool, it becomes an MCP tool error (``isError: true``) carrying
+    ``str(exc)``, so its message must never contain secrets or argument values; the audit
+    outcome is the class attribute ``outcome`` (``tool_error``, or ``denied`` for a refusal).
     """
 
     outcome: ClassVar[str] = "tool_error"
+
+
+class NoPrincipal(RuntimeError):
+    """Code that needs the caller ran outside a governed call (``current_principal()``, a
+    tenant-confined queryset). Fails closed: there is never an implicit principal."""
+
+
+class AuditWriteFailed(Exception):
+    """The call's audit row could not be written; the call is rolled back and answered 500."""

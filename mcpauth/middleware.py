@@ -1,4 +1,4 @@
-"""ASGI middleware in front of the FastMCP app: the governance pipeline for ``/mcp``.
+"""The governance pipeline for ``/mcp``: an ASGI app in front of the platform's MCP server.
 
 For every request, in order:
 
@@ -9,14 +9,14 @@ For every request, in order:
 4. client policy and rate limit keyed on ``client_id`` → 403/429/503;
 5. for ``tools/call``: the tool must exist and the caller must hold its permissions → 403
    ``insufficient_scope`` step-up challenge;
-6. the request goes to FastMCP; its JSON response is held until the call's audit row is
-   committed, then sent with ``X-Request-ID`` and rate-limit headers.
+6. the request is served by :class:`mcpauth.transport.Transport` (the MCP SDK and FastMCP, one
+   handler kernel for every protocol version); a tool call's audit row is written by the tool
+   runner before the reply exists, any other request's here, before the reply is sent with
+   ``X-Request-ID`` and rate-limit headers.
 
-Fast path: a plain handshake-era ``tools/call`` (see :func:`direct_tool_call`) runs steps 3-6
-in one worker thread and calls the tool directly (:func:`mcpauth.tools.call_direct`), skipping
-FastMCP's per-request transport and session, which cost more than all the governance together.
-
-Every refusal is audited (except IP-throttled floods, which is the point of the throttle).
+The call's :class:`~mcpauth.context.CallContext` is bound for the whole request, so the tool
+runner and ``current_principal()`` see the admitted caller. Every refusal is audited (except
+IP-throttled floods, which is the point of the throttle).
 """
 
 from __future__ import annotations
@@ -29,14 +29,13 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http.request import split_domain_port, validate_host
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from audit.conf import get_settings as audit_settings
 from audit.models import Outcome
 from audit.recorder import record
 from mcpauth import ratelimit, scopes
 from mcpauth.conf import MCPAuthSettings, get_settings
-from mcpauth.context import SCOPE_KEY, CallContext
+from mcpauth.context import CallContext, bind
 from mcpauth.exceptions import (
     HostNotAllowed,
     InsufficientScope,
@@ -50,8 +49,9 @@ from mcpauth.exceptions import (
     UnknownTool,
     error_response,
 )
+from mcpauth.registry import registry
 from mcpauth.tokens import Principal, principal_for, verify
-from mcpauth.tools import REGISTRY, call_direct
+from mcpauth.transport import Transport, protocol_version
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ def parse_envelope(ctx: CallContext, body: bytes, conf: MCPAuthSettings) -> None
     if _depth(message, conf.max_json_depth):
         ctx.parse_error = InvalidRequest("JSON nested too deeply.")
         return
+    ctx.message = message
     rpc_id = message.get("id")
     ctx.rpc_id = rpc_id if isinstance(rpc_id, str | int) and not isinstance(rpc_id, bool) else None
     ctx.is_notification = "id" not in message
@@ -130,7 +131,7 @@ def parse_envelope(ctx: CallContext, body: bytes, conf: MCPAuthSettings) -> None
         ctx.tool = params["name"][:100]
         args = params.get("arguments", {})
         ctx.arguments = args
-        if ctx.tool not in REGISTRY:
+        if ctx.tool not in registry:
             ctx.parse_error = UnknownTool(f"Unknown tool: {ctx.tool!r}.")
 
 
@@ -226,42 +227,8 @@ def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal
     return principal
 
 
-def _accepts_json(scope: Scope) -> bool:
-    for value in _header(scope, b"accept"):
-        for item in value.decode("latin-1").split(","):
-            media = item.split(";", 1)[0].strip().lower()
-            if media in ("application/json", "application/*", "*/*"):
-                return True
-    return False
-
-
-def direct_tool_call(scope: Scope, ctx: CallContext) -> bool:
-    """Whether this ``tools/call`` can skip FastMCP's per-request transport and session.
-
-    Only for what that transport would treat as a plain handshake-era request: POST, a
-    well-formed ``tools/call`` for a registered tool, JSON accepted and sent, and no
-    ``MCP-Protocol-Version`` header or a handshake-era one. Anything else (newer protocol
-    envelopes, content negotiation failures ...) goes through FastMCP unchanged.
-    """
-    if ctx.method != "tools/call" or ctx.parse_error is not None or ctx.http_method != "POST":
-        return False
-    versions = _header(scope, b"mcp-protocol-version")
-    if versions and versions[0].decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS:
-        return False
-    content_types = _header(scope, b"content-type")
-    if not content_types or content_types[0].split(b";")[0].strip().lower() != b"application/json":
-        return False
-    return _accepts_json(scope)
-
-
-def admit_and_call(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> bytes:
-    """The whole direct ``tools/call`` in one worker thread: admission, then the tool."""
-    admit(ctx, raw, conf)
-    return call_direct(ctx)
-
-
 def authorize_tool(ctx: CallContext, principal: Principal) -> None:
-    spec = REGISTRY[ctx.tool]
+    spec = registry[ctx.tool]
     if not principal.has_perms(spec.permissions):
         needed = scopes.scopes_for(spec.permissions)
         raise InsufficientScope(
@@ -305,14 +272,13 @@ def _audit_failed() -> MCPAuthError:
 
 
 class GovernedMCP:
-    """Wraps the FastMCP Starlette app (see module docstring)."""
+    """The ``/mcp`` ASGI app: governance, then :class:`~mcpauth.transport.Transport`."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
             return
         conf = get_settings()
         ua = _header(scope, b"user-agent")
@@ -322,8 +288,14 @@ class GovernedMCP:
             user_agent=ua[0].decode("latin-1") if ua else "",
             http_method=scope["method"],
             method="" if scope["method"] == "POST" else f"HTTP {scope['method']}",
+            protocol_version=protocol_version(scope) or "",
         )
-        scope[SCOPE_KEY] = ctx
+        with bind(ctx):
+            await self._handle(ctx, conf, scope, receive, send)
+
+    async def _handle(
+        self, ctx: CallContext, conf: MCPAuthSettings, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         try:
             check_host(scope, conf)
             body = b""
@@ -331,10 +303,6 @@ class GovernedMCP:
                 body = await read_body(receive, conf.max_body_bytes, scope)
                 parse_envelope(ctx, body, conf)
             raw = bearer_token(scope)
-            if conf.direct_tool_calls and direct_tool_call(scope, ctx):
-                result = await sync_to_async(admit_and_call, thread_sensitive=False)(ctx, raw, conf)
-                await self._reply_direct(ctx, conf, result, send)
-                return
             await sync_to_async(admit, thread_sensitive=False)(ctx, raw, conf)
             if ctx.parse_error is not None:
                 raise ctx.parse_error
@@ -346,30 +314,35 @@ class GovernedMCP:
             await self._refuse(MCPAuthError("Internal error."), ctx, conf, send)
             return
 
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
         start: Message | None = None
         chunks: list[bytes] = []
+        streaming = False
 
         async def capture(message: Message) -> None:
-            nonlocal start
+            # Hold the reply until its audit row is committed; a stream (SSE) passes through.
+            nonlocal start, streaming
             if message["type"] == "http.response.start":
                 start = message
+                ctype = dict(message.get("headers", [])).get(b"content-type", b"")
+                if ctype.startswith(b"text/event-stream"):
+                    streaming = True
+                    await send(self._with_headers(ctx, message, None))
+            elif streaming:
+                await send(message)
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
         try:
-            await self.app(scope, replay, capture)
+            await self.transport.serve(ctx, scope, body, capture)
         except Exception:
-            log.exception("MCP app failed")
+            log.exception("MCP server failed")
+            if streaming:
+                return
             start = None
+        if streaming:
+            if not ctx.recorded and self._should_record(ctx):
+                await self._record(ctx, outcome=Outcome.OK, status=200)
+            return
         if start is None:
             await self._refuse(MCPAuthError("Internal error."), ctx, conf, send)
             return
@@ -385,30 +358,23 @@ class GovernedMCP:
             ):
                 await self._refuse(_audit_failed(), ctx, conf, send)
                 return
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(response_body)).encode()))
+        await send(self._with_headers(ctx, start, response_body))
+        await send({"type": "http.response.body", "body": response_body})
+
+    @staticmethod
+    def _with_headers(ctx: CallContext, start: Message, body: bytes | None) -> Message:
+        """The response start with ``X-Request-ID``, rate-limit headers and the final length."""
+        headers = [
+            (k, v)
+            for k, v in start.get("headers", [])
+            if body is None or k.lower() != b"content-length"
+        ]
+        if body is not None:
+            headers.append((b"content-length", str(len(body)).encode()))
         headers.append((b"x-request-id", ctx.request_id.encode()))
         if ctx.usage is not None:
             headers.extend((k.encode(), v.encode()) for k, v in ctx.usage.headers())
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": response_body})
-
-    async def _reply_direct(
-        self, ctx: CallContext, conf: MCPAuthSettings, result: bytes, send: Send
-    ) -> None:
-        if ctx.audit_failed or not ctx.recorded:
-            await self._refuse(_audit_failed(), ctx, conf, send)
-            return
-        body = b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (json.dumps(ctx.rpc_id).encode(), result)
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-request-id", ctx.request_id.encode()),
-        ]
-        if ctx.usage is not None:
-            headers.extend((k.encode(), v.encode()) for k, v in ctx.usage.headers())
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        return {"type": "http.response.start", "status": start["status"], "headers": headers}
 
     @staticmethod
     def _should_record(ctx: CallContext) -> bool:

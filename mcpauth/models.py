@@ -1,4 +1,7 @@
-"""Tenants, the scope→permission map, client→tenant bindings and per-client policies."""
+"""Tenants, the scope→permission map, client→tenant bindings and per-client policies.
+
+:class:`TenantOwned` is the abstract base for app models whose rows belong to one tenant.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 
 from mcpauth.conf import parse_rate
+from mcpauth.managers import TenantManager
 
 
 class Tenant(models.Model):
@@ -87,3 +91,25 @@ class ClientPolicy(models.Model):
                 parse_rate(self.rate)
             except ValueError as exc:
                 raise ValidationError({"rate": str(exc)}) from exc
+
+
+class TenantOwned(models.Model):
+    """Abstract base for a model whose rows belong to one tenant (see ``mcpauth.managers``).
+
+    ``Model.objects.for_principal(p)`` / ``.current()`` are the tenant's rows and nothing else;
+    ``Model.objects`` without a principal raises ``NoPrincipal``. ``Model.all_tenants`` is the
+    unconfined default manager for the admin and commands. A subclass with its own ``Meta``
+    should extend ``TenantOwned.Meta``.
+    """
+
+    tenant = models.ForeignKey(
+        Tenant, on_delete=models.CASCADE, related_name="%(app_label)s_%(class)s_set"
+    )
+
+    # all_tenants first: the default manager (admin, dumpdata, related objects) is unconfined.
+    all_tenants = models.Manager()
+    objects = TenantManager()  # type: ignore[var-annotated]
+
+    class Meta:
+        abstract = True
+        default_manager_name = "all_tenants"

@@ -22,21 +22,6 @@ from mcpauth.conf import get_settings
 from mcpauth.localcache import TTLCache
 from mcpauth.models import ScopeMapping
 
-#: The mapping the data migration seeds and ``scopes import`` accepts as a format example.
-DEFAULT_MAPPING: dict[str, tuple[str, ...]] = {
-    "todo:read": ("todos.view_todo",),
-    "todo:write": (
-        "todos.view_todo",
-        "todos.add_todo",
-        "todos.change_todo",
-        "todos.delete_todo",
-    ),
-}
-DEFAULT_DESCRIPTIONS = {
-    "todo:read": "Read todos",
-    "todo:write": "Create, update and delete todos",
-}
-
 _ttl = lambda: get_settings().cache_ttl  # noqa: E731
 _map_cache: TTLCache[dict[str, frozenset[str]]] = TTLCache(_ttl, maxsize=1)
 _perm_cache: TTLCache[frozenset[str]] = TTLCache(_ttl)
@@ -136,16 +121,6 @@ def resolve_permissions(names: Iterable[str]) -> list[Permission]:
         except Permission.DoesNotExist:
             raise ValueError(f"unknown permission {name!r}") from None
     return perms
-
-
-def seed_defaults() -> None:
-    """Create the default mappings when absent (used by the data migration and tests)."""
-    for scope, names in DEFAULT_MAPPING.items():
-        mapping, created = ScopeMapping.objects.get_or_create(
-            scope=scope, defaults={"description": DEFAULT_DESCRIPTIONS.get(scope, "")}
-        )
-        if created:
-            mapping.permissions.set(resolve_permissions(names))
 
 
 def clear_cache(**_: Any) -> None:

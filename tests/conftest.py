@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -22,10 +23,20 @@ from django.test import override_settings
 from jwt.algorithms import RSAAlgorithm
 
 from mcpauth import ratelimit, scopes, tenancy, tokens
+from mcpauth.operations import seed_scope_mappings
 from mcpauth.tokens import Principal, TenantRef
 from tests.servers import json_server
 
 MCP_ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+#: The todo app's default scopes, as its data migration seeds them.
+TODO_SCOPES = importlib.import_module("todos.migrations.0003_seed_scope_mappings").SCOPES
+
+
+def seed_todo_scopes() -> None:
+    """Re-seed the todo scopes (a transactional test's flush removes migration data)."""
+    from django.apps import apps
+
+    seed_scope_mappings(apps, TODO_SCOPES)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -347,7 +358,7 @@ def _drop_other_db_sessions() -> None:
 @pytest.fixture
 def live(_live_server: LiveServer, transactional_db: None) -> LiveServer:
     """The running server; tests using it see committed data (transactional_db)."""
-    scopes.seed_defaults()
+    seed_todo_scopes()
     return _live_server
 
 

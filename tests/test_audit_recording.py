@@ -61,7 +61,7 @@ def test_ok_row_has_identity_and_request_id(live, mint):
 def test_one_row_per_call_with_the_right_outcome(
     live, mint, settings, direct, scope, body, outcome, status
 ):
-    settings.MCPAUTH_DIRECT_TOOL_CALLS = direct
+    settings.MCPAUTH_FAST_TRANSPORT = direct
     resp = post(live, mint(scope=scope), body)
     assert resp.status_code == status
     row = only_row()
@@ -87,7 +87,7 @@ def test_rate_limited_row(live, mint, settings):
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "via-fastmcp"])
 def test_exception_inside_tool_is_a_server_error_row(live, mint, monkeypatch, settings, direct):
-    settings.MCPAUTH_DIRECT_TOOL_CALLS = direct
+    settings.MCPAUTH_FAST_TRANSPORT = direct
 
     def explode(*args, **kwargs):
         raise RuntimeError("database exploded with secret detail")
@@ -104,17 +104,17 @@ def test_exception_inside_tool_is_a_server_error_row(live, mint, monkeypatch, se
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "via-fastmcp"])
 def test_failing_audit_write_rolls_back_the_change(live, mint, monkeypatch, settings, direct):
-    settings.MCPAUTH_DIRECT_TOOL_CALLS = direct
-    import mcpauth.tools
+    settings.MCPAUTH_FAST_TRANSPORT = direct
+    import mcpauth.runner
 
     def broken_record(**kwargs):
         raise RuntimeError("audit table unavailable")
 
-    monkeypatch.setattr(mcpauth.tools, "record", broken_record)
+    monkeypatch.setattr(mcpauth.runner, "record", broken_record)
     resp = post(live, mint(), call_tool("create_todo", {"title": "must not persist"}))
     assert resp.status_code == 500
     assert resp.json()["error"]["code"] == -32603
-    assert not Todo.objects.exists()
+    assert not Todo.all_tenants.exists()
     # the failure itself is still recorded by the middleware's own writer
     assert only_row().outcome == "server_error"
 

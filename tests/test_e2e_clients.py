@@ -118,7 +118,7 @@ def test_inspector_calls_create_todo(live: LiveServer, mint: Minter, tmp_path: P
     assert todo["completed"] is False
     assert json.loads(result["content"][0]["text"]) == {"todo": todo}
 
-    row = Todo.objects.select_related("tenant").get(pk=todo["id"])
+    row = Todo.all_tenants.select_related("tenant").get(pk=todo["id"])
     assert (row.tenant.external_id, row.title) == ("acme", "From the Inspector")
     event = AuditEvent.objects.get(method="tools/call", tool="create_todo")
     assert (event.client_id, event.outcome, event.status) == ("inspector", "ok", 200)
@@ -145,7 +145,7 @@ def test_inspector_with_read_only_token(live: LiveServer, mint: Minter, tmp_path
     denied = inspector(live.url, token, *args, home=tmp_path)
     assert denied.returncode != 0, denied
     assert denied.json()["error"]["code"] == "tool_not_found", denied
-    assert not Todo.objects.exists()
+    assert not Todo.all_tenants.exists()
 
 
 def test_inspector_with_invalid_token_fails_fast(live: LiveServer, tmp_path: Path) -> None:

@@ -30,9 +30,8 @@ import pytest
 from django.db import connection
 
 from audit.models import AuditEvent
-from mcpauth import scopes
 from mcpauth.models import ClientPolicy
-from tests.conftest import MCP_ACCEPT, call_tool, free_port, window_of
+from tests.conftest import MCP_ACCEPT, call_tool, free_port, seed_todo_scopes, window_of
 from tests.servers import uvicorn_process
 from todos.models import Todo
 
@@ -234,9 +233,9 @@ async def drive(url: str, tokens: dict[str, str], world: World) -> None:
 
 def test_eight_clients_two_tenants_two_workers(transactional_db, mint, idp, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="httpx2")  # not one INFO line per request
-    scopes.seed_defaults()
+    seed_todo_scopes()
     ClientPolicy.objects.create(client_id=LIMITED_CLIENT, mode="custom", rate=f"{LIMIT}/m")
-    assert not Todo.objects.exists() and not AuditEvent.objects.exists()
+    assert not Todo.all_tenants.exists() and not AuditEvent.objects.exists()
     tokens: dict[str, str] = {}
     for i in range(CLIENTS):
         client_id, org = f"e2e-client-{i}", TENANTS[i % 2]
@@ -265,7 +264,7 @@ def test_eight_clients_two_tenants_two_workers(transactional_db, mint, idp, tmp_
 
     # --- every created todo (minus deleted ones) exists exactly once, in its tenant --------------
     expected = {todo_id: t for todo_id, t in world.owner.items() if todo_id not in world.deleted}
-    rows = list(Todo.objects.values_list("pk", "tenant__external_id", "title"))
+    rows = list(Todo.all_tenants.values_list("pk", "tenant__external_id", "title"))
     in_db = Counter(str(pk) for pk, _, _ in rows)
     assert all(n == 1 for n in in_db.values())
     assert {str(pk): tenant for pk, tenant, _ in rows} == expected

@@ -33,8 +33,7 @@ import pytest
 from django.db import connection
 
 from audit.models import AuditEvent
-from mcpauth import scopes
-from tests.conftest import MCP_ACCEPT, call_tool, free_port
+from tests.conftest import MCP_ACCEPT, call_tool, free_port, seed_todo_scopes
 from tests.servers import uvicorn_process
 from tests.test_e2e_concurrency import server_env
 from todos.models import Todo
@@ -287,8 +286,8 @@ def assert_no_todo_without_audit(observed: list[Observed]) -> tuple[int, int]:
             "request_id", "arguments"
         )
     }
-    todos = dict(Todo.objects.values_list("title", "pk"))
-    assert len(todos) == Todo.objects.count(), "titles are unique in these tests"
+    todos = dict(Todo.all_tenants.values_list("title", "pk"))
+    assert len(todos) == Todo.all_tenants.count(), "titles are unique in these tests"
     missing = sorted(set(todos) - set(ok_creates))
     assert not missing, f"todos written without their audit row: {missing[:5]}"
     assert len(ok_creates) == len(todos)  # and no ok create row without its todo
@@ -307,7 +306,7 @@ def assert_no_todo_without_audit(observed: list[Observed]) -> tuple[int, int]:
 
 @pytest.mark.needs_shared_services
 def test_postgres_stopped_mid_run_then_restarted(transactional_db, mint, idp, tmp_path, quiet_http):
-    scopes.seed_defaults()
+    seed_todo_scopes()
     db = connection.settings_dict
     token = mint(client_id="pg-fault", org_id="pg-fault-org", ttl=600)
     with proxy_to(int(db["PORT"])) as proxy:
@@ -369,7 +368,7 @@ def test_postgres_stopped_mid_run_then_restarted(transactional_db, mint, idp, tm
 
     # nothing written while down, and no todo without its audit row
     down_titles = [c.title for c in down if c.tool == "create_todo"]
-    assert down_titles and not Todo.objects.filter(title__in=down_titles).exists()
+    assert down_titles and not Todo.all_tenants.filter(title__in=down_titles).exists()
     assert not AuditEvent.objects.filter(request_id__in=[c.request_id for c in down]).exists()
     todos, rows = assert_no_todo_without_audit(load.calls)
     print(f"todos checked against their audit rows: {todos} todos, {rows} ok create rows")
@@ -380,7 +379,7 @@ def test_postgres_not_answering_fails_within_a_bound(transactional_db, idp, tmp_
     """A database that accepts connections but never answers (a stuck server or a dead load
     balancer) must not hang requests: with CONN_MAX_AGE=0 every request opens a connection,
     so libpq's connect_timeout (DATABASE_CONNECT_TIMEOUT, default 5 s) bounds it."""
-    scopes.seed_defaults()
+    seed_todo_scopes()
     db = connection.settings_dict
     with proxy_to(int(db["PORT"])) as proxy:
         env = server_env(
@@ -412,7 +411,7 @@ def test_redis_down_mid_run_fails_closed_or_open_as_configured(
 ):
     """README "Rate limits": with the rate-limit cache unreachable, calls fail closed with an
     audited 503 (no tool runs), unless MCPAUTH_RATE_LIMIT_FAIL_OPEN is on; both recover."""
-    scopes.seed_defaults()
+    seed_todo_scopes()
     redis = urlsplit(os.environ["REDIS_URL"])
     closed_token = mint(client_id="redis-closed", org_id="redis-org", ttl=600)
     open_token = mint(client_id="redis-open", org_id="redis-org", ttl=600)
@@ -481,7 +480,7 @@ def test_redis_down_mid_run_fails_closed_or_open_as_configured(
         ("server_error", 503, "ratelimit_cache_down")
     }
     down_titles = [c.title for c in down if c.tool == "create_todo"]
-    assert down_titles and not Todo.objects.filter(title__in=down_titles).exists()
+    assert down_titles and not Todo.all_tenants.filter(title__in=down_titles).exists()
 
     # fail open: the calls ran and were audited as ok
     _, down_open, _ = phases["fail open"]

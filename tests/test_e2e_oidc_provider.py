@@ -33,7 +33,6 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from audit.models import AuditEvent
-from mcpauth import scopes
 from tests.conftest import (
     BASE_URL,
     MCP_ACCEPT,
@@ -43,6 +42,7 @@ from tests.conftest import (
     free_port,
     new_key,
     rpc,
+    seed_todo_scopes,
 )
 from tests.servers import uvicorn_process
 from todos.models import Todo
@@ -242,7 +242,7 @@ async def test_token_from_provider_creates_and_lists_todos_in_its_tenant(oidc, l
         created = (await client.call_tool("create_todo", {"title": "from oidc-provider"})).data
         listed = (await client.call_tool("list_todos", {})).data
     assert [t["id"] for t in listed["todos"]] == [created["todo"]["id"]]
-    todo = await Todo.objects.select_related("tenant").aget()
+    todo = await Todo.all_tenants.select_related("tenant").aget()
     assert (todo.tenant.external_id, todo.created_by) == ("acme", "mcp-rw")
     row = await AuditEvent.objects.aget(tool="create_todo")
     assert (row.outcome, row.tenant, row.client_id) == ("ok", "acme", "mcp-rw")
@@ -294,7 +294,7 @@ def test_read_only_client_can_list_but_create_is_a_step_up_challenge(oidc, live)
         "mcp-ro",
         "insufficient_scope",
     )
-    assert not Todo.objects.exists()
+    assert not Todo.all_tenants.exists()
 
 
 def test_short_lived_token_works_then_expires(oidc, live, settings):
@@ -360,7 +360,7 @@ async def test_mcp_sdk_client_credentials_discovers_provider_and_calls_tools(
 ):
     """The SDK gets only the MCP URL, the client's credentials and scopes (and, as it
     recommends, the issuer they belong to, which pins but does not locate the provider)."""
-    await sync_to_async(scopes.seed_defaults)()
+    await sync_to_async(seed_todo_scopes)()
     # The SDK checks that our metadata's `resource` is the URL it connected to, so this
     # server's BASE_URL must be its real address: a dedicated process.
     port = free_port()
@@ -438,7 +438,7 @@ async def test_mcp_sdk_client_credentials_discovers_provider_and_calls_tools(
     }
     assert ("POST", mcp_url, 403) not in trail
 
-    todo = await Todo.objects.select_related("tenant").aget()
+    todo = await Todo.all_tenants.select_related("tenant").aget()
     assert (str(todo.pk), todo.tenant.external_id, todo.created_by) == (todo_id, "acme", "mcp-rw")
     rows = AuditEvent.objects.filter(client_id="mcp-rw", tool="create_todo")
     assert [r.outcome async for r in rows.order_by("created_at", "id")] == ["ok"]

@@ -389,7 +389,7 @@ def test_hostile_token_is_refused(live, kit, builder, reason):
     resp = post(live, call_tool("create_todo", {"title": "pwned"}), headers)
     assert_invalid_token(resp, token, reason)
     assert AuditEvent.objects.count() == before + 1
-    assert not Todo.objects.exists()
+    assert not Todo.all_tenants.exists()
 
 
 def test_battery_is_large_enough():
@@ -472,7 +472,7 @@ def test_protected_resource_metadata(live, idp, path):
         "authorization_servers": [idp.issuer],
         "scopes_supported": ["todo:read", "todo:write"],
         "bearer_methods_supported": ["header"],
-        "resource_name": "Governed MCP todo server",
+        "resource_name": "Governed MCP server",
     }
 
 
@@ -607,7 +607,7 @@ def test_read_token_on_write_tool_is_403_step_up(live, mint, tool, args):
     row = only_row(resp)
     assert (row.outcome, row.status, row.tool) == ("denied", 403, tool)
     assert row.error_code == "insufficient_scope"
-    todo = Todo.objects.get()  # the tool did not run
+    todo = Todo.all_tenants.get()  # the tool did not run
     assert (str(todo.pk), todo.title) == (todo_id, "original")
 
 
@@ -629,7 +629,7 @@ def test_no_mapped_scope_is_403_for_every_tool(live, mint, scope):
     listed = post(live, rpc("tools/list"), bearer(token))
     assert listed.status_code == 200
     assert listed.json()["result"]["tools"] == []
-    assert not Todo.objects.exists()
+    assert not Todo.all_tenants.exists()
 
 
 @pytest.mark.parametrize(
@@ -667,7 +667,7 @@ async def test_cross_tenant_isolation_through_every_tool(live, mint):
         got = (await a.call_tool("get_todo", {"todo_id": todo_id})).data["todo"]
         assert got["title"] == "A's secret"
         assert [t["id"] for t in (await a.call_tool("list_todos", {})).data["todos"]] == [todo_id]
-    todo = await Todo.objects.select_related("tenant").aget()
+    todo = await Todo.all_tenants.select_related("tenant").aget()
     assert todo.tenant.external_id == "tenant-a"
 
 
@@ -701,7 +701,7 @@ def test_client_binding_supplies_the_tenant(live, mint):
     ClientBinding.objects.create(client_id="machine-1", tenant=bound)
     token = mint(org_id=None, client_id="machine-1")
     todo_id = _create(live, token)
-    assert Todo.objects.get(pk=todo_id).tenant_id == bound.pk
+    assert Todo.all_tenants.get(pk=todo_id).tenant_id == bound.pk
     listed = tool_result(call(live, token, "list_todos"))["structuredContent"]["todos"]
     assert [t["id"] for t in listed] == [todo_id]
     # an explicit tenant claim wins over the binding

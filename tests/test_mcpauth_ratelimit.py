@@ -65,7 +65,7 @@ def test_limited_call_does_not_run_the_tool(live, mint, settings):
     assert _post(live.base, token, create).status_code == 429
     from todos.models import Todo
 
-    assert Todo.objects.count() == 1
+    assert Todo.all_tenants.count() == 1
 
 
 def test_client_policy_custom_unlimited_and_blocked(live, mint, settings):
@@ -127,7 +127,7 @@ def test_cache_down_fails_closed_with_503_and_audit_row(live, mint, settings):
     )
     from todos.models import Todo
 
-    assert not Todo.objects.exists()
+    assert not Todo.all_tenants.exists()
 
     settings.MCPAUTH_RATE_LIMIT_FAIL_OPEN = True
     resp = _post(live.base, mint(client_id="cache-victim"))

@@ -34,7 +34,7 @@ async def test_fastmcp_client_crud_cycle(live, mint):
         assert listed["next_cursor"] is None
         deleted = (await client.call_tool("delete_todo", {"todo_id": todo_id})).data
         assert deleted == {"deleted": todo_id}
-    assert not await Todo.objects.aexists()
+    assert not await Todo.all_tenants.aexists()
 
 
 async def test_fastmcp_client_sees_tool_errors(live, mint):
@@ -47,12 +47,12 @@ async def test_fastmcp_client_sees_tool_errors(live, mint):
             await client.call_tool("create_todo", {"title": "x" * 201})
         with pytest.raises(ToolError, match="empty"):
             await client.call_tool("create_todo", {"title": ""})
-    assert not await Todo.objects.aexists()
+    assert not await Todo.all_tenants.aexists()
 
 
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "via-fastmcp"])
 async def test_mcp_sdk_client_crud_cycle(live, mint, settings, direct):
-    settings.MCPAUTH_DIRECT_TOOL_CALLS = direct
+    settings.MCPAUTH_FAST_TRANSPORT = direct
     headers = {"Authorization": f"Bearer {mint()}"}
     async with (
         create_mcp_http_client(headers=headers) as http,
@@ -149,7 +149,7 @@ def test_direct_and_fastmcp_paths_answer_alike(live, mint, settings, arguments):
     }
     answers = []
     for direct in (True, False):
-        settings.MCPAUTH_DIRECT_TOOL_CALLS = direct
+        settings.MCPAUTH_FAST_TRANSPORT = direct
         resp = httpx2.post(live.url, json=body, headers=headers)
         assert resp.status_code == 200
         answers.append(resp.json())

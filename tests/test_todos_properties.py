@@ -181,7 +181,9 @@ def walk_pages(
 
 
 def check_database(model: Model) -> None:
-    db = {str(pk): tenant for pk, tenant in Todo.objects.values_list("pk", "tenant__external_id")}
+    db = {
+        str(pk): tenant for pk, tenant in Todo.all_tenants.values_list("pk", "tenant__external_id")
+    }
     assert db == {todo_id: TENANTS[row.tenant] for todo_id, row in model.rows.items()}
 
 
@@ -228,7 +230,7 @@ def run_operation(op: tuple[Any, ...], principals: list[Principal], model: Model
     row = model.visible(todo_id, tenant)
     foreign = todo_id in model.rows and row is None
     if row is None:
-        before = Todo.objects.filter(pk=todo_id).values().first() if foreign else None
+        before = Todo.all_tenants.filter(pk=todo_id).values().first() if foreign else None
         call: dict[str, Callable[[], Any]] = {
             "get": lambda: services.get_todo(principal, todo_id),
             "delete": lambda: services.delete_todo(principal, todo_id),
@@ -240,7 +242,7 @@ def run_operation(op: tuple[Any, ...], principals: list[Principal], model: Model
             call[kind]()
         assert "not found" in str(exc.value)
         if foreign:  # another tenant's row: refused exactly like a missing one, and untouched
-            assert Todo.objects.filter(pk=todo_id).values().first() == before
+            assert Todo.all_tenants.filter(pk=todo_id).values().first() == before
             model.bump(f"{kind} foreign")
         else:
             model.bump(f"{kind} missing")
@@ -253,7 +255,7 @@ def run_operation(op: tuple[Any, ...], principals: list[Principal], model: Model
         assert services.delete_todo(principal, todo_id) == todo_id
         del model.rows[todo_id]
         model.bump("delete")
-        assert not Todo.objects.filter(pk=todo_id).exists()
+        assert not Todo.all_tenants.filter(pk=todo_id).exists()
         return
     else:
         _, _, _, title, description, completed = op
@@ -290,7 +292,7 @@ def test_random_operations_keep_tenants_apart_and_match_the_model(make_principal
     @PROPERTY_SETTINGS
     @given(ops=st.lists(operations, min_size=5, max_size=40))
     def run(ops: list[tuple[Any, ...]]) -> None:
-        Todo.objects.all().delete()
+        Todo.all_tenants.all().delete()
         model = Model()
         for op in ops:
             run_operation(op, principals, model)
@@ -336,7 +338,7 @@ def test_pagination_under_concurrent_writes_returns_exactly_the_stable_rows(make
         done_every: int,
         interleave: list[str],
     ) -> None:
-        Todo.objects.all().delete()
+        Todo.all_tenants.all().delete()
         stable: list[str] = []
         for i in range(mine):
             todo = services.create_todo(me, title=f"mine {i}")
@@ -377,4 +379,4 @@ def test_nul_in_title_or_description_is_refused_never_a_crash(make_principal):
     todo_id = services.create_todo(p, title="fine")["id"]
     with pytest.raises(services.InvalidInput, match="NUL"):
         services.update_todo(p, todo_id, description="x\x00")
-    assert list(Todo.objects.values_list("title", "description")) == [("fine", "")]
+    assert list(Todo.all_tenants.values_list("title", "description")) == [("fine", "")]

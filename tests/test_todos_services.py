@@ -25,20 +25,20 @@ def test_crud_cycle(make_principal):
     assert updated["completed"] is True and updated["title"] == "Buy oat milk"
     assert services.list_todos(p)["todos"][0]["id"] == created["id"]
     assert services.delete_todo(p, created["id"]) == created["id"]
-    assert not Todo.objects.exists()
+    assert not Todo.all_tenants.exists()
 
 
-def test_update_is_one_statement_and_returns_what_was_stored(
+def test_update_is_two_statements_and_returns_what_was_stored(
     make_principal, django_assert_num_queries
 ):
     p = make_principal()
     created = services.create_todo(p, title="draft", description="keep me")
-    with django_assert_num_queries(1):  # UPDATE … RETURNING: no SELECT … FOR UPDATE first
+    with django_assert_num_queries(2):  # UPDATE (takes the row lock), then the row
         updated = services.update_todo(p, created["id"], title="final", completed=True)
     assert updated == services.get_todo(p, created["id"])
     assert updated["description"] == "keep me" and updated["created_at"] == created["created_at"]
     assert updated["updated_at"] > created["updated_at"]
-    stored = Todo.objects.get()
+    stored = Todo.all_tenants.get()
     assert (stored.title, stored.completed, stored.description) == ("final", True, "keep me")
 
     other = make_principal(tenant="globex")
@@ -46,7 +46,7 @@ def test_update_is_one_statement_and_returns_what_was_stored(
         services.update_todo(other, created["id"], title="hijack")
     with pytest.raises(services.NotFound):  # not the caller's: "not found" before any validation
         services.update_todo(other, created["id"], title="")
-    assert Todo.objects.get().title == "final"
+    assert Todo.all_tenants.get().title == "final"
 
 
 def test_list_filters_completed_and_orders_newest_first(make_principal):
@@ -83,8 +83,8 @@ def test_pagination_breaks_created_at_ties_by_id(make_principal, completed):
         Todo(tenant_id=p.tenant.id, title=f"t{i}", created_by="x", completed=i % 2 == 0)
         for i in range(9)
     ]
-    Todo.objects.bulk_create(rows)
-    Todo.objects.update(created_at=same)  # nine rows, one timestamp: only the id orders them
+    Todo.all_tenants.bulk_create(rows)
+    Todo.all_tenants.update(created_at=same)  # nine rows, one timestamp: only the id orders them
     expected = [
         str(t.pk)
         for t in sorted(rows, key=lambda t: t.pk, reverse=True)
@@ -103,7 +103,7 @@ def test_pagination_breaks_created_at_ties_by_id(make_principal, completed):
 
 def test_default_page_size_is_bounded(make_principal):
     p = make_principal()
-    Todo.objects.bulk_create(
+    Todo.all_tenants.bulk_create(
         Todo(tenant_id=p.tenant.id, title=f"t{i}", created_by="x") for i in range(60)
     )
     page = services.list_todos(p)
@@ -136,7 +136,7 @@ def test_tenant_confinement_every_operation(make_principal):
             attempt()
         assert "not found" in str(exc.value)
     assert services.list_todos(b) == {"todos": [], "next_cursor": None}
-    assert Todo.objects.get().title == "A's secret"
+    assert Todo.all_tenants.get().title == "A's secret"
 
 
 def test_missing_and_malformed_ids_are_not_found(make_principal):
@@ -177,7 +177,7 @@ def test_reads_need_view_permission(make_principal):
 def test_title_limits(make_principal, title):
     with pytest.raises(services.InvalidInput):
         services.create_todo(make_principal(), title=title)
-    assert not Todo.objects.exists()
+    assert not Todo.all_tenants.exists()
 
 
 def test_description_limit_and_update_validation(make_principal):
@@ -185,9 +185,9 @@ def test_description_limit_and_update_validation(make_principal):
     with pytest.raises(services.InvalidInput, match="Description is too long"):
         services.create_todo(p, title="ok", description="d" * 5001)
     assert services.create_todo(p, title="ok", description="d" * 5000)["description"]
-    todo_id = Todo.objects.get().pk
+    todo_id = Todo.all_tenants.get().pk
     with pytest.raises(services.InvalidInput):
         services.update_todo(p, todo_id, title="")
     with pytest.raises(services.InvalidInput):
         services.update_todo(p, todo_id, description="d" * 5001)
-    assert Todo.objects.get().title == "ok"
+    assert Todo.all_tenants.get().title == "ok"

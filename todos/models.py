@@ -4,15 +4,16 @@ import uuid
 
 from django.db import models
 
-from mcpauth.models import Tenant
+from mcpauth.models import TenantOwned
 
 TITLE_MAX = 200
 DESCRIPTION_MAX = 5000
 
 
-class Todo(models.Model):
+class Todo(TenantOwned):
+    """A tenant's todo. ``Todo.objects.for_principal(p)`` is the only way services reach it."""
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="todos")
     title = models.CharField(max_length=TITLE_MAX)
     description = models.TextField(blank=True, max_length=DESCRIPTION_MAX)
     completed = models.BooleanField(default=False)
@@ -20,7 +21,7 @@ class Todo(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    class Meta:
+    class Meta(TenantOwned.Meta):
         ordering = ["-created_at", "-id"]
         indexes = [
             # "a tenant's todos, newest first" and "... filtered by completed, newest first"

@@ -1,7 +1,7 @@
-"""Every todo operation. Each takes a :class:`~mcpauth.tokens.Principal`.
+"""Every todo operation. Each takes the caller's :class:`~mcpauth.tokens.Principal`.
 
-* every query is confined to ``principal.tenant``: another tenant's todo is "not found",
-  exactly like one that does not exist;
+* every query starts from ``Todo.objects.for_principal(principal)``, so it cannot leave the
+  caller's tenant: another tenant's todo is "not found", exactly like one that does not exist;
 * permission checks live here: ``todos.view_todo`` to read, ``add``/``change``/``delete`` to
   write;
 * input limits live here: title 1-200 characters, description ≤ 5,000, page size 1-100.
@@ -18,15 +18,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from django.db.models import Q
 from django.utils import timezone
 
 from mcpauth.exceptions import ServiceError
+from mcpauth.managers import TenantQuerySet
 from mcpauth.tokens import Principal
-from todos import queries
-from todos.models import DESCRIPTION_MAX, TITLE_MAX
+from todos.models import DESCRIPTION_MAX, TITLE_MAX, Todo
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 100
+#: The fields of a todo's API shape, read with ``values()`` (no model instance per row).
+FIELDS = ("id", "title", "description", "completed", "created_by", "created_at", "updated_at")
 
 
 class NotFound(ServiceError):
@@ -46,8 +49,12 @@ def _require(principal: Principal, perm: str) -> None:
         raise PermissionDenied(f"Permission denied: requires {perm}.")
 
 
+def _todos(principal: Principal) -> TenantQuerySet[Todo]:
+    return Todo.objects.for_principal(principal)
+
+
 def serialize_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The API shape of a todo, from a row of :mod:`todos.queries` (``FIELDS``)."""
+    """The API shape of a todo, from a ``values(*FIELDS)`` row."""
     return {
         "id": str(row["id"]),
         "title": row["title"],
@@ -57,6 +64,10 @@ def serialize_row(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
     }
+
+
+def serialize(todo: Todo) -> dict[str, Any]:
+    return serialize_row({name: getattr(todo, name) for name in FIELDS})
 
 
 def _title(value: Any) -> str:
@@ -97,26 +108,24 @@ def _not_found(pk: uuid.UUID) -> NotFound:
     return NotFound(f"Todo {pk} not found.")
 
 
+def _row(principal: Principal, pk: uuid.UUID) -> dict[str, Any] | None:
+    return _todos(principal).filter(pk=pk).values(*FIELDS).first()
+
+
 def create_todo(principal: Principal, *, title: Any, description: Any = None) -> dict[str, Any]:
     _require(principal, "todos.add_todo")
-    now = timezone.now()
-    row = queries.insert(
-        {
-            "tenant": principal.tenant.id,
-            "title": _title(title),
-            "description": _description(description),
-            "created_by": principal.subject,
-            "created_at": now,
-            "updated_at": now,
-        }
+    todo = _todos(principal).create(
+        title=_title(title),
+        description=_description(description),
+        created_by=principal.subject,
     )
-    return serialize_row(row)
+    return serialize(todo)
 
 
 def get_todo(principal: Principal, todo_id: Any) -> dict[str, Any]:
     _require(principal, "todos.view_todo")
     pk = _pk(todo_id)
-    row = queries.fetch_one(principal.tenant.id, pk)
+    row = _row(principal, pk)
     if row is None:
         raise _not_found(pk)
     return serialize_row(row)
@@ -130,7 +139,7 @@ def update_todo(
     description: Any = None,
     completed: bool | None = None,
 ) -> dict[str, Any]:
-    """Change the given fields; one ``UPDATE … RETURNING``, which also takes the row lock."""
+    """Change the given fields: an ``UPDATE`` (which takes the row lock), then the row."""
     _require(principal, "todos.change_todo")
     pk = _pk(todo_id)
     changes: dict[str, Any] = {}
@@ -145,12 +154,14 @@ def update_todo(
             changes["completed"] = completed
     except InvalidInput:
         # a todo that is not the caller's is "not found", whatever the input
-        if queries.fetch_one(principal.tenant.id, pk) is None:
+        if not _todos(principal).filter(pk=pk).exists():
             raise _not_found(pk) from None
         raise
     changes["updated_at"] = timezone.now()
-    row = queries.update(principal.tenant.id, pk, changes)
-    if row is None:
+    if not _todos(principal).filter(pk=pk).update(**changes):
+        raise _not_found(pk)
+    row = _row(principal, pk)
+    if row is None:  # deleted between the two statements (outside a transaction)
         raise _not_found(pk)
     return serialize_row(row)
 
@@ -158,7 +169,8 @@ def update_todo(
 def delete_todo(principal: Principal, todo_id: Any) -> str:
     _require(principal, "todos.delete_todo")
     pk = _pk(todo_id)
-    if not queries.delete(principal.tenant.id, pk):
+    deleted, _ = _todos(principal).filter(pk=pk).delete()
+    if not deleted:
         raise _not_found(pk)
     return str(pk)
 
@@ -184,13 +196,21 @@ def list_todos(
     limit: int | None = None,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    """A page of the tenant's todos, newest first, with an opaque ``next_cursor``."""
+    """A page of the tenant's todos, newest first, with an opaque ``next_cursor``.
+
+    Keyset pagination on ``(created_at, id)``: the ``created_at <= …`` bound keeps each page an
+    index range scan of ``(tenant, [completed,] -created_at, -id)`` however deep the cursor.
+    """
     _require(principal, "todos.view_todo")
     size = DEFAULT_PAGE_SIZE if limit is None else limit
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PAGE_SIZE:
         raise InvalidInput(f"Limit must be between 1 and {MAX_PAGE_SIZE}.")
-    after = _decode_cursor(cursor) if cursor else None
-    rows = queries.fetch_page(principal.tenant.id, completed=completed, after=after, limit=size + 1)
-    page = rows[:size]
-    next_cursor = _encode_cursor(page[-1]) if len(rows) > size else None
-    return {"todos": [serialize_row(r) for r in page], "next_cursor": next_cursor}
+    rows = _todos(principal)
+    if completed is not None:
+        rows = rows.filter(completed=completed)
+    if cursor:
+        created, pk = _decode_cursor(cursor)
+        rows = rows.filter(created_at__lte=created).filter(Q(created_at__lt=created) | Q(id__lt=pk))
+    page = list(rows.order_by("-created_at", "-id").values(*FIELDS)[: size + 1])
+    next_cursor = _encode_cursor(page[size - 1]) if len(page) > size else None
+    return {"todos": [serialize_row(r) for r in page[:size]], "next_cursor": next_cursor}

@@ -1,0 +1,105 @@
+"""Tenant confinement for app models: querysets that cannot leave the caller's tenant.
+
+:class:`~mcpauth.models.TenantOwned` gives a model a ``tenant`` and two managers:
+
+* ``objects`` (:class:`TenantManager`) refuses to build a query without a principal. Every
+  queryset comes from ``Model.objects.for_principal(principal)`` (services, which receive the
+  ``Principal``) or ``Model.objects.current()`` (the caller of the running tool), and is
+  filtered to that principal's tenant; ``create()``/``bulk_create()``/``get_or_create()`` on it
+  stamp the tenant. Forgetting the principal raises
+  :class:`~mcpauth.exceptions.NoPrincipal` instead of reading every tenant's rows:
+  ``Model.objects.filter(...)``, ``.all()``, ``.get()``, ``.create()`` all raise.
+* ``all_tenants``, a plain manager and the model's default manager, for what is legitimately
+  cross-tenant: the admin, management commands, migrations, related-object access.
+
+Querysets stay ordinary Django querysets (async methods included), so domain code is plain
+ORM code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from django.db import models
+
+from mcpauth.exceptions import NoPrincipal
+
+if TYPE_CHECKING:
+    from mcpauth.tokens import Principal
+
+M = TypeVar("M", bound=models.Model)
+
+
+def _tenant_id(principal: Principal | None) -> int:
+    tenant = getattr(principal, "tenant", None)
+    tenant_id = getattr(tenant, "id", None)
+    if not isinstance(tenant_id, int) or isinstance(tenant_id, bool):
+        raise NoPrincipal("A tenant-confined query needs the caller's Principal.")
+    return tenant_id
+
+
+class TenantQuerySet(models.QuerySet[M]):
+    """A queryset confined to one tenant (built by :meth:`TenantManager.for_principal`)."""
+
+    _tenant_id: int | None = None
+
+    def _clone(self) -> TenantQuerySet[M]:
+        clone: TenantQuerySet[M] = super()._clone()  # type: ignore[misc]
+        clone._tenant_id = self._tenant_id
+        return clone
+
+    def _confined(self) -> int:
+        if self._tenant_id is None:
+            raise NoPrincipal("A tenant-confined query needs the caller's Principal.")
+        return self._tenant_id
+
+    def _stamp(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        tenant_id = self._confined()
+        for key in ("tenant", "tenant_id"):
+            given = kwargs.pop(key, None)
+            given_id = getattr(given, "pk", given)
+            if given is not None and given_id != tenant_id:
+                raise NoPrincipal("A tenant-confined queryset cannot write another tenant's row.")
+        kwargs["tenant_id"] = tenant_id
+        return kwargs
+
+    def create(self, **kwargs: Any) -> M:
+        return super().create(**self._stamp(kwargs))
+
+    async def acreate(self, **kwargs: Any) -> M:
+        return await super().acreate(**self._stamp(kwargs))
+
+    def bulk_create(self, objs: Iterable[M], *args: Any, **kwargs: Any) -> list[M]:
+        tenant_id = self._confined()
+        objs = list(objs)
+        for obj in objs:
+            if getattr(obj, "tenant_id", None) not in (None, tenant_id):
+                raise NoPrincipal("A tenant-confined queryset cannot write another tenant's row.")
+            obj.tenant_id = tenant_id  # type: ignore[attr-defined]
+        return super().bulk_create(objs, *args, **kwargs)
+
+
+class TenantManager(models.Manager[M]):
+    """``Model.objects``: every query starts from a principal (see the module docstring)."""
+
+    def get_queryset(self) -> models.QuerySet[M]:
+        raise NoPrincipal(
+            f"{self.model.__name__}.objects is tenant-confined: use "
+            f"{self.model.__name__}.objects.for_principal(principal) or .current(), or "
+            f"{self.model.__name__}.all_tenants for cross-tenant code (admin, commands)."
+        )
+
+    def for_principal(self, principal: Principal) -> TenantQuerySet[M]:
+        """The rows of ``principal``'s tenant."""
+        tenant_id = _tenant_id(principal)
+        hints = getattr(self, "_hints", None)
+        qs: TenantQuerySet[M] = TenantQuerySet(self.model, using=self._db, hints=hints)
+        qs._tenant_id = tenant_id
+        return qs.filter(tenant_id=tenant_id)
+
+    def current(self) -> TenantQuerySet[M]:
+        """The rows of the running tool's caller (``current_principal()``)."""
+        from mcpauth.context import current_principal
+
+        return self.for_principal(current_principal())

@@ -1,0 +1,240 @@
+"""Serving an admitted ``/mcp`` request: the MCP SDK's transport, minus per-request overhead.
+
+Every request reaches the same handler kernel: the MCP SDK's ``serve_one`` over FastMCP's
+low-level server, so FastMCP's middleware, tool runner and result serializer run for every
+tool on every protocol version. Only how the request gets there differs:
+
+* **Anything but POST** goes to FastMCP's Starlette app (a stateless server answers GET with
+  405), as on plain FastMCP.
+* **2026-07-28 and every unusual POST** go to the SDK's own session manager
+  (``StreamableHTTPSessionManager.handle_request``), exactly as FastMCP's Starlette app would
+  route them, minus Starlette's routing: the SDK's modern single-exchange entry does the
+  header/body agreement checks, the ``_meta`` envelope, ``server/discover`` and the
+  notification acknowledgement itself.
+* **A single handshake-era JSON-RPC request** (POST, JSON in and accepted, no or a handshake-era
+  ``MCP-Protocol-Version``) skips the SDK's stateless *transport*: that builds a transport, a
+  task and a dispatcher over memory streams for every request, about half a millisecond per
+  call (``make bench`` profiles it). :func:`serve_single_exchange` does what that path does
+  with the SDK's own pieces: ``jsonrpc_message_adapter`` validates the message, a born-ready
+  ``Connection.from_envelope`` with the header's version (or the spec's default), ``serve_one``
+  runs it, and the reply is the SDK's ``JSONRPCResponse``/``JSONRPCError`` serialized as its
+  transport serializes them. Its one deliberate difference: an exception no handler mapped is
+  the generic ``-32603`` of the modern entry, where the legacy dispatcher sends ``code=0`` with
+  the exception's text. ``MCPAUTH_FAST_TRANSPORT = False`` sends these through the SDK too.
+
+In both cases the request first gets what FastMCP's ``RequestContextMiddleware`` gives it (the
+HTTP request in FastMCP's context variable, the transport type), so ``get_http_request()`` and
+``Context`` work in tools as they do on plain FastMCP.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+from fastmcp import FastMCP
+from fastmcp.server.context import reset_transport, set_transport
+from fastmcp.server.http import StreamableHTTPASGIApp, set_http_request
+from mcp.server.connection import Connection
+from mcp.server.runner import serve_one
+from mcp.server.streamable_http import check_accept_headers
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.dispatcher import CallOptions
+from mcp.shared.exceptions import NoBackChannelError
+from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
+from mcp.shared.message import MessageMetadata, ServerMessageMetadata
+from mcp.shared.transport_context import TransportContext
+from mcp_types import (
+    DEFAULT_NEGOTIATED_VERSION,
+    INTERNAL_ERROR,
+    ErrorData,
+    JSONRPCError,
+    JSONRPCRequest,
+    JSONRPCResponse,
+    RequestId,
+)
+from mcp_types.jsonrpc import jsonrpc_message_adapter
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+
+from mcpauth.context import CallContext
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+TRANSPORT_KIND: Literal["streamable-http"] = "streamable-http"
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lowercase bytes), decoded, or ``None``."""
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def protocol_version(scope: Scope) -> str | None:
+    return header(scope, b"mcp-protocol-version")
+
+
+def is_handshake_era(scope: Scope) -> bool:
+    version = protocol_version(scope)
+    return version is None or version in HANDSHAKE_PROTOCOL_VERSIONS
+
+
+def _content_type_is_json(scope: Scope) -> bool:
+    """The legacy transport's rule (``_check_content_type``)."""
+    value = header(scope, b"content-type") or ""
+    return any(part.strip() == "application/json" for part in value.split(";")[0].split(","))
+
+
+@dataclass
+class SingleExchangeContext:
+    """The dispatch context of one request answered with one JSON body.
+
+    As on the SDK's stateless JSON-response transport there is no back channel: requests to the
+    client raise ``NoBackChannelError``, and notifications scoped to the request (``ctx.info``,
+    progress) have no wire in a JSON response, so they are dropped.
+    """
+
+    request_id: RequestId
+    message_metadata: MessageMetadata
+    transport: TransportContext = field(
+        default_factory=lambda: TransportContext(kind=TRANSPORT_KIND, can_send_request=False)
+    )
+    cancel_requested: anyio.Event = field(default_factory=anyio.Event)
+    can_send_request: bool = False
+
+    async def send_raw_request(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> dict[str, Any]:
+        raise NoBackChannelError(method)
+
+    async def notify(
+        self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
+    ) -> None:
+        return None
+
+    async def progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        return None
+
+
+class Transport:
+    """Serves admitted requests for one FastMCP server and its Starlette app's lifespan."""
+
+    def __init__(self, server: FastMCP[Any], http_app: Starlette, *, fast: Callable[[], bool]):
+        self.server = server
+        self.http_app = http_app
+        self._fast = fast
+        endpoints: list[StreamableHTTPASGIApp] = [
+            endpoint
+            for route in http_app.routes
+            if isinstance(endpoint := getattr(route, "endpoint", None), StreamableHTTPASGIApp)
+        ]
+        if len(endpoints) != 1:
+            raise RuntimeError("FastMCP's http_app has no single streamable-HTTP endpoint")
+        self._endpoint: StreamableHTTPASGIApp = endpoints[0]
+
+    @property
+    def session_manager(self) -> StreamableHTTPSessionManager:
+        manager = self._endpoint.session_manager
+        if manager is None:
+            raise RuntimeError(
+                "The MCP session manager is not running: the ASGI lifespan did not start "
+                "(run uvicorn with lifespan enabled)."
+            )
+        return manager
+
+    def takes_single_exchange(self, scope: Scope, call: CallContext) -> bool:
+        """Whether :func:`serve_single_exchange` may answer (see module docstring)."""
+        if not self._fast() or scope.get("method") != "POST" or call.message is None:
+            return False
+        if "id" not in call.message or not is_handshake_era(scope):
+            return False
+        has_json, _ = check_accept_headers(Request(scope))
+        return has_json and _content_type_is_json(scope)
+
+    async def serve(self, call: CallContext, scope: Scope, body: bytes, send: Send) -> None:
+        replayed = False
+
+        async def receive() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        request = Request(scope, receive)
+        transport_token = set_transport(TRANSPORT_KIND)
+        try:
+            with set_http_request(request):
+                if scope.get("method") != "POST":
+                    # GET/DELETE/...: FastMCP's own app answers (a stateless server has no
+                    # GET stream: 405), so routing stays exactly plain FastMCP's.
+                    await self.http_app(scope, receive, send)  # type: ignore[arg-type]
+                elif self.takes_single_exchange(scope, call):
+                    await self.serve_single_exchange(call, request, send)
+                else:
+                    await self.session_manager.handle_request(scope, receive, send)
+        finally:
+            reset_transport(transport_token)
+
+    async def serve_single_exchange(self, call: CallContext, request: Request, send: Send) -> None:
+        assert call.message is not None
+        try:
+            message = jsonrpc_message_adapter.validate_python(call.message, by_name=False)
+        except ValidationError:
+            message = None
+        if not isinstance(message, JSONRPCRequest):
+            # Not a request after all: the SDK's transport gives its own answer.
+            await self.session_manager.handle_request(request.scope, request.receive, send)
+            return
+        manager = self.session_manager
+        connection = Connection.from_envelope(
+            protocol_version(request.scope) or DEFAULT_NEGOTIATED_VERSION, None, None
+        )
+        dctx = SingleExchangeContext(
+            request_id=message.id,
+            message_metadata=ServerMessageMetadata(request_context=request, can_send_request=False),
+        )
+        reply: JSONRPCResponse | JSONRPCError
+        try:
+            result = await serve_one(
+                self.server._mcp_server,
+                dctx,
+                message.method,
+                message.params,
+                connection=connection,
+                lifespan_state=manager._lifespan_state,
+            )
+            reply = JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
+        except Exception as exc:
+            error = handler_exception_to_error_data(exc)
+            if error is None:
+                log.exception("handler for %r raised", message.method)
+                error = ErrorData(code=INTERNAL_ERROR, message="Internal server error")
+            reply = JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
+        body = reply.model_dump_json(by_alias=True, exclude_unset=True).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
