@@ -160,9 +160,8 @@ class GovernedTool:
             call.audit_failed = True
             raise
         except Exception as exc:
+            # A server error's traceback is logged by FastMCP, which masks it for the client.
             outcome, code, message, raised = _failure(exc, stage)
-            if outcome == Outcome.SERVER_ERROR:
-                log.error("tool %s failed (%s)", self.spec.name, code, exc_info=exc)
             _record_failure(call, outcome, code, message)
             if raised is exc:
                 raise
@@ -184,8 +183,6 @@ class GovernedTool:
             result = self._convert(raw)
         except Exception as exc:
             outcome, code, message, raised = _failure(exc, stage)
-            if outcome == Outcome.SERVER_ERROR:
-                log.error("tool %s failed (%s)", self.spec.name, code, exc_info=exc)
             await sync_to_async(self._record_in_thread, thread_sensitive=False)(
                 call, outcome, code, message
             )

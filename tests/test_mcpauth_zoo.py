@@ -1,0 +1,279 @@
+"""The tool zoo, differentially: governed server vs plain FastMCP serving the same functions.
+
+Every zoo tool (``tests/zoo/mcp.py``) is called through the governed server (uvicorn on
+loopback, real tokens) and through plain FastMCP (``FastMCP(mask_error_details=True)``, the
+same functions registered with ``mcp.tool``, stateless JSON HTTP), on both protocol eras:
+
+* the ``mcp`` SDK's ``ClientSession`` with the 2025-11-25 handshake (governed: with and
+  without the single-exchange transport);
+* ``fastmcp.Client`` in its default ``auto`` mode, which negotiates 2026-07-28.
+
+The replies must be equal (``content``, ``structuredContent``, ``isError``), each governed call
+must leave exactly one audit row with the right outcome, and a sync tool whose result fails to
+serialize must leave none of its writes behind.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx2
+import pytest
+import uvicorn
+from asgiref.sync import sync_to_async
+from fastmcp import Client, FastMCP
+from fastmcp.tools import FunctionTool
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from audit.models import AuditEvent
+from mcpauth.operations import seed_scope_mappings
+from mcpauth.registry import registry
+from tests.conftest import MCP_ACCEPT, LiveServer, Minter, call_tool, free_port
+from tests.zoo.models import Exhibit
+
+ZOO_SCOPES = {"zoo:all": ("The tool zoo", ["zoo.view_exhibit", "zoo.add_exhibit"])}
+ZOO = sorted(spec.name for spec in registry if spec.module == "tests.zoo.mcp")
+#: (tool, arguments, outcome of the governed call); ``{era}`` in a string argument is replaced.
+CALLS: list[tuple[str, dict[str, Any], str]] = [
+    ("zoo_dict", {"name": "okapi"}, "ok"),
+    ("zoo_list", {"count": 3}, "ok"),
+    ("zoo_str", {"text": "ab", "times": 3}, "ok"),
+    ("zoo_int", {"a": 2, "b": 40}, "ok"),
+    ("zoo_none", {}, "ok"),
+    ("zoo_dataclass", {"animals": ["lion", "zebra"]}, "ok"),
+    ("zoo_pydantic", {"animal": {"name": "rex", "legs": 2, "tags": ["t"]}}, "ok"),
+    ("zoo_models", {"animals": [{"name": "a", "legs": 2}, {"name": "b"}], "min_legs": 3}, "ok"),
+    ("zoo_scores", {"scores": {"alice": 3, "bob": 4}}, "ok"),
+    ("zoo_tool_result", {"label": "x"}, "ok"),
+    ("zoo_image", {}, "ok"),
+    ("zoo_context", {"steps": 3}, "ok"),
+    ("zoo_tool_error", {"reason": "closed"}, "tool_error"),
+    ("zoo_explode", {}, "server_error"),
+    ("zoo_write", {"label": "kept-{era}"}, "ok"),
+    ("zoo_write_then_unserializable", {"label": "rolled-back-{era}"}, "server_error"),
+]
+DIFFERENTIAL_TOOLS = {name for name, _, _ in CALLS}
+
+CallFn = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+def seed_zoo_scopes() -> None:
+    from django.apps import apps
+
+    seed_scope_mappings(apps, ZOO_SCOPES)
+
+
+def plain_server() -> FastMCP[Any]:
+    """Plain FastMCP serving the zoo's functions, as an app without mcpauth would."""
+    mcp: FastMCP[Any] = FastMCP("plain zoo", mask_error_details=True)
+    for name in ZOO:
+        spec = registry[name]
+        mcp.add_tool(
+            FunctionTool.from_function(
+                spec.fn,
+                name=spec.name,
+                description=spec.description,
+                annotations=spec.annotations,  # type: ignore[arg-type]
+            )
+        )
+    return mcp
+
+
+class PlainServer:
+    def __init__(self) -> None:
+        self.port = free_port()
+        app = plain_server().http_app(path="/mcp", stateless_http=True, json_response=True)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, lifespan="on", log_level="warning"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def __enter__(self) -> PlainServer:
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the plain FastMCP server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def plain() -> Iterator[PlainServer]:
+    with PlainServer() as server:
+        yield server
+
+
+@pytest.fixture
+def zoo(live: LiveServer) -> LiveServer:
+    seed_zoo_scopes()
+    return live
+
+
+@asynccontextmanager
+async def sdk_session(url: str, token: str) -> AsyncIterator[CallFn]:
+    """The ``mcp`` SDK client, handshake era (``initialize`` → 2025-11-25)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        create_mcp_http_client(headers=headers) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        init = await session.initialize()
+        assert init.protocol_version == "2025-11-25"
+        yield session.call_tool
+
+
+@asynccontextmanager
+async def fastmcp_session(url: str, token: str) -> AsyncIterator[CallFn]:
+    """``fastmcp.Client`` in its default ``auto`` mode (negotiates 2026-07-28)."""
+    async with Client(url, auth=token) as client:
+        assert client.protocol_version == "2026-07-28"
+        yield client.call_tool_mcp
+
+
+CLIENTS = {"mcp-sdk-2025-11-25": sdk_session, "fastmcp-auto-2026-07-28": fastmcp_session}
+
+
+def comparable(result: Any) -> dict[str, Any]:
+    return {
+        "content": [
+            c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in result.content
+        ],
+        "structuredContent": result.structured_content,
+        "isError": bool(result.is_error),
+    }
+
+
+def tool_rows() -> list[tuple[str, str]]:
+    return list(
+        AuditEvent.objects.filter(method="tools/call").order_by("id").values_list("tool", "outcome")
+    )
+
+
+@pytest.mark.parametrize(
+    ("client", "fast"),
+    [
+        ("mcp-sdk-2025-11-25", True),
+        ("mcp-sdk-2025-11-25", False),
+        # 2026-07-28 requests always take the SDK's own single-exchange entry
+        ("fastmcp-auto-2026-07-28", True),
+    ],
+    ids=["sdk-single-exchange", "sdk-via-sdk-transport", "fastmcp-auto"],
+)
+async def test_every_zoo_tool_answers_as_plain_fastmcp(
+    zoo: LiveServer, plain: PlainServer, mint: Minter, settings: Any, client: str, fast: bool
+) -> None:
+    settings.MCPAUTH_FAST_TRANSPORT = fast
+    assert set(ZOO) >= DIFFERENTIAL_TOOLS
+    era = f"{client}-{fast}"
+    token = mint(scope="zoo:all")
+    session = CLIENTS[client]
+    async with session(zoo.url, token) as governed, session(plain.url, token) as reference:
+        for name, template, outcome in CALLS:
+            args = {k: v.format(era=era) if isinstance(v, str) else v for k, v in template.items()}
+            before = await sync_to_async(tool_rows)()
+            ours = comparable(await governed(name, args))
+            theirs = comparable(await reference(name, args))
+            assert ours == theirs, name
+            assert ours["isError"] is (outcome != "ok"), (name, ours)
+            rows = (await sync_to_async(tool_rows)())[len(before) :]
+            assert rows == [(name, outcome)], name
+    # the failed sync write rolled back with its row; the plain server kept its own
+    labels = await sync_to_async(lambda: set(Exhibit.objects.values_list("label", flat=True)))()
+    assert f"kept-{era}" in labels
+    assert f"rolled-back-{era}" in labels  # written once: by plain FastMCP, not by us
+    assert await Exhibit.objects.filter(label=f"rolled-back-{era}").acount() == 1
+
+
+async def test_tool_listing_matches_plain_fastmcp(
+    zoo: LiveServer, plain: PlainServer, mint: Minter
+) -> None:
+    """Same descriptions, input and output schemas and annotations, on both eras."""
+    token = mint(scope="zoo:all")
+    for mode in ("auto", "legacy"):
+        listings = []
+        for url in (zoo.url, plain.url):
+            async with Client(url, auth=token, mode=mode) as client:
+                tools = await client.list_tools()
+            listings.append(
+                {
+                    t.name: t.model_dump(mode="json", by_alias=True, exclude_none=True)
+                    for t in tools
+                    if t.name in ZOO
+                }
+            )
+        ours, theirs = listings
+        assert sorted(ours) == ZOO
+        assert ours == theirs, mode
+
+
+async def test_invalid_arguments_name_the_field_never_the_value(
+    zoo: LiveServer, mint: Minter
+) -> None:
+    secret = "hunter2-" + uuid.uuid4().hex
+    cases = {
+        "unexpected": ("zoo_str", {"text": "x", "password": secret}, "password"),
+        "wrong type": ("zoo_int", {"a": secret, "b": 1}, "a"),
+        "bad uuid-ish nested": ("zoo_pydantic", {"animal": {"name": "x", "legs": secret}}, "legs"),
+        "dict key is data": ("zoo_scores", {"scores": {secret: "many"}}, "scores.[key]"),
+    }
+    async with Client(zoo.url, auth=mint(scope="zoo:all")) as client:
+        for name, args, field in cases.values():
+            result = await client.call_tool_mcp(name, args)
+            text = result.content[0].text
+            assert result.is_error and text.startswith("Invalid arguments: "), text
+            assert field in text and secret not in text, text
+    rows = await sync_to_async(list)(AuditEvent.objects.filter(method="tools/call"))
+    assert [r.outcome for r in rows] == ["invalid_request"] * len(cases)
+    for row in rows:
+        assert row.error_code == "invalid_arguments"
+        assert secret not in row.error_message
+
+
+async def test_async_tool_writes_are_not_transactional(zoo: LiveServer, mint: Minter) -> None:
+    """Django 5.2 has no async transactions: the write stays, the row still says server_error."""
+    label = "async-" + uuid.uuid4().hex
+    async with Client(zoo.url, auth=mint(scope="zoo:all")) as client:
+        result = await client.call_tool_mcp("zoo_async_write_then_unserializable", {"label": label})
+    assert result.is_error and "Could not serialize" in result.content[0].text
+    assert await Exhibit.objects.filter(label=label).aexists()
+    row = await AuditEvent.objects.aget(method="tools/call")
+    assert (row.outcome, row.error_code) == ("server_error", "serialization_error")
+
+
+async def test_current_principal_in_an_async_tool(zoo: LiveServer, mint: Minter) -> None:
+    token = mint(scope="zoo:all", client_id="keeper", org_id="savanna")
+    async with Client(zoo.url, auth=token) as client:
+        me = (await client.call_tool("zoo_whoami", {})).data
+    assert me == {"client_id": "keeper", "tenant": "savanna", "subject": "user-of-keeper"}
+
+
+def test_unexpected_exception_text_never_leaves_the_server(zoo: LiveServer, mint: Minter) -> None:
+    headers = {**MCP_ACCEPT, "authorization": f"Bearer {mint(scope='zoo:all')}"}
+    resp = httpx2.post(zoo.url, json=call_tool("zoo_explode"), headers=headers)
+    assert resp.status_code == 200
+    assert resp.json()["result"]["isError"] is True
+    assert "secret internal detail" not in resp.text
+    row = AuditEvent.objects.get()
+    assert (row.outcome, row.error_code, row.error_message) == (
+        "server_error",
+        "RuntimeError",
+        "internal error",
+    )

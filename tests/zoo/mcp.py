@@ -1,0 +1,166 @@
+"""The tool zoo: one tool per kind of thing a FastMCP tool can take, return or raise.
+
+Every function here is an ordinary function (``@tool`` returns it unchanged), so the
+differential test serves the very same functions from plain FastMCP and compares the replies.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from fastmcp import Context
+from fastmcp.exceptions import ToolError
+from fastmcp.tools.base import ToolResult
+from fastmcp.utilities.types import Image
+from mcp_types import TextContent
+from pydantic import BaseModel
+
+from mcpauth import current_principal, tool
+from tests.zoo.models import Exhibit
+
+READ = ["zoo.view_exhibit"]
+WRITE = ["zoo.add_exhibit"]
+FIXED_ID = uuid.UUID("6d0b1c4e-1f0a-4d8e-9a57-0c1a2b3c4d5e")
+FIXED_TIME = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+FEE = Decimal("12.50")
+#: A 1x1 transparent PNG.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5ErkJggg=="
+)
+
+
+class Animal(BaseModel):
+    name: str
+    legs: int = 4
+    tags: list[str] = []
+
+
+@dataclass
+class Enclosure:
+    id: uuid.UUID
+    opened: datetime
+    fee: Decimal
+    animals: list[str]
+
+
+class Unserializable:
+    """Pydantic cannot serialize this: a result holding one fails after the body ran."""
+
+
+@tool(permissions=READ, read_only=True)
+def zoo_dict(name: str) -> dict[str, Any]:
+    """A dict with UUID, datetime and Decimal values."""
+    return {"name": name, "id": FIXED_ID, "at": FIXED_TIME, "fee": FEE, "nested": {"ok": True}}
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_list(count: int) -> list[dict[str, Any]]:
+    """An async tool returning a list (a bare array the SDK must get wrapped)."""
+    return [{"n": i, "id": uuid.UUID(int=i)} for i in range(count)]
+
+
+@tool(permissions=READ, read_only=True)
+def zoo_str(text: str, times: int = 2) -> str:
+    return text * times
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_int(a: int, b: int) -> int:
+    return a + b
+
+
+@tool(permissions=READ, read_only=True)
+def zoo_none() -> None:
+    return None
+
+
+@tool(permissions=READ, read_only=True)
+def zoo_dataclass(animals: list[str]) -> Enclosure:
+    """A dataclass result from a list argument."""
+    return Enclosure(id=FIXED_ID, opened=FIXED_TIME, fee=FEE, animals=animals)
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_pydantic(animal: Animal) -> Animal:
+    """A pydantic model in and out."""
+    return Animal(name=animal.name.upper(), legs=animal.legs, tags=[*animal.tags, "seen"])
+
+
+@tool(permissions=READ, read_only=True)
+def zoo_models(animals: list[Animal], min_legs: int = 0) -> list[Animal]:
+    """A list of models in, a filtered list out."""
+    return [a for a in animals if a.legs >= min_legs]
+
+
+@tool(permissions=READ, read_only=True, idempotent=True)
+def zoo_scores(scores: dict[str, int]) -> int:
+    """A dict argument: its keys are data."""
+    return sum(scores.values())
+
+
+@tool(permissions=READ, read_only=True)
+def zoo_tool_result(label: str) -> ToolResult:
+    """A ToolResult built by hand: its own content and structured content."""
+    return ToolResult(
+        content=[TextContent(type="text", text=f"custom {label}")],
+        structured_content={"label": label, "id": str(FIXED_ID)},
+    )
+
+
+@tool(permissions=READ, read_only=True)
+def zoo_image() -> Image:
+    return Image(data=PNG, format="png")
+
+
+@tool(permissions=READ, read_only=True, description="Logs and reports progress via Context.")
+async def zoo_context(steps: int, ctx: Context) -> dict[str, Any]:
+    await ctx.info(f"starting {steps} steps")
+    for i in range(steps):
+        await ctx.report_progress(i + 1, steps, f"step {i + 1}")
+    await ctx.debug("done")
+    return {"steps": steps, "request_id": bool(ctx.request_id)}
+
+
+@tool(permissions=READ, read_only=True)
+def zoo_tool_error(reason: str) -> str:
+    """Raises ToolError: a tool error whose message the client sees."""
+    raise ToolError(f"the keeper says no: {reason}")
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_explode() -> str:
+    """Raises an unexpected exception: its text must never reach the client."""
+    raise RuntimeError("secret internal detail")
+
+
+@tool(permissions=WRITE)
+def zoo_write(label: str) -> dict[str, Any]:
+    """Writes an exhibit and returns it."""
+    exhibit = Exhibit.objects.create(label=label)
+    return {"label": exhibit.label, "saved": exhibit.pk is not None}
+
+
+@tool(permissions=WRITE)
+def zoo_write_then_unserializable(label: str) -> dict[str, Any]:
+    """Writes, then returns what cannot be serialized: the write must roll back."""
+    Exhibit.objects.create(label=label)
+    return {"label": label, "oops": Unserializable()}
+
+
+@tool(permissions=WRITE)
+async def zoo_async_write_then_unserializable(label: str) -> dict[str, Any]:
+    """The async twin: there is no async transaction, so its write stays (documented)."""
+    await Exhibit.objects.acreate(label=label)
+    return {"label": label, "oops": Unserializable()}
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_whoami() -> dict[str, Any]:
+    """Governed only: the caller, from current_principal() inside an async tool."""
+    p = current_principal()
+    return {"client_id": p.client_id, "tenant": p.tenant.external_id, "subject": p.subject}
