@@ -5,7 +5,8 @@
 --   BENCH_BODIES  one or more JSON-RPC bodies separated by "\n"; each connection's requests
 --                 cycle through them (e.g. one get_todo per seeded id)
 --   BENCH_CHECK   "0" disables the per-response check (faster wrk, no error detection)
---   BENCH_PROTOCOL_VERSION  if set, sent as the MCP-Protocol-Version header
+--   BENCH_HEADERS "Name: value" lines: the era's headers (Content-Type, Accept,
+--                 MCP-Protocol-Version, and on 2026-07-28 Mcp-Method and Mcp-Name)
 --
 -- Errors counted per thread: non-2xx statuses (`bad_status`) and 2xx bodies that carry a
 -- JSON-RPC error, an MCP tool error ("isError":true) or a quickstart-style {"error": ...}
@@ -35,14 +36,12 @@ function init(args)
    first_error = ""
    local token = os.getenv("BENCH_TOKEN") or ""
    local bodies = split(os.getenv("BENCH_BODIES") or "", "\n")
-   local headers = {
-      ["Authorization"] = "Bearer " .. token,
-      ["Content-Type"] = "application/json",
-      ["Accept"] = "application/json, text/event-stream",
-   }
-   local version = os.getenv("BENCH_PROTOCOL_VERSION") or ""
-   if version ~= "" then
-      headers["MCP-Protocol-Version"] = version
+   local headers = { ["Authorization"] = "Bearer " .. token }
+   for _, line in ipairs(split(os.getenv("BENCH_HEADERS") or "", "\n")) do
+      local name, value = string.match(line, "^([^:]+):%s*(.*)$")
+      if name then
+         headers[name] = value
+      end
    end
    for _, body in ipairs(bodies) do
       table.insert(requests, wrk.format("POST", nil, headers, body))

@@ -1,0 +1,499 @@
+"""wrk load runs: one run, a whole load phase, its summary, the stack check and the profile."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import profsum
+from common import (
+    BENCH,
+    CHILDREN,
+    LAUNCH,
+    LUA,
+    ORIG_ENV,
+    RESULTS,
+    SCENARIOS,
+    SEED_TODOS,
+    SERVERS,
+    Server,
+    free_port,
+    log,
+    run_checked,
+    uvicorn_cmd,
+)
+from fixtures import Issuer, analyze_tables, audit_count, connection_counters
+from machine import (
+    _children_cpu,
+    cpu_delta,
+    cpu_snapshot,
+    listening_sockets,
+    tree_pids,
+    tree_rss_mib,
+)
+from protocol import ERAS, Era, looks_like_error, post, scenario_bodies, scenario_calls, validate
+
+# --- wrk ------------------------------------------------------------------------------------
+
+
+def run_wrk(
+    wrk: str,
+    url: str,
+    token: str,
+    scenario: str,
+    era: Era,
+    *,
+    connections: int,
+    threads: int,
+    duration: float,
+    check: bool = True,
+) -> dict[str, Any]:
+    env = {
+        **ORIG_ENV,
+        "BENCH_TOKEN": token,
+        "BENCH_BODIES": "\n".join(scenario_bodies(scenario, era)),
+        "BENCH_HEADERS": "\n".join(
+            f"{k}: {v}" for k, v in era.headers(scenario_calls(scenario)[0]).items()
+        ),
+        "BENCH_CHECK": "1" if check else "0",
+    }
+    cmd = [
+        wrk,
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        url,
+    ]
+    proc = CHILDREN.popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        CHILDREN.stop(proc)
+        raise RuntimeError("wrk did not finish") from None
+    CHILDREN.stop(proc)
+    line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{out[-2000:]}")
+    data = json.loads(line[len("BENCH_JSON ") :])
+    secs = data["duration_us"] / 1e6
+    sock = data["socket_errors"]
+    errors = (
+        data["bad_status"]
+        + data["rpc_errors"]
+        + sock["connect"]
+        + sock["read"]
+        + sock["write"]
+        + sock["timeout"]
+    )
+    lat = data["latency_us"]
+    return {
+        "requests": data["requests"],
+        "seconds": round(secs, 3),
+        "rps": round(data["requests"] / secs, 1) if secs else 0.0,
+        "p50_ms": round(lat["p50"] / 1000, 3),
+        "p90_ms": round(lat["p90"] / 1000, 3),
+        "p99_ms": round(lat["p99"] / 1000, 3),
+        "p999_ms": round(lat["p999"] / 1000, 3),
+        "max_ms": round(lat["max"] / 1000, 3),
+        "mean_ms": round(lat["mean"] / 1000, 3),
+        "errors": errors,
+        "bad_status": data["bad_status"],
+        "rpc_errors": data["rpc_errors"],
+        "socket_errors": sock,
+        "first_error": data.get("first_error", ""),
+    }
+
+
+# --- summaries ------------------------------------------------------------------------------
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 3) if values else 0.0
+
+
+PER_RUN_MEDIANS = (
+    "p90_ms",
+    "p999_ms",
+    "server_cpu_ms_per_call",
+    "postgres_cpu_ms_per_call",
+    "redis_cpu_ms_per_call",
+    "wrk_cpu_ms_per_call",
+    "redis_new_connections_per_call",
+    "pg_new_sessions_per_call",
+    "redis_commands_per_call",
+    "machine_busy_pct",
+    "other_processes_cpu_pct",
+    "server_rss_mib",
+)
+
+
+def summarise_load(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, int, int, str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        key = (r["era"], r["workers"], r["connections"], r["scenario"], r["server"])
+        groups.setdefault(key, []).append(r)
+    summary: list[dict[str, Any]] = []
+    eras = list(ERAS)
+    keys = sorted(
+        {(e, w, c, s) for (e, w, c, s, srv) in groups if srv != "floor"},
+        key=lambda k: (eras.index(k[0]), k[1], k[2], SCENARIOS.index(k[3])),
+    )
+    for e, w, c, s in keys:
+        row: dict[str, Any] = {"era": e, "workers": w, "connections": c, "scenario": s}
+        for srv in SERVERS:
+            rs = groups.get((e, w, c, s if srv != "floor" else "floor", srv), [])
+            if not rs:
+                continue
+            row[srv] = {
+                "reps": len(rs),
+                "rps": median([r["rps"] for r in rs]),
+                "rps_all": [r["rps"] for r in rs],
+                "p50_ms": median([r["p50_ms"] for r in rs]),
+                "p99_ms": median([r["p99_ms"] for r in rs]),
+                "errors": sum(r["errors"] for r in rs),
+                "requests": sum(r["requests"] for r in rs),
+            }
+            for key in PER_RUN_MEDIANS:
+                row[srv][key] = median([r.get(key, 0) for r in rs])
+            if srv == "ours":
+                row[srv]["audit_rows_ok"] = all(r.get("audit_ok", True) for r in rs)
+        b, o, f = row.get("baseline"), row.get("ours"), row.get("floor")
+        if b and o and b["rps"]:
+            row["ours_over_baseline_rps"] = round(o["rps"] / b["rps"], 3)
+            row["ours_over_baseline_p50"] = (
+                round(o["p50_ms"] / b["p50_ms"], 2) if b["p50_ms"] else None
+            )
+        if f and o and f["rps"]:
+            row["ours_over_floor_rps"] = round(o["rps"] / f["rps"], 3)
+        if f and b and f["rps"]:
+            row["baseline_over_floor_rps"] = round(b["rps"] / f["rps"], 3)
+        summary.append(row)
+    return summary
+
+
+def run_load(
+    args: argparse.Namespace,
+    wrk: str,
+    issuer: Issuer,
+    env: dict[str, str],
+    ports: dict[str, int],
+    token: str,
+    result: dict[str, Any],
+    profile_hook: Callable[[dict[str, Server]], None] | None,
+) -> None:
+    runs: list[dict[str, Any]] = result.setdefault("load", {}).setdefault("runs", [])
+    validations: dict[str, Any] = result["load"].setdefault("validation", {})
+    base_env = {**ORIG_ENV, "PYTHONUNBUFFERED": "1"}
+    baseline_env = {
+        **base_env,
+        "BENCH_JWKS_URL": issuer.jwks_url,
+        "BENCH_ISSUER": issuer.url,
+        "BENCH_AUDIENCE": f"{env['BASE_URL']}/mcp",
+        "BENCH_BASE_URL": f"http://127.0.0.1:{ports['baseline']}",
+        "BENCH_SEED_TODOS": str(SEED_TODOS),
+    }
+    ours_env = {**base_env, **env}
+    for workers in args.workers:
+        servers = {
+            "baseline": Server(
+                "baseline",
+                ports["baseline"],
+                uvicorn_cmd("baseline_server:app", ports["baseline"], workers, app_dir=str(BENCH)),
+                baseline_env,
+            ),
+            "ours": Server(
+                "ours",
+                ports["ours"],
+                uvicorn_cmd("config.asgi:application", ports["ours"], workers),
+                ours_env,
+            ),
+            "floor": Server(
+                "floor",
+                ports["floor"],
+                uvicorn_cmd("floor_app:app", ports["floor"], workers, app_dir=str(BENCH)),
+                base_env,
+            ),
+        }
+        try:
+            log(f"starting servers with {workers} worker(s)")
+            for s in servers.values():
+                s.start()
+            first = ERAS[args.eras[0]]
+            for s in servers.values():
+                body = scenario_bodies("get_todo", first)[0]
+                s.wait_ready(
+                    lambda s=s, body=body, era=first: (
+                        post(s.url, body, token, era, "get_todo", 2)[0] > 0
+                    )
+                )
+                if workers > 1 and not LAUNCH["plain"]:  # every worker bound (app loaded)
+                    s.wait_ready(lambda s=s, n=workers: listening_sockets(s.port) >= n)
+            for era in (ERAS[name] for name in args.eras):
+                # the Lua check must recognise each server's tool errors: try a missing todo
+                for name in ("baseline", "ours"):
+                    missing = era.body("get_todo", {"todo_id": str(uuid.uuid4())})
+                    status, _, raw = post(servers[name].url, missing, token, era, "get_todo")
+                    detected = status >= 300 or looks_like_error(raw.decode(errors="replace"))
+                    validations[f"{name}/{era.name}/error-detection/w{workers}"] = detected
+                    if not detected:
+                        raise RuntimeError(f"{name}: a tool error would not count: {raw[:300]!r}")
+                # every worker must have seen its first request before timing: validate + warm
+                for scenario in args.scenarios:
+                    for name in ("baseline", "ours", "floor"):
+                        if name == "floor" and scenario != args.scenarios[0]:
+                            continue
+                        checked = scenario if name != "floor" else "get_todo"
+                        validations[f"{name}/{era.name}/{scenario}/w{workers}"] = validate(
+                            name, servers[name].url, checked, token, era
+                        )
+                        if args.warmup > 0:
+                            run_wrk(
+                                wrk,
+                                servers[name].url,
+                                token,
+                                checked,
+                                era,
+                                connections=max(args.connections),
+                                threads=args.threads,
+                                duration=args.warmup,
+                                check=False,
+                            )
+            for conns in args.connections:
+                for rep in range(args.reps):
+                    analyze_tables()
+                    order = ["baseline", "ours"] if rep % 2 == 0 else ["ours", "baseline"]
+                    for era in (ERAS[name] for name in args.eras):
+                        plan: list[tuple[str, str]] = [("floor", "get_todo")]
+                        for scenario in args.scenarios:
+                            plan += [(srv, scenario) for srv in order]
+                        for srv, scenario in plan:
+                            runs.append(
+                                one_run(
+                                    args,
+                                    wrk,
+                                    servers[srv],
+                                    srv,
+                                    scenario,
+                                    era,
+                                    token,
+                                    workers,
+                                    conns,
+                                    rep,
+                                )
+                            )
+                            time.sleep(args.pause)
+            if profile_hook is not None and workers == 1:
+                profile_hook(servers)
+        finally:
+            for s in servers.values():
+                s.stop()
+        result["load"]["summary"] = summarise_load(runs)
+
+
+def one_run(
+    args: argparse.Namespace,
+    wrk: str,
+    server: Server,
+    srv: str,
+    scenario: str,
+    era: Era,
+    token: str,
+    workers: int,
+    conns: int,
+    rep: int,
+) -> dict[str, Any]:
+    assert server.proc is not None
+    before_audit = audit_count() if srv == "ours" else 0
+    conn0 = connection_counters()
+    rusage0 = _children_cpu()
+    cpu0 = cpu_snapshot(server.proc.pid)
+    res = run_wrk(
+        wrk,
+        server.url,
+        token,
+        scenario if srv != "floor" else "get_todo",
+        era,
+        connections=conns,
+        threads=args.threads,
+        duration=args.duration,
+        check=not args.no_check,
+    )
+    cpu1 = cpu_snapshot(server.proc.pid)
+    wrk_cpu = _children_cpu() - rusage0
+    cpu = cpu_delta(cpu0, cpu1)
+    conn1 = connection_counters()
+    calls = max(1, res["requests"])
+    res.update(
+        era=era.name,
+        server=srv,
+        scenario=scenario if srv != "floor" else "floor",
+        workers=workers,
+        connections=conns,
+        rep=rep,
+        server_cpu_ms_per_call=round(cpu["server"] * 1000 / calls, 3),
+        postgres_cpu_ms_per_call=round(cpu["postgres"] * 1000 / calls, 3),
+        redis_cpu_ms_per_call=round(cpu["redis"] * 1000 / calls, 3),
+        machine_busy_pct=round(100 * cpu["machine_busy"] / max(1e-9, cpu["machine_total"]), 1),
+        wrk_cpu_ms_per_call=round(wrk_cpu * 1000 / calls, 3),
+        redis_new_connections_per_call=round(
+            (conn1["redis_connections"] - conn0["redis_connections"]) / calls, 3
+        ),
+        pg_new_sessions_per_call=round((conn1["pg_sessions"] - conn0["pg_sessions"]) / calls, 3),
+        redis_commands_per_call=round(
+            (conn1["redis_commands"] - conn0["redis_commands"]) / calls, 2
+        ),
+    )
+    res["server_rss_mib"] = tree_rss_mib(server.proc.pid)
+    # each server process's CPU as % of one core over the run: shows how evenly the workers
+    # share the load (keep-alive connections stay with the worker that accepted them)
+    res["server_process_cpu_pct"] = sorted(
+        (round(100 * c / max(1e-9, res["seconds"]), 1) for c in cpu["server_by_pid"].values()),
+        reverse=True,
+    )
+    # CPU of every process that is not ours (other agents, CI ...), as % of the machine
+    res["other_processes_cpu_pct"] = round(100 * cpu["other"] / max(1e-9, cpu["machine_total"]), 1)
+    if srv == "ours":
+        time.sleep(0.2)  # in-flight calls cut by wrk's stop still finish and are audited
+        delta = audit_count() - before_audit
+        res["audit_rows"] = delta
+        res["audit_ok"] = res["requests"] <= delta <= res["requests"] + conns
+    flag = "" if res["errors"] == 0 else f"  ERRORS={res['errors']} {res['first_error'][:120]}"
+    log(
+        f"{era.name:10s} w{workers} c{conns} rep{rep} {srv:8s} {res['scenario']:12s} "
+        f"{res['rps']:9.1f}/s "
+        f"p50 {res['p50_ms']:7.2f} ms p99 {res['p99_ms']:7.2f} ms "
+        f"cpu {res['server_cpu_ms_per_call']:.2f} ms/call "
+        f"new redis/pg conns per call {res['redis_new_connections_per_call']:.2f}/"
+        f"{res['pg_new_sessions_per_call']:.2f} other-cpu {res['other_processes_cpu_pct']}% "
+        f"rss {res['server_rss_mib']} MiB procs-cpu% {res['server_process_cpu_pct'][:3]}{flag}"
+    )
+    return res
+
+
+# --- the Nagle check -------------------------------------------------------------------------
+
+
+def stack_check(args: argparse.Namespace, wrk: str, token: str) -> dict[str, Any]:
+    """The floor with 2 workers under the plain uvicorn CLI and under bench/serve.py."""
+    out: dict[str, Any] = {}
+    era = ERAS["handshake"]
+    body = scenario_bodies("get_todo", era)[0]
+    for label, plain in (("uvicorn CLI --workers 2", True), ("bench/serve.py --workers 2", False)):
+        port = free_port()
+        server = Server(
+            f"stackcheck-{'cli' if plain else 'serve'}",
+            port,
+            uvicorn_cmd("floor_app:app", port, 2, app_dir=str(BENCH), plain=plain),
+            {**ORIG_ENV, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            server.start()
+            server.wait_ready(lambda s=server: post(s.url, body, token, era, "get_todo", 2)[0] > 0)
+            run_wrk(wrk, server.url, token, "get_todo", era, connections=8, threads=1, duration=1)
+            res = run_wrk(
+                wrk, server.url, token, "get_todo", era, connections=8, threads=1, duration=2
+            )
+            out[label] = {k: res[k] for k in ("rps", "p50_ms", "p99_ms", "errors")}
+            log(f"stack check, floor, {label}: {res['rps']:.0f}/s p50 {res['p50_ms']} ms")
+        finally:
+            server.stop()
+    return out
+
+
+# --- profile ---------------------------------------------------------------------------------
+
+
+def profile_ours(
+    args: argparse.Namespace,
+    wrk: str,
+    py_spy: str,
+    server: Server,
+    token: str,
+    result: dict[str, Any],
+) -> None:
+    assert server.proc is not None
+    pid = server.proc.pid
+    prof: dict[str, Any] = {
+        "pid_tree": tree_pids(pid),
+        "scenario": "get_todo",
+        "era": args.profile_era,
+        "connections": args.profile_connections,
+        "workers": 1,
+    }
+    passes = [("gil", ["--gil"]), ("active", [])]
+    if args.profile_svg:
+        passes.append(("svg", ["--gil"]))
+    for name, extra in passes:
+        fmt = "flamegraph" if name == "svg" else "raw"
+        out_path = RESULTS / ("profile-ours.svg" if name == "svg" else f"profile-ours-{name}.raw")
+        wrk_proc = threading.Thread(
+            target=lambda name=name: prof.setdefault("load", {}).__setitem__(
+                name,
+                run_wrk(
+                    wrk,
+                    server.url,
+                    token,
+                    "get_todo",
+                    ERAS[args.profile_era],
+                    connections=args.profile_connections,
+                    threads=args.threads,
+                    duration=args.profile_duration + 3,
+                    check=True,
+                ),
+            ),
+            daemon=True,
+        )
+        wrk_proc.start()
+        time.sleep(1.0)
+        cmd = [
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(args.profile_duration),
+            "--rate",
+            "200",
+            "--format",
+            fmt,
+            "--output",
+            str(out_path),
+            "--threads",
+            *extra,
+        ]
+        try:
+            run_checked(cmd, timeout=args.profile_duration + 60)
+        except RuntimeError as exc:
+            prof[f"{name}_error"] = str(exc)[-2000:]
+            log(f"py-spy failed: {str(exc)[-500:]}")
+        wrk_proc.join(timeout=args.profile_duration + 30)
+        if fmt == "raw" and out_path.exists():
+            stacks = profsum.parse(out_path.read_text().splitlines())
+            prof[name] = profsum.summarise(stacks, top=30)
+    text = []
+    titles = {
+        "gil": f"ours under get_todo load ({args.profile_era}, 1 worker) — py-spy --gil: "
+        "samples holding the GIL (where the CPU goes)",
+        "active": f"ours under get_todo load ({args.profile_era}, 1 worker) — py-spy without "
+        "--gil: every non-idle thread (incl. waiting for the GIL)",
+    }
+    for name in ("gil", "active"):
+        if name in prof:
+            text.append(profsum.render(prof[name], titles[name]))
+    if text:
+        (RESULTS / "profile-ours.txt").write_text("\n\n".join(text))
+    result["profile"] = prof

@@ -1,0 +1,351 @@
+"""In-process figures: per-operation timings and round trips per call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from common import SCENARIOS, SEED_IDS
+from protocol import ERAS, Era, looks_like_error, scenario_bodies, scenario_calls
+
+# --- micro-figures --------------------------------------------------------------------------
+
+
+def _timeit(fn: Callable[[], Any], n: int, warmup: int = 50) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        fn()
+        samples.append(time.perf_counter_ns() - t0)
+    samples.sort()
+    return {
+        "n": n,
+        "median_us": round(samples[n // 2] / 1000, 2),
+        "mean_us": round(sum(samples) / n / 1000, 2),
+        "p99_us": round(samples[min(n - 1, int(n * 0.99))] / 1000, 2),
+    }
+
+
+def micro_figures(token: str, scale: float = 1.0) -> dict[str, Any]:
+    import anyio
+    from asgiref.sync import sync_to_async
+    from django.db import close_old_connections, connection
+
+    from audit.recorder import record
+    from mcpauth import ratelimit
+    from mcpauth.conf import get_settings
+    from mcpauth.context import CallContext
+    from mcpauth.middleware import parse_envelope
+    from mcpauth.tokens import principal_for, verify
+    from todos import services
+
+    def n(base: int) -> int:
+        return max(50, int(base * scale))
+
+    out: dict[str, Any] = {}
+    vt = verify(token)  # fetches the JWKS once; later calls use cached keys
+    out["token_verify (mcpauth.tokens.verify, cached keys)"] = _timeit(
+        lambda: verify(token), n(3000)
+    )
+
+    principal = principal_for(vt)
+    out["tenant + scopes (tenancy.resolve + scopes.permissions_for, cached)"] = _timeit(
+        lambda: principal_for(vt), n(20000)
+    )
+    body = scenario_bodies("get_todo", ERAS["2026-07-28"])[0].encode()
+    conf = get_settings()
+
+    def envelope() -> None:
+        parse_envelope(
+            CallContext(request_id="x", client_ip="127.0.0.1", user_agent="b"), body, conf
+        )
+
+    out["parse_envelope (JSON-RPC body, 2026-07-28 envelope)"] = _timeit(envelope, n(20000))
+    # the IP pre-check has changed shape over time; measure whichever this tree has
+    if hasattr(ratelimit, "check_anonymous"):
+        out["rate limit: check_anonymous (Redis GET)"] = _timeit(
+            lambda: ratelimit.check_anonymous("127.0.0.1", increment=False), n(3000)
+        )
+    elif hasattr(ratelimit, "anonymous_throttle"):
+        out["rate limit: anonymous_throttle (in-process)"] = _timeit(
+            lambda: ratelimit.anonymous_throttle("127.0.0.1"), n(20000)
+        )
+    out["rate limit: hit (Redis, cache object reused)"] = _timeit(
+        lambda: ratelimit.hit(principal), n(3000)
+    )
+    # Under uvicorn each request runs in a fresh copy of the server's context, and Django's
+    # ``caches`` is context-local: a cache object first touched inside a request is not seen
+    # by the next one. An empty context reproduces what each request then pays.
+    out["rate limit: hit in a fresh context (new cache object, as per request)"] = _timeit(
+        lambda: contextvars.Context().run(ratelimit.hit, principal), n(1000)
+    )
+    close_old_connections()
+    connection.ensure_connection()
+
+    def ping() -> None:
+        connection.health_check_done = False
+        connection.close_if_health_check_failed()
+
+    out["DB health-check ping per request (close_old_connections → SELECT 1)"] = _timeit(
+        ping, n(3000)
+    )
+    todo_id = SEED_IDS[0]
+    out["service get_todo (1 SELECT)"] = _timeit(
+        lambda: services.get_todo(principal, todo_id), n(3000)
+    )
+
+    def audit_write() -> None:
+        record(
+            outcome="ok",
+            status=200,
+            request_id=uuid.uuid4().hex,
+            method="tools/call",
+            tool="get_todo",
+            principal=principal,
+            duration_ms=1.234,
+            client_ip="127.0.0.1",
+            user_agent="bench-micro",
+            arguments={"todo_id": todo_id},
+        )
+
+    out["audit write (audit.recorder.record, autocommit INSERT)"] = _timeit(audit_write, n(3000))
+
+    with connection.cursor() as cur:
+        cur.execute("SET synchronous_commit TO off")
+    out["audit write with synchronous_commit=off (comparison only: not durable)"] = _timeit(
+        audit_write, n(3000)
+    )
+    with connection.cursor() as cur:
+        cur.execute("SET synchronous_commit TO on")
+
+    from django.db import transaction
+
+    def get_with_audit() -> None:
+        with transaction.atomic():
+            services.get_todo(principal, todo_id)
+            audit_write()
+
+    out["get_todo + audit row in one transaction (BEGIN, SELECT, INSERT, COMMIT)"] = _timeit(
+        get_with_audit, n(3000)
+    )
+
+    def noop() -> None:
+        return None
+
+    async def hops(kind: str, count: int) -> list[int]:
+        fn = (
+            sync_to_async(noop, thread_sensitive=False)
+            if kind == "asgiref"
+            else (lambda: anyio.to_thread.run_sync(noop))
+        )
+        for _ in range(50):
+            await fn()
+        samples = []
+        for _ in range(count):
+            t0 = time.perf_counter_ns()
+            await fn()
+            samples.append(time.perf_counter_ns() - t0)
+        return samples
+
+    for kind, label in (
+        ("asgiref", "thread hop: sync_to_async(thread_sensitive=False), no-op"),
+        ("anyio", "thread hop: anyio.to_thread.run_sync, no-op"),
+    ):
+        samples = sorted(asyncio.run(hops(kind, n(5000))))
+        k = len(samples)
+        out[label] = {
+            "n": k,
+            "median_us": round(samples[k // 2] / 1000, 2),
+            "mean_us": round(sum(samples) / k / 1000, 2),
+            "p99_us": round(samples[int(k * 0.99)] / 1000, 2),
+        }
+    return out
+
+
+# --- round trips per call, in process ------------------------------------------------------
+
+
+def round_trips(token: str, eras: list[Era], calls: int = 40) -> dict[str, Any]:
+    """Drive ``config.asgi.application`` in this process and count, per call: SQL statements,
+    transactions (commits + rollbacks), Redis commands and thread hops, plus the in-process
+    latency (no HTTP server, no socket). Counting wraps psycopg's ``Cursor.execute`` (so the
+    health-check ``SELECT 1`` counts), ``Connection.commit``/``rollback``, redis-py's
+    ``Redis.execute_command``, asgiref's ``SyncToAsync.__call__`` and ``anyio.to_thread.run_sync``,
+    in this process only and only while measuring."""
+    import anyio.to_thread
+    import psycopg
+    import redis.client
+    from asgiref.sync import SyncToAsync
+
+    from config.asgi import application
+
+    counts = {"sql": 0, "commit": 0, "rollback": 0, "redis": 0, "sync_to_async": 0, "to_thread": 0}
+    lock = threading.Lock()
+    statements: dict[str, int] = {}
+
+    def bump(key: str) -> None:
+        with lock:
+            counts[key] += 1
+
+    originals: list[tuple[Any, str, Any]] = []
+
+    def wrap_sync(owner: Any, name: str, key: str) -> None:
+        original = getattr(owner, name)
+        originals.append((owner, name, original))
+
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            bump(key)
+            return original(*a, **kw)
+
+        setattr(owner, name, wrapper)
+
+    def wrap_async(owner: Any, name: str, key: str) -> None:
+        original = getattr(owner, name)
+        originals.append((owner, name, original))
+
+        async def wrapper(*a: Any, **kw: Any) -> Any:
+            bump(key)
+            return await original(*a, **kw)
+
+        setattr(owner, name, wrapper)
+
+    def request_headers(era: Era, tool: str) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"host", b"127.0.0.1"),
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"user-agent", b"bench-inprocess"),
+            *((k.lower().encode(), v.encode()) for k, v in era.headers(tool).items()),
+        ]
+
+    async def one(body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/mcp",
+            "raw_path": b"/mcp",
+            "query_string": b"",
+            "root_path": "",
+            "headers": headers,
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+        }
+        sent = False
+        status = 0
+        chunks: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        await application(scope, receive, send)
+        return status, b"".join(chunks)
+
+    async def run_all() -> dict[str, Any]:
+        startup_done = asyncio.Event()
+        shutdown = asyncio.Event()
+        lifespan_queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        await lifespan_queue.put({"type": "lifespan.startup"})
+
+        async def l_receive() -> dict[str, Any]:
+            msg = await lifespan_queue.get()
+            return msg
+
+        async def l_send(message: dict[str, Any]) -> None:
+            if message["type"].startswith("lifespan.startup"):
+                startup_done.set()
+            if message["type"].startswith("lifespan.shutdown"):
+                shutdown.set()
+
+        lifespan = asyncio.create_task(application({"type": "lifespan"}, l_receive, l_send))
+        await asyncio.wait_for(startup_done.wait(), 30)
+        out: dict[str, Any] = {}
+        try:
+            for era in eras:
+                per_era: dict[str, Any] = out.setdefault(era.name, {})
+                for scenario in SCENARIOS:
+                    headers = request_headers(era, scenario_calls(scenario)[0])
+                    bodies = [b.encode() for b in scenario_bodies(scenario, era)]
+                    for i in range(5):  # warm: thread pools, connections, caches
+                        await one(bodies[i % len(bodies)], headers)
+                    for key in counts:
+                        counts[key] = 0
+                    statements.clear()
+                    t0 = time.perf_counter()
+                    statuses = []
+                    for i in range(calls):
+                        status, raw = await one(bodies[i % len(bodies)], headers)
+                        statuses.append(status == 200 and not looks_like_error(raw.decode()))
+                    wall = time.perf_counter() - t0
+                    per_era[scenario] = {
+                        "calls": calls,
+                        "ok": all(statuses),
+                        "in_process_ms_per_call": round(wall * 1000 / calls, 3),
+                        **{f"{k}_per_call": round(v / calls, 2) for k, v in counts.items()},
+                        "statements_per_call": {
+                            k: round(v / calls, 2)
+                            for k, v in sorted(statements.items(), key=lambda kv: -kv[1])
+                        },
+                    }
+        finally:
+            await lifespan_queue.put({"type": "lifespan.shutdown"})
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(shutdown.wait(), 10)
+            lifespan.cancel()
+        return out
+
+    original_execute = psycopg.Cursor.execute
+    originals.append((psycopg.Cursor, "execute", original_execute))
+
+    def execute(self: Any, query: Any, *a: Any, **kw: Any) -> Any:
+        text = query if isinstance(query, str | bytes) else repr(query)
+        text = text.decode(errors="replace") if isinstance(text, bytes) else text
+        with lock:
+            counts["sql"] += 1
+            statements[" ".join(text.split())[:90]] = (
+                statements.get(" ".join(text.split())[:90], 0) + 1
+            )
+        return original_execute(self, query, *a, **kw)
+
+    psycopg.Cursor.execute = execute  # type: ignore[method-assign]
+    wrap_sync(psycopg.Connection, "commit", "commit")
+    wrap_sync(psycopg.Connection, "rollback", "rollback")
+    original_command = redis.client.Redis.execute_command
+    originals.append((redis.client.Redis, "execute_command", original_command))
+
+    def execute_command(self: Any, *args: Any, **kw: Any) -> Any:
+        with lock:
+            counts["redis"] += 1
+            name = f"redis {args[0] if args else '?'}"
+            statements[name] = statements.get(name, 0) + 1
+        return original_command(self, *args, **kw)
+
+    redis.client.Redis.execute_command = execute_command  # type: ignore[method-assign]
+    wrap_async(SyncToAsync, "__call__", "sync_to_async")
+    wrap_async(anyio.to_thread, "run_sync", "to_thread")
+    try:
+        return asyncio.run(run_all())
+    finally:
+        for owner, name, original in reversed(originals):
+            setattr(owner, name, original)
