@@ -43,7 +43,8 @@ def record(
     client_ip: str | None = None,
     user_agent: str = "",
     arguments: Any = None,
-) -> AuditEvent:
+) -> int:
+    """Insert one audit row; return its id."""
     if principal is not None:
         client_id = principal.client_id
         subject = principal.subject
@@ -72,10 +73,14 @@ def record(
 
 
 _FIELDS = [f for f in AuditEvent._meta.concrete_fields if not f.primary_key]
+#: The fields whose values need the field's own preparation (database-specific adaptation of
+#: datetimes, IP addresses and JSON); every other value :func:`record` passes is already a
+#: plain ``str``/``int``/``float``, which the driver binds as is.
+_PREPARED = frozenset({"created_at", "client_ip", "arguments"})
 _SQL: dict[str, str] = {}
 
 
-def _insert(**values: Any) -> AuditEvent:
+def _insert(**values: Any) -> int:
     using = router.db_for_write(AuditEvent)
     connection = connections[using]
     sql = _SQL.get(using)
@@ -88,11 +93,13 @@ def _insert(**values: Any) -> AuditEvent:
             ", ".join(["%s"] * len(_FIELDS)),
             quote(str(AuditEvent._meta.pk.column)),
         )
-    params = [f.get_db_prep_save(values[f.attname], connection=connection) for f in _FIELDS]
+    params = [
+        f.get_db_prep_save(values[f.attname], connection=connection)
+        if f.attname in _PREPARED
+        else values[f.attname]
+        for f in _FIELDS
+    ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         (pk,) = cursor.fetchone()
-    event = AuditEvent(pk=pk, **values)
-    event._state.adding = False
-    event._state.db = using
-    return event
+    return int(pk)

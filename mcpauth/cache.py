@@ -9,6 +9,8 @@ Differences from ``django.core.cache.backends.redis.RedisCache``:
 * **One ``redis.Redis`` object per pool**, instead of a new one per command.
 * **A one-round-trip window counter** (``count``: ``INCR``, plus ``EXPIRE`` when new), which
   ``mcpauth.ratelimit`` uses with django-ratelimit's own keys and windows.
+* **An async window counter** (``acount``, redis-py's asyncio client, one pool per event loop)
+  for admission on the event loop (``mcpauth.middleware``), with the same script and keys.
 * **One round trip per ``incr``.** Django checks ``EXISTS`` and then ``INCRBY``; a Lua script
   does both atomically with the same contract (``ValueError`` for a missing key), which
   django-ratelimit's ``get_usage`` relies on.
@@ -17,8 +19,11 @@ Differences from ``django.core.cache.backends.redis.RedisCache``:
 from __future__ import annotations
 
 import threading
+import weakref
+from asyncio import AbstractEventLoop, get_running_loop
 from typing import Any
 
+import redis.asyncio as aredis
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django.core.cache.backends.redis import RedisCacheClient
 from django.utils.functional import cached_property
@@ -74,6 +79,11 @@ _clients: dict[tuple[tuple[str, ...], str], FastIncrRedisCacheClient] = {}
 _clients_lock = threading.Lock()
 
 
+_async_clients: weakref.WeakKeyDictionary[AbstractEventLoop, dict[tuple[Any, ...], Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 class RedisCache(DjangoRedisCache):
     @cached_property
     def _cache(self) -> FastIncrRedisCacheClient:
@@ -91,3 +101,23 @@ class RedisCache(DjangoRedisCache):
     def count(self, key: str, ttl: int) -> int:
         """One round trip: increment a window counter (see ``mcpauth.ratelimit``)."""
         return self._cache.count(self.make_and_validate_key(key), ttl)
+
+    def _async_script(self) -> Any:
+        servers: list[str] = self._servers  # type: ignore[attr-defined]
+        options: dict[str, Any] = self._options  # type: ignore[attr-defined]
+        per_loop = _async_clients.setdefault(get_running_loop(), {})
+        ident = (tuple(servers), repr(sorted(options.items())))
+        script = per_loop.get(ident)
+        if script is None:
+            kwargs = {
+                k: v
+                for k, v in options.items()
+                if k in ("socket_timeout", "socket_connect_timeout")
+            }
+            client = aredis.Redis.from_url(servers[0], **kwargs)
+            script = per_loop[ident] = client.register_script(_INCR_WINDOW)
+        return script
+
+    async def acount(self, key: str, ttl: int) -> int:
+        """:meth:`count` for the event loop: the same script, keys and result."""
+        return int(await self._async_script()(keys=[self.make_and_validate_key(key)], args=[ttl]))

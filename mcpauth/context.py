@@ -33,25 +33,26 @@ _current: ContextVar[CallContext | None] = ContextVar("mcpauth_call", default=No
 
 
 def refresh_connections() -> None:
-    """``close_old_connections()`` for this thread, with a throttled health check.
+    """``close_old_connections()`` for this thread, at most once a second while all is well.
 
     The ``/mcp`` path bypasses Django's request handler, so its ``request_started`` signal never
     fires: this is what it would do. It drops connections that broke or outlived
     ``CONN_MAX_AGE``, and (with ``CONN_HEALTH_CHECKS``) marks the connection for a ``SELECT 1``
-    before its next query. The ping is skipped when this thread's connection was checked less
-    than ``HEALTH_CHECK_INTERVAL`` seconds ago and has seen no error since: a connection that
-    broke in that second fails one query, which flags it, and the next request reconnects.
+    before its next query. While this thread's connection is open, was checked less than
+    ``HEALTH_CHECK_INTERVAL`` seconds ago and has seen no error since, nothing is done: a
+    connection that breaks in that second fails one query, which flags it
+    (``errors_occurred``), and the next request reconnects; ``CONN_MAX_AGE`` is honoured to
+    within that second.
     """
-    close_old_connections()
     now = time.monotonic()
     if (
         connection.connection is not None
         and not connection.errors_occurred
         and now - getattr(_health, "checked_at", float("-inf")) < HEALTH_CHECK_INTERVAL
     ):
-        connection.health_check_done = True  # type: ignore[attr-defined]
-    else:
-        _health.checked_at = now
+        return
+    close_old_connections()
+    _health.checked_at = now
 
 
 @dataclass

@@ -13,17 +13,21 @@
   cross-tenant: the admin, management commands, migrations, related-object access.
 
 Querysets stay ordinary Django querysets (async methods included), so domain code is plain
-ORM code.
+ORM code. For a hot path, :meth:`TenantManager.prepare` (and ``prepare_update`` /
+``prepare_delete``) compiles a confined queryset once and re-runs it for any principal
+(``mcpauth.prepared``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.db import models
+from django.db.models import QuerySet
 
 from mcpauth.exceptions import NoPrincipal
+from mcpauth.prepared import Param, Params, PreparedDelete, PreparedQuery, PreparedUpdate
 
 if TYPE_CHECKING:
     from mcpauth.tokens import Principal
@@ -98,8 +102,55 @@ class TenantManager(models.Manager[M]):
         qs._tenant_id = tenant_id
         return qs.filter(tenant_id=tenant_id)
 
+    def _confined_template(self) -> TenantQuerySet[M]:
+        """The tenant filter with the tenant as a run-time parameter (for prepared queries)."""
+        hints = getattr(self, "_hints", None)
+        qs: TenantQuerySet[M] = TenantQuerySet(self.model, using=self._db, hints=hints)
+        return qs.filter(tenant_id=Param("tenant_id"))
+
+    def prepare(
+        self, build: Callable[[TenantQuerySet[M], Params], QuerySet[Any]]
+    ) -> TenantStatement:
+        """A prepared ``values()`` query: ``build(tenant_rows, p)`` returns the queryset."""
+        return TenantStatement(
+            PreparedQuery(self.model, lambda p: build(self._confined_template(), p))
+        )
+
+    def prepare_update(
+        self, build: Callable[[TenantQuerySet[M], Params], QuerySet[Any]], fields: Iterable[str]
+    ) -> TenantStatement:
+        """A prepared ``UPDATE`` of ``fields`` (their values are run-time parameters)."""
+        return TenantStatement(
+            PreparedUpdate(self.model, lambda p: build(self._confined_template(), p), tuple(fields))
+        )
+
+    def prepare_delete(
+        self, build: Callable[[TenantQuerySet[M], Params], QuerySet[Any]]
+    ) -> TenantStatement:
+        """A prepared raw ``DELETE`` (refused for models with delete signals or cascades)."""
+        return TenantStatement(
+            PreparedDelete(self.model, lambda p: build(self._confined_template(), p))
+        )
+
     def current(self) -> TenantQuerySet[M]:
         """The rows of the running tool's caller (``current_principal()``)."""
         from mcpauth.context import current_principal
 
         return self.for_principal(current_principal())
+
+
+class TenantStatement:
+    """A prepared statement of a tenant-owned model: every run needs the caller's principal."""
+
+    def __init__(self, prepared: PreparedQuery) -> None:
+        self.prepared = prepared
+
+    def rows(self, principal: Principal, **values: Any) -> list[dict[str, Any]]:
+        return self.prepared.rows(tenant_id=_tenant_id(principal), **values)
+
+    def first(self, principal: Principal, **values: Any) -> dict[str, Any] | None:
+        return self.prepared.first(tenant_id=_tenant_id(principal), **values)
+
+    def run(self, principal: Principal, **values: Any) -> int:
+        """Execute the ``UPDATE``/``DELETE``; the number of rows it changed."""
+        return self.prepared.run(tenant_id=_tenant_id(principal), **values)

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.core.exceptions import SynchronousOnlyOperation
 from django.http.request import split_domain_port, validate_host
 
 from audit.conf import get_settings as audit_settings
@@ -49,6 +50,7 @@ from mcpauth.exceptions import (
     UnknownTool,
     error_response,
 )
+from mcpauth.localcache import CacheMiss, cache_only
 from mcpauth.registry import registry
 from mcpauth.tokens import Principal, principal_for, verify
 from mcpauth.transport import Transport, protocol_version
@@ -227,6 +229,37 @@ def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal
     return principal
 
 
+async def admit_on_loop(ctx: CallContext, raw: str | None) -> bool:
+    """:func:`admit` without leaving the event loop, when nothing it needs takes I/O.
+
+    The common case (a token already verified, its tenant, scopes and client policy cached, the
+    count in Redis or in process) costs a thread hop less this way. Anything that would need a
+    database query, a JWKS fetch or a blocking cache raises ``CacheMiss`` inside
+    :func:`~mcpauth.localcache.cache_only` before anything is counted, and so does any refusal
+    before the count: the caller then runs :func:`admit` in a thread, which decides it all again
+    (and a refusal is then recorded exactly as on that path). Returns whether it admitted.
+    """
+    if raw is None or ctx.is_notification or ctx.http_method != "POST":
+        return False
+    try:
+        with cache_only():
+            token = verify(raw)
+            principal = principal_for(token)
+            ratelimit.rate_for(principal)  # the policy is cached, or CacheMiss
+    except (CacheMiss, MCPAuthError, SynchronousOnlyOperation):
+        return False
+    ctx.token = token
+    ctx.principal = principal
+    with cache_only():
+        ctx.usage = await ratelimit.ahit(principal)  # refusals from here on are final
+    if ctx.method == "tools/call" and ctx.parse_error is None:
+        spec = registry[ctx.tool]
+        if not principal.has_perms(spec.permissions):
+            # the step-up challenge reads the scope map: build it where I/O is allowed
+            await sync_to_async(authorize_tool, thread_sensitive=False)(ctx, principal)
+    return True
+
+
 def authorize_tool(ctx: CallContext, principal: Principal) -> None:
     spec = registry[ctx.tool]
     if not principal.has_perms(spec.permissions):
@@ -303,7 +336,8 @@ class GovernedMCP:
                 body = await read_body(receive, conf.max_body_bytes, scope)
                 parse_envelope(ctx, body, conf)
             raw = bearer_token(scope)
-            await sync_to_async(admit, thread_sensitive=False)(ctx, raw, conf)
+            if not await admit_on_loop(ctx, raw):
+                await sync_to_async(admit, thread_sensitive=False)(ctx, raw, conf)
             if ctx.parse_error is not None:
                 raise ctx.parse_error
         except MCPAuthError as exc:

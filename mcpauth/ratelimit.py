@@ -20,6 +20,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
+from django.core.cache.backends.locmem import LocMemCache
 from django.db.models.signals import post_delete, post_save
 from django_ratelimit import core as rl_core
 from django_ratelimit.core import get_usage
@@ -27,7 +28,7 @@ from django_ratelimit.core import get_usage
 from mcpauth.cache import RedisCache
 from mcpauth.conf import get_settings, parse_rate
 from mcpauth.exceptions import AccessDenied, RateLimited, ServiceUnavailable
-from mcpauth.localcache import TTLCache
+from mcpauth.localcache import TTLCache, require_io
 from mcpauth.models import ClientPolicy
 from mcpauth.tokens import Principal
 
@@ -95,21 +96,15 @@ def rate_for(principal: Principal) -> tuple[str | None, str]:
     return conf.rate_limit, "default"
 
 
-def _count_in_redis(group: str, value: str, rate: str) -> dict[str, Any] | None:
-    """django-ratelimit's counting in one Redis round trip, when the cache allows it.
-
-    Same keys, windows and result as ``get_usage(..., increment=True)``, which spends two or
-    three round trips (``add``, then ``incr``). ``None`` when the cache is not
-    :class:`mcpauth.cache.RedisCache` or rate limiting is disabled: callers then use
-    ``get_usage`` itself.
-    """
-    cache = caches[get_settings().rate_limit_cache]
-    if not isinstance(cache, RedisCache) or not getattr(settings, "RATELIMIT_ENABLE", True):
-        return None
+def _window(group: str, value: str, rate: str) -> tuple[str, int, int, int]:
+    """django-ratelimit's ``(cache key, limit, period, window end)`` for a hit now."""
     limit, period = rl_core._split_rate(rate)
     window = rl_core._get_window(value, period)
-    key = rl_core._make_cache_key(group, window, rate, value, rl_core.ALL)
-    count = cache.count(key, period + rl_core.EXPIRATION_FUDGE)
+    return rl_core._make_cache_key(group, window, rate, value, rl_core.ALL), limit, period, window
+
+
+def _counted(count: int, limit: int, window: int) -> dict[str, Any]:
+    """What ``get_usage`` returns, from a counter value."""
     return {
         "count": count,
         "limit": limit,
@@ -118,22 +113,52 @@ def _count_in_redis(group: str, value: str, rate: str) -> dict[str, Any] | None:
     }
 
 
+def _redis() -> RedisCache | None:
+    """The rate-limit cache when one Redis round trip can count (else ``get_usage`` does)."""
+    cache = caches[get_settings().rate_limit_cache]
+    if not isinstance(cache, RedisCache) or not getattr(settings, "RATELIMIT_ENABLE", True):
+        return None
+    return cache
+
+
+def _count_in_redis(group: str, value: str, rate: str) -> dict[str, Any] | None:
+    """django-ratelimit's counting in one Redis round trip, when the cache allows it.
+
+    Same keys, windows and result as ``get_usage(..., increment=True)``, which spends two or
+    three round trips (``add``, then ``incr``). ``None`` when the cache is not
+    :class:`mcpauth.cache.RedisCache` or rate limiting is disabled: callers then use
+    ``get_usage`` itself.
+    """
+    cache = _redis()
+    if cache is None:
+        return None
+    key, limit, period, window = _window(group, value, rate)
+    return _counted(cache.count(key, period + rl_core.EXPIRATION_FUDGE), limit, window)
+
+
 def _usage(group: str, value: str, rate: str, *, increment: bool, policy: str) -> Usage | None:
     """Count one hit (or, without ``increment``, check that one more would be allowed).
 
     Returns ``None`` when the cache failed and fail-open is configured.
     """
-    conf = get_settings()
     try:
         usage = _count_in_redis(group, value, rate) if increment else None
         if usage is None:
             usage = get_usage(
                 _Req(), group=group, key=lambda _g, _r: value, rate=rate, increment=increment
             )
-        failed = usage is None or (usage["limit"] == 0 and usage["time_left"] == -1)
     except Exception:  # the cache backend's own errors (redis.ConnectionError, timeouts ...)
         log.warning("rate-limit cache unavailable", exc_info=True)
-        usage, failed = None, True
+        usage = None
+    return _judge(usage, rate, increment=increment, policy=policy)
+
+
+def _judge(
+    usage: dict[str, Any] | None, rate: str, *, increment: bool, policy: str
+) -> Usage | None:
+    """The :class:`Usage` of a count, or the refusal it calls for."""
+    conf = get_settings()
+    failed = usage is None or (usage["limit"] == 0 and usage["time_left"] == -1)
     if failed or usage is None:
         if conf.rate_limit_fail_open:
             log.warning("rate-limit cache unavailable; failing open (MCPAUTH_RATE_LIMIT_FAIL_OPEN)")
@@ -172,6 +197,33 @@ def hit(principal: Principal) -> Usage | None:
     if rate is None:
         return None
     return _usage("mcpauth.client", principal.client_id, rate, increment=True, policy=policy)
+
+
+async def ahit(principal: Principal) -> Usage | None:
+    """:func:`hit` on the event loop: the same count and outcome, counted by the async client.
+
+    Only for what needs no blocking I/O: inside ``cache_only()`` a policy not in the cache, or a
+    counting cache that is neither Redis nor in-process, raises ``CacheMiss``.
+    """
+    rate, policy = rate_for(principal)
+    if rate is None:
+        return None
+    group, value = "mcpauth.client", principal.client_id
+    cache = _redis()
+    if cache is None:
+        backend = caches[get_settings().rate_limit_cache]
+        if not isinstance(backend, LocMemCache):
+            require_io()
+        return _usage(group, value, rate, increment=True, policy=policy)  # in-process
+    key, limit, period, window = _window(group, value, rate)
+    try:
+        counted: dict[str, Any] | None = _counted(
+            await cache.acount(key, period + rl_core.EXPIRATION_FUDGE), limit, window
+        )
+    except Exception:  # the cache backend's own errors (redis.ConnectionError, timeouts ...)
+        log.warning("rate-limit cache unavailable", exc_info=True)
+        counted = None
+    return _judge(counted, rate, increment=True, policy=policy)
 
 
 #: ip -> monotonic deadline: IPs over their unauthenticated budget, remembered per process so a

@@ -16,7 +16,7 @@ from django.db.models.signals import post_delete, post_save
 
 from mcpauth.conf import get_settings
 from mcpauth.exceptions import AccessDenied, InvalidToken
-from mcpauth.localcache import TTLCache
+from mcpauth.localcache import TTLCache, require_io
 from mcpauth.models import ClientBinding, Tenant
 from mcpauth.tokens import TenantRef, VerifiedToken
 
@@ -67,10 +67,12 @@ def resolve(token: VerifiedToken) -> TenantRef:
         if found is None:
             if not conf.auto_provision_tenants:
                 raise AccessDenied("Unknown tenant.", reason="unknown_tenant")
+            require_io()
             tenant, _ = Tenant.objects.get_or_create(
                 external_id=external_id, defaults={"name": external_id}
             )
             found = (TenantRef(tenant.pk, external_id), tenant.suspended)
+            _by_external_id.put(external_id, found)  # after the save signal cleared the cache
     else:
         found = _by_client.get_or_load(token.client_id, lambda: _load_binding(token.client_id))
         if found is None:

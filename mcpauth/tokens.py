@@ -23,6 +23,7 @@ from jwt import PyJWK
 
 from mcpauth.conf import MCPAuthSettings, get_settings
 from mcpauth.exceptions import InvalidToken, ServiceUnavailable
+from mcpauth.localcache import require_io
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,7 @@ class KeySet:
         return _parse_jwks(_http_get_json(self._jwks_uri, self.conf.jwks_timeout))
 
     def _refresh(self, *, unknown_kid: bool) -> None:
+        require_io()
         with self._lock:
             now = time.monotonic()
             if now - self.last_attempt < self.conf.jwks_refetch_interval and (

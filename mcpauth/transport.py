@@ -6,29 +6,37 @@ tool on every protocol version. Only how the request gets there differs:
 
 * **Anything but POST** goes to FastMCP's Starlette app (a stateless server answers GET with
   405), as on plain FastMCP.
-* **2026-07-28 and every unusual POST** go to the SDK's own session manager
-  (``StreamableHTTPSessionManager.handle_request``), exactly as FastMCP's Starlette app would
-  route them, minus Starlette's routing: the SDK's modern single-exchange entry does the
-  header/body agreement checks, the ``_meta`` envelope, ``server/discover`` and the
-  notification acknowledgement itself.
-* **A single handshake-era JSON-RPC request** (POST, JSON in and accepted, no or a handshake-era
-  ``MCP-Protocol-Version``) skips the SDK's stateless *transport*: that builds a transport, a
-  task and a dispatcher over memory streams for every request, about half a millisecond per
-  call (``make bench`` profiles it). :func:`serve_single_exchange` does what that path does
-  with the SDK's own pieces: ``jsonrpc_message_adapter`` validates the message, a born-ready
-  ``Connection.from_envelope`` with the header's version (or the spec's default), ``serve_one``
-  runs it, and the reply is the SDK's ``JSONRPCResponse``/``JSONRPCError`` serialized as its
-  transport serializes them. Its one deliberate difference: an exception no handler mapped is
-  the generic ``-32603`` of the modern entry, where the legacy dispatcher sends ``code=0`` with
-  the exception's text. ``MCPAUTH_FAST_TRANSPORT = False`` sends these through the SDK too.
+* **A single JSON-RPC request** with JSON in and accepted is answered in one step,
+  :meth:`Transport.serve_single_exchange`, with the SDK's own pieces:
 
-In both cases the request first gets what FastMCP's ``RequestContextMiddleware`` gives it (the
+  - handshake era (no or a handshake-era ``MCP-Protocol-Version``): what the SDK's stateless
+    *transport* does, without building a transport, a task and a dispatcher over memory streams
+    for every request (about half a millisecond per call, ``make bench``): the SDK's
+    ``jsonrpc_message_adapter`` validates the message, a born-ready ``Connection.from_envelope``
+    carries the header's version (or the spec's default), and the reply is serialized as that
+    transport serializes it (HTTP 200 for every JSON-RPC answer);
+  - 2026-07-28: what the SDK's single-exchange entry (``handle_modern_request``) does in JSON
+    mode, minus re-reading and re-parsing the body: the duplicated-routing-header check, the
+    header/body/``_meta`` agreement ladder (``classify_inbound_request``), the ``Mcp-Param-*``
+    check, a ``Connection`` from the request's envelope, and the SDK's status table for errors.
+    Any request the SDK would refuse before dispatch is handed to the SDK itself, so every such
+    refusal is the SDK's own answer.
+
+  Both then call ``serve_one``. The one deliberate difference: on the handshake era, an
+  exception no handler mapped is the generic ``-32603`` of the modern entry, where the legacy
+  dispatcher sends ``code=0`` with the exception's text.
+* **Everything else** (notifications, batches, ``subscriptions/listen``, SSE-only clients ...)
+  goes to the SDK's session manager (``StreamableHTTPSessionManager.handle_request``), exactly
+  as FastMCP's app would route it. ``MCPAUTH_FAST_TRANSPORT = False`` sends every POST there.
+
+In all cases the request first gets what FastMCP's ``RequestContextMiddleware`` gives it (the
 HTTP request in FastMCP's context variable, the transport type), so ``get_http_request()`` and
 ``Context`` work in tools as they do on plain FastMCP.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -38,13 +46,23 @@ import anyio
 from fastmcp import FastMCP
 from fastmcp.server.context import reset_transport, set_transport
 from fastmcp.server.http import StreamableHTTPASGIApp, set_http_request
+from mcp.server._streamable_http_modern import _mcp_param_rejection
 from mcp.server.connection import Connection
-from mcp.server.runner import serve_one
+from mcp.server.runner import modern_error_data, serve_one
 from mcp.server.streamable_http import check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.dispatcher import CallOptions
 from mcp.shared.exceptions import NoBackChannelError
-from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    InboundLadderRejection,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+)
+from mcp.shared.jsonrpc_dispatcher import (
+    handler_exception_to_error_data,
+    progress_token_from_params,
+)
 from mcp.shared.message import MessageMetadata, ServerMessageMetadata
 from mcp.shared.transport_context import TransportContext
 from mcp_types import (
@@ -111,6 +129,7 @@ class SingleExchangeContext:
     transport: TransportContext = field(
         default_factory=lambda: TransportContext(kind=TRANSPORT_KIND, can_send_request=False)
     )
+    progress_token: Any = None
     cancel_requested: anyio.Event = field(default_factory=anyio.Event)
     can_send_request: bool = False
 
@@ -157,13 +176,16 @@ class Transport:
         return manager
 
     def takes_single_exchange(self, scope: Scope, call: CallContext) -> bool:
-        """Whether :func:`serve_single_exchange` may answer (see module docstring)."""
-        if not self._fast() or scope.get("method") != "POST" or call.message is None:
+        """Whether :meth:`serve_single_exchange` may answer (see module docstring)."""
+        message = call.message
+        if not self._fast() or message is None or "id" not in message:
             return False
-        if "id" not in call.message or not is_handshake_era(scope):
+        if message.get("method") == "subscriptions/listen":  # a notification stream
             return False
         has_json, _ = check_accept_headers(Request(scope))
-        return has_json and _content_type_is_json(scope)
+        if not has_json:
+            return False
+        return not is_handshake_era(scope) or _content_type_is_json(scope)
 
     async def serve(self, call: CallContext, scope: Scope, body: bytes, send: Send) -> None:
         replayed = False
@@ -191,6 +213,9 @@ class Transport:
         finally:
             reset_transport(transport_token)
 
+    async def _hand_to_sdk(self, request: Request, send: Send) -> None:
+        await self.session_manager.handle_request(request.scope, request.receive, send)
+
     async def serve_single_exchange(self, call: CallContext, request: Request, send: Send) -> None:
         assert call.message is not None
         try:
@@ -199,15 +224,39 @@ class Transport:
             message = None
         if not isinstance(message, JSONRPCRequest):
             # Not a request after all: the SDK's transport gives its own answer.
-            await self.session_manager.handle_request(request.scope, request.receive, send)
+            await self._hand_to_sdk(request, send)
             return
         manager = self.session_manager
-        connection = Connection.from_envelope(
-            protocol_version(request.scope) or DEFAULT_NEGOTIATED_VERSION, None, None
-        )
+        modern = not is_handshake_era(request.scope)
+        if modern:
+            headers = request.headers
+            verdict = classify_inbound_request(call.message, headers=dict(headers))
+            if (
+                find_duplicated_routing_header(headers.items()) is not None
+                or isinstance(verdict, InboundLadderRejection)
+                or await _mcp_param_rejection(
+                    self.server._mcp_server, request, message, verdict, manager._lifespan_state
+                )
+                is not None
+            ):
+                await self._hand_to_sdk(request, send)  # the SDK's own refusal
+                return
+            connection = Connection.from_envelope(
+                verdict.protocol_version, verdict.client_info, verdict.client_capabilities
+            )
+            transport = TransportContext(
+                kind=TRANSPORT_KIND, can_send_request=False, headers=headers
+            )
+        else:
+            connection = Connection.from_envelope(
+                protocol_version(request.scope) or DEFAULT_NEGOTIATED_VERSION, None, None
+            )
+            transport = TransportContext(kind=TRANSPORT_KIND, can_send_request=False)
         dctx = SingleExchangeContext(
             request_id=message.id,
             message_metadata=ServerMessageMetadata(request_context=request, can_send_request=False),
+            transport=transport,
+            progress_token=progress_token_from_params(message.params) if modern else None,
         )
         reply: JSONRPCResponse | JSONRPCError
         try:
@@ -221,16 +270,27 @@ class Transport:
             )
             reply = JSONRPCResponse(jsonrpc="2.0", id=message.id, result=result)
         except Exception as exc:
-            error = handler_exception_to_error_data(exc)
-            if error is None:
-                log.exception("handler for %r raised", message.method)
-                error = ErrorData(code=INTERNAL_ERROR, message="Internal server error")
+            if modern:
+                error = modern_error_data(exc)
+            else:
+                error = handler_exception_to_error_data(exc) or self._internal_error(message)
             reply = JSONRPCError(jsonrpc="2.0", id=message.id, error=error)
-        body = reply.model_dump_json(by_alias=True, exclude_unset=True).encode()
+        status = 200
+        if modern:
+            # as the SDK's modern entry writes it: its status table, exclude_none
+            if isinstance(reply, JSONRPCError):
+                status = ERROR_CODE_HTTP_STATUS.get(reply.error.code, 200)
+            body = json.dumps(
+                reply.model_dump(mode="json", by_alias=True, exclude_none=True),
+                separators=(",", ":"),
+            ).encode()
+        else:
+            # as the SDK's stateless transport writes it: exclude_unset, always 200
+            body = reply.model_dump_json(by_alias=True, exclude_unset=True).encode()
         await send(
             {
                 "type": "http.response.start",
-                "status": 200,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
@@ -238,3 +298,8 @@ class Transport:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    def _internal_error(message: JSONRPCRequest) -> ErrorData:
+        log.exception("handler for %r raised", message.method)
+        return ErrorData(code=INTERNAL_ERROR, message="Internal server error")

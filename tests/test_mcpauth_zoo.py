@@ -172,10 +172,10 @@ def tool_rows() -> list[tuple[str, str]]:
     [
         ("mcp-sdk-2025-11-25", True),
         ("mcp-sdk-2025-11-25", False),
-        # 2026-07-28 requests always take the SDK's own single-exchange entry
         ("fastmcp-auto-2026-07-28", True),
+        ("fastmcp-auto-2026-07-28", False),
     ],
-    ids=["sdk-single-exchange", "sdk-via-sdk-transport", "fastmcp-auto"],
+    ids=["sdk-single-exchange", "sdk-via-sdk-transport", "auto-single-exchange", "auto-via-sdk"],
 )
 async def test_every_zoo_tool_answers_as_plain_fastmcp(
     zoo: LiveServer, plain: PlainServer, mint: Minter, settings: Any, client: str, fast: bool

@@ -1,7 +1,9 @@
 """Every todo operation. Each takes the caller's :class:`~mcpauth.tokens.Principal`.
 
-* every query starts from ``Todo.objects.for_principal(principal)``, so it cannot leave the
-  caller's tenant: another tenant's todo is "not found", exactly like one that does not exist;
+* every query starts from the tenant-confined manager (``Todo.objects.for_principal`` or, for
+  the statements every call runs, ``Todo.objects.prepare``: the same querysets, compiled once,
+  see ``mcpauth.prepared``), so it cannot leave the caller's tenant: another tenant's todo is
+  "not found", exactly like one that does not exist;
 * permission checks live here: ``todos.view_todo`` to read, ``add``/``change``/``delete`` to
   write;
 * input limits live here: title 1-200 characters, description ≤ 5,000, page size 1-100.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import uuid
 from datetime import datetime
@@ -22,7 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from mcpauth.exceptions import ServiceError
-from mcpauth.managers import TenantQuerySet
+from mcpauth.managers import TenantQuerySet, TenantStatement
 from mcpauth.tokens import Principal
 from todos.models import DESCRIPTION_MAX, TITLE_MAX, Todo
 
@@ -108,8 +111,36 @@ def _not_found(pk: uuid.UUID) -> NotFound:
     return NotFound(f"Todo {pk} not found.")
 
 
+#: The statements every call runs, compiled once (mcpauth.prepared).
+_ROW = Todo.objects.prepare(lambda todos, p: todos.filter(pk=p.pk).values(*FIELDS).order_by()[:1])
+_EXISTS = Todo.objects.prepare(lambda todos, p: todos.filter(pk=p.pk).values("pk").order_by()[:1])
+_DELETE = Todo.objects.prepare_delete(lambda todos, p: todos.filter(pk=p.pk))
+
+
+@functools.cache
+def _update(fields: tuple[str, ...]) -> TenantStatement:
+    return Todo.objects.prepare_update(lambda todos, p: todos.filter(pk=p.pk), fields)
+
+
+@functools.cache
+def _page(by_completed: bool, after: bool, limit: int) -> TenantStatement:
+    """One statement per shape and page size (at most 4 x 100 of them)."""
+
+    def build(todos: TenantQuerySet[Todo], p: Any) -> Any:
+        if by_completed:
+            todos = todos.filter(completed=p.completed)
+        if after:
+            # created_at <= … bounds the index range; the OR picks up where the last page ended
+            todos = todos.filter(created_at__lte=p.created_at).filter(
+                Q(created_at__lt=p.created_at) | Q(id__lt=p.id)
+            )
+        return todos.order_by("-created_at", "-id").values(*FIELDS)[:limit]
+
+    return Todo.objects.prepare(build)
+
+
 def _row(principal: Principal, pk: uuid.UUID) -> dict[str, Any] | None:
-    return _todos(principal).filter(pk=pk).values(*FIELDS).first()
+    return _ROW.first(principal, pk=pk)
 
 
 def create_todo(principal: Principal, *, title: Any, description: Any = None) -> dict[str, Any]:
@@ -154,11 +185,11 @@ def update_todo(
             changes["completed"] = completed
     except InvalidInput:
         # a todo that is not the caller's is "not found", whatever the input
-        if not _todos(principal).filter(pk=pk).exists():
+        if _EXISTS.first(principal, pk=pk) is None:
             raise _not_found(pk) from None
         raise
     changes["updated_at"] = timezone.now()
-    if not _todos(principal).filter(pk=pk).update(**changes):
+    if not _update(tuple(changes)).run(principal, pk=pk, **changes):
         raise _not_found(pk)
     row = _row(principal, pk)
     if row is None:  # deleted between the two statements (outside a transaction)
@@ -169,8 +200,7 @@ def update_todo(
 def delete_todo(principal: Principal, todo_id: Any) -> str:
     _require(principal, "todos.delete_todo")
     pk = _pk(todo_id)
-    deleted, _ = _todos(principal).filter(pk=pk).delete()
-    if not deleted:
+    if not _DELETE.run(principal, pk=pk):
         raise _not_found(pk)
     return str(pk)
 
