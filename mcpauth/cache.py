@@ -9,8 +9,9 @@ Differences from ``django.core.cache.backends.redis.RedisCache``:
 * **One ``redis.Redis`` object per pool**, instead of a new one per command.
 * **A one-round-trip window counter** (``count``: ``INCR``, plus ``EXPIRE`` when new), which
   ``mcpauth.ratelimit`` uses with django-ratelimit's own keys and windows.
-* **An async window counter** (``acount``, redis-py's asyncio client, one pool per event loop)
-  for admission on the event loop (``mcpauth.middleware``), with the same script and keys.
+* **An async window counter** (``acount``) for admission on the event loop
+  (``mcpauth.middleware``), with the same script and keys: a pipelined connection per event
+  loop (``mcpauth.redispipe``), or redis-py's asyncio client for URLs that one does not speak.
 * **One round trip per ``incr``.** Django checks ``EXISTS`` and then ``INCRBY``; a Lua script
   does both atomically with the same contract (``ValueError`` for a missing key), which
   django-ratelimit's ``get_usage`` relies on.
@@ -27,6 +28,8 @@ import redis.asyncio as aredis
 from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django.core.cache.backends.redis import RedisCacheClient
 from django.utils.functional import cached_property
+
+from mcpauth import redispipe
 
 _INCR_EXISTING = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -102,22 +105,27 @@ class RedisCache(DjangoRedisCache):
         """One round trip: increment a window counter (see ``mcpauth.ratelimit``)."""
         return self._cache.count(self.make_and_validate_key(key), ttl)
 
-    def _async_script(self) -> Any:
+    def _async_counter(self) -> Any:
         servers: list[str] = self._servers  # type: ignore[attr-defined]
         options: dict[str, Any] = self._options  # type: ignore[attr-defined]
         per_loop = _async_clients.setdefault(get_running_loop(), {})
         ident = (tuple(servers), repr(sorted(options.items())))
-        script = per_loop.get(ident)
-        if script is None:
-            kwargs = {
-                k: v
-                for k, v in options.items()
-                if k in ("socket_timeout", "socket_connect_timeout")
-            }
-            client = aredis.Redis.from_url(servers[0], **kwargs)
-            script = per_loop[ident] = client.register_script(_INCR_WINDOW)
-        return script
+        counter = per_loop.get(ident)
+        if counter is None:
+            target = redispipe.for_url(servers[0], options)
+            if target is not None:
+                counter = redispipe.ScriptConnection(target, _INCR_WINDOW).run
+            else:
+                timeouts = ("socket_timeout", "socket_connect_timeout")
+                kwargs = {k: v for k, v in options.items() if k in timeouts}
+                script = aredis.Redis.from_url(servers[0], **kwargs).register_script(_INCR_WINDOW)
+
+                async def counter(key: str, ttl: int) -> Any:
+                    return await script(keys=[key], args=[ttl])
+
+            per_loop[ident] = counter
+        return counter
 
     async def acount(self, key: str, ttl: int) -> int:
         """:meth:`count` for the event loop: the same script, keys and result."""
-        return int(await self._async_script()(keys=[self.make_and_validate_key(key)], args=[ttl]))
+        return int(await self._async_counter()(self.make_and_validate_key(key), ttl))

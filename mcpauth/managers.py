@@ -27,7 +27,14 @@ from django.db import models
 from django.db.models import QuerySet
 
 from mcpauth.exceptions import NoPrincipal
-from mcpauth.prepared import Param, Params, PreparedDelete, PreparedQuery, PreparedUpdate
+from mcpauth.prepared import (
+    Param,
+    Params,
+    PreparedDelete,
+    PreparedInsert,
+    PreparedQuery,
+    PreparedUpdate,
+)
 
 if TYPE_CHECKING:
     from mcpauth.tokens import Principal
@@ -132,6 +139,10 @@ class TenantManager(models.Manager[M]):
             PreparedDelete(self.model, lambda p: build(self._confined_template(), p))
         )
 
+    def prepare_insert(self) -> TenantStatement:
+        """A prepared one-row ``INSERT`` (the tenant comes from the principal at every run)."""
+        return TenantStatement(PreparedInsert(self.model))
+
     def current(self) -> TenantQuerySet[M]:
         """The rows of the running tool's caller (``current_principal()``)."""
         from mcpauth.context import current_principal
@@ -152,5 +163,14 @@ class TenantStatement:
         return self.prepared.first(tenant_id=_tenant_id(principal), **values)
 
     def run(self, principal: Principal, **values: Any) -> int:
-        """Execute the ``UPDATE``/``DELETE``; the number of rows it changed."""
+        """Execute the ``UPDATE``/``DELETE``/``INSERT``; the number of rows it changed."""
         return self.prepared.run(tenant_id=_tenant_id(principal), **values)
+
+    def insert(self, principal: Principal, **values: Any) -> dict[str, Any]:
+        """Insert one row (a prepared ``INSERT``); the values it was written with."""
+        prepared = self.prepared
+        if not isinstance(prepared, PreparedInsert):
+            raise TypeError("insert() runs a statement made by prepare_insert()")
+        row = prepared.values_for({**values, "tenant_id": _tenant_id(principal)})
+        prepared.run(**row)
+        return row

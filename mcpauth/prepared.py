@@ -18,10 +18,12 @@ domain app keep writing querysets and pay for building them once:
 * Django's own compiler writes the SQL, once per database alias, and Django's own converters turn
   the rows into Python values; execution goes through Django's cursor (query logging,
   ``django_assert_num_queries``, execute wrappers all see it).
-* Three shapes: ``values()`` querysets (:meth:`PreparedQuery.rows` / :meth:`~PreparedQuery.first`),
-  ``UPDATE`` of named fields (:meth:`TenantManager.prepare_update`) and a raw ``DELETE``
-  (:meth:`TenantManager.prepare_delete`), which is only allowed where Django itself would
-  fast-delete (no signals, no cascades).
+* Four shapes: ``values()`` querysets (:meth:`PreparedQuery.rows` / :meth:`~PreparedQuery.first`),
+  ``UPDATE`` of named fields (``TenantManager.prepare_update``), a raw ``DELETE``
+  (``prepare_delete``, only where Django itself would fast-delete: no signals, no cascades) and
+  an ``INSERT`` of one row (``prepare_insert``, only for models without save signals; fields
+  left out get their default, and ``auto_now``/``auto_now_add`` fields the current time, as
+  ``Model.save()`` would give them).
 * A statement whose shape varies (an optional filter, a different set of changed fields) is one
   prepared query per shape: keep them in a ``functools.cache``-d factory.
 """
@@ -34,9 +36,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django.db import connections, router
-from django.db.models import Expression, Model, QuerySet
+from django.db.models import DateField, Expression, Model, QuerySet, signals
 from django.db.models.deletion import Collector
-from django.db.models.sql import DeleteQuery, UpdateQuery
+from django.db.models.sql import DeleteQuery, InsertQuery, UpdateQuery
+from django.utils import timezone
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -233,3 +236,44 @@ class PreparedDelete(PreparedQuery):
         query = qs.query.chain(DeleteQuery)
         sql, params = query.get_compiler(alias).as_sql()
         return _Compiled(sql, tuple(params), (), ())
+
+
+class PreparedInsert(PreparedQuery):
+    """``INSERT INTO … VALUES (%s, …)`` of one row, every column, by Django's compiler."""
+
+    kind = "insert"
+
+    def __init__(self, model: type[Model], **kw: Any) -> None:
+        super().__init__(model, lambda p: None, **kw)
+        if signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model):
+            raise TypeError(f"{model.__name__} has save signals: use QuerySet.create()")
+        # every column, as Model.save() inserts them (a database-generated pk is left out)
+        self.insert_fields = [
+            f for f in model._meta.concrete_fields if not getattr(f, "db_returning", False)
+        ]
+
+    def _compile(self, alias: str) -> _Compiled:
+        row = self.model()
+        for field in self.insert_fields:
+            setattr(row, field.attname, Param(field.attname))
+        query = InsertQuery(self.model)
+        query.insert_values(self.insert_fields, [row], raw=True)  # raw: no pre_save, Params kept
+        ((sql, params),) = query.get_compiler(alias).as_sql()
+        return _Compiled(sql, tuple(params), (), ())
+
+    def values_for(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` completed as ``Model.save()`` would: defaults and ``auto_now`` times."""
+        now = None
+        out = dict(values)
+        for field in self.insert_fields:
+            if field.attname in out:
+                continue
+            if isinstance(field, DateField) and (field.auto_now or field.auto_now_add):
+                now = now or timezone.now()
+                out[field.attname] = now
+            else:
+                out[field.attname] = field.get_default()
+        return out
+
+    def run(self, **values: Any) -> int:
+        return super().run(**self.values_for(values))

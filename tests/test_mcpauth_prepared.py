@@ -95,3 +95,29 @@ def test_refusals() -> None:
         tenants.run(pk=1)  # a tenant's todos would have to go too: not a raw delete
     plain = PreparedQuery(Tenant, lambda p: Tenant.objects.filter(pk=p.pk).values("external_id"))
     assert plain.rows(pk=acme.tenant.id) == [{"external_id": "acme"}]
+
+
+INSERT = Todo.objects.prepare_insert()
+
+
+def test_insert_fills_defaults_and_timestamps_like_save() -> None:
+    acme = principal("acme")
+    row = INSERT.insert(acme, title="new", description="", created_by="s")
+    stored = Todo.all_tenants.get()
+    assert (stored.pk, stored.tenant_id, stored.title, stored.completed) == (
+        row["id"],
+        acme.tenant.id,
+        "new",
+        False,
+    )
+    assert stored.created_at == row["created_at"] == row["updated_at"]
+    assert timezone.is_aware(stored.created_at)
+    with pytest.raises(NoPrincipal):
+        INSERT.insert(None, title="x", description="", created_by="s")  # type: ignore[arg-type]
+
+
+def test_insert_is_refused_for_models_with_save_signals() -> None:
+    from mcpauth.prepared import PreparedInsert
+
+    with pytest.raises(TypeError, match="save signals"):
+        PreparedInsert(Tenant)  # tenancy clears its cache on save

@@ -115,6 +115,7 @@ def _not_found(pk: uuid.UUID) -> NotFound:
 _ROW = Todo.objects.prepare(lambda todos, p: todos.filter(pk=p.pk).values(*FIELDS).order_by()[:1])
 _EXISTS = Todo.objects.prepare(lambda todos, p: todos.filter(pk=p.pk).values("pk").order_by()[:1])
 _DELETE = Todo.objects.prepare_delete(lambda todos, p: todos.filter(pk=p.pk))
+_INSERT = Todo.objects.prepare_insert()
 
 
 @functools.cache
@@ -145,12 +146,13 @@ def _row(principal: Principal, pk: uuid.UUID) -> dict[str, Any] | None:
 
 def create_todo(principal: Principal, *, title: Any, description: Any = None) -> dict[str, Any]:
     _require(principal, "todos.add_todo")
-    todo = _todos(principal).create(
+    row = _INSERT.insert(
+        principal,
         title=_title(title),
         description=_description(description),
         created_by=principal.subject,
     )
-    return serialize(todo)
+    return serialize_row(row)
 
 
 def get_todo(principal: Principal, todo_id: Any) -> dict[str, Any]:
@@ -235,12 +237,11 @@ def list_todos(
     size = DEFAULT_PAGE_SIZE if limit is None else limit
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PAGE_SIZE:
         raise InvalidInput(f"Limit must be between 1 and {MAX_PAGE_SIZE}.")
-    rows = _todos(principal)
+    values: dict[str, Any] = {}
     if completed is not None:
-        rows = rows.filter(completed=completed)
+        values["completed"] = completed
     if cursor:
-        created, pk = _decode_cursor(cursor)
-        rows = rows.filter(created_at__lte=created).filter(Q(created_at__lt=created) | Q(id__lt=pk))
-    page = list(rows.order_by("-created_at", "-id").values(*FIELDS)[: size + 1])
+        values["created_at"], values["id"] = _decode_cursor(cursor)
+    page = _page(completed is not None, bool(cursor), size + 1).rows(principal, **values)
     next_cursor = _encode_cursor(page[size - 1]) if len(page) > size else None
     return {"todos": [serialize_row(r) for r in page[:size]], "next_cursor": next_cursor}

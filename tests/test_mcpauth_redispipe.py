@@ -1,0 +1,91 @@
+"""The pipelined Redis counter connection (``mcpauth.redispipe``), against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import uuid
+
+import pytest
+import redis
+
+from mcpauth.cache import _INCR_WINDOW
+from mcpauth.redispipe import ScriptConnection, for_url
+from tests.conftest import free_port
+
+REDIS = "redis://127.0.0.1:6379/14"
+
+
+def redis_up() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not redis_up(), reason="needs Redis on 127.0.0.1:6379")
+
+
+def counter(url: str = REDIS, **options: float) -> ScriptConnection:
+    target = for_url(url, {"socket_timeout": 1, "socket_connect_timeout": 1, **options})
+    assert target is not None
+    return ScriptConnection(target, _INCR_WINDOW)
+
+
+async def test_concurrent_counts_are_exact_and_expire() -> None:
+    key = f"pipe-{uuid.uuid4().hex}"
+    conn = counter()
+    counts = await asyncio.gather(*(conn.run(key, 30) for _ in range(200)))
+    assert sorted(counts) == list(range(1, 201))
+    sync = redis.Redis.from_url(REDIS)
+    assert int(sync.get(key)) == 200 and 0 < sync.ttl(key) <= 30  # in db 14, with its TTL
+
+
+async def test_recovers_after_the_server_forgets_its_scripts() -> None:
+    key = f"pipe-{uuid.uuid4().hex}"
+    conn = counter()
+    assert await conn.run(key, 30) == 1
+    redis.Redis.from_url(REDIS).script_flush()
+    assert await conn.run(key, 30) == 2
+    assert await conn.run(key, 30) == 3
+
+
+async def test_a_closed_port_fails_fast() -> None:
+    conn = counter(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(ConnectionError):
+        await conn.run("k", 30)
+
+
+async def test_a_silent_server_times_out_then_the_next_call_reconnects() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    conn = counter(f"redis://127.0.0.1:{port}/0", socket_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ConnectionError):
+        await conn.run("k", 30)
+    assert loop.time() - started < 2
+    listener.close()
+    for sock in accepted:
+        sock.close()
+    conn.target = for_url(REDIS, {"socket_timeout": 1})  # type: ignore[assignment]
+    assert await conn.run(f"pipe-{uuid.uuid4().hex}", 30) == 1
+
+
+def test_only_plain_redis_urls_are_spoken() -> None:
+    assert for_url("rediss://h:6380/0", {}) is None
+    assert for_url("unix:///tmp/redis.sock", {}) is None
+    target = for_url("redis://user:p%40ss@example:6390/3", {"socket_timeout": 2})
+    assert target is not None
+    assert (target.host, target.port, target.db, target.username, target.password) == (
+        "example",
+        6390,
+        3,
+        "user",
+        "p@ss",
+    )
