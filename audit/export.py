@@ -59,6 +59,8 @@ EXPORT_FIELDS: tuple[str, ...] = (
     "client_ip",
     "user_agent",
     "arguments",
+    "actor",
+    "trace_id",
 )
 #: Rows joined into one chunk of output (one write / one HTTP chunk).
 ROWS_PER_CHUNK = 500

@@ -42,6 +42,19 @@ class AuditEvent(models.Model):
     client_ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=300, blank=True)
     arguments = models.JSONField(default=dict, blank=True, help_text="Redacted tool arguments.")
+    actor = models.CharField(
+        max_length=255,
+        blank=True,
+        db_default="",
+        help_text="Who made a configuration change or export: the staff username, or "
+        "cli:<user> for a management command.",
+    )
+    trace_id = models.CharField(
+        max_length=32,
+        blank=True,
+        db_default="",
+        help_text="The OpenTelemetry trace id of the request.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]

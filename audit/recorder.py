@@ -43,6 +43,8 @@ def record(
     client_ip: str | None = None,
     user_agent: str = "",
     arguments: Any = None,
+    actor: str = "",
+    trace_id: str = "",
 ) -> int:
     """Insert one audit row; return its id."""
     if principal is not None:
@@ -69,6 +71,8 @@ def record(
         client_ip=client_ip or None,
         user_agent=scrub_text(user_agent)[:300],
         arguments=redact(arguments) if arguments is not None else {},
+        actor=clean(actor[:255]),
+        trace_id=clean(trace_id[:32]),
     )
 
 
