@@ -29,9 +29,10 @@ LUA = BENCH / "mcp.lua"
 sys.path.insert(0, str(BENCH))
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DB_NAME = "mcp_bench"
+#: BENCH_DB_NAME / BENCH_REDIS_DB let two checkouts bench side by side without sharing state.
+DB_NAME = os.environ.get("BENCH_DB_NAME", "mcp_bench")
 DATABASE_URL = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_URL = f"redis://127.0.0.1:6379/{os.environ.get('BENCH_REDIS_DB', '11')}"
 
 TENANT = "bench-org"
 CLIENT_ID = "bench-client"
