@@ -69,15 +69,11 @@ def micro_figures(token: str, scale: float = 1.0) -> dict[str, Any]:
         )
 
     out["parse_envelope (JSON-RPC body, 2026-07-28 envelope)"] = _timeit(envelope, n(20000))
-    # the IP pre-check has changed shape over time; measure whichever this tree has
-    if hasattr(ratelimit, "check_anonymous"):
-        out["rate limit: check_anonymous (Redis GET)"] = _timeit(
-            lambda: ratelimit.check_anonymous("127.0.0.1", increment=False), n(3000)
-        )
-    elif hasattr(ratelimit, "anonymous_throttle"):
-        out["rate limit: anonymous_throttle (in-process)"] = _timeit(
-            lambda: ratelimit.anonymous_throttle("127.0.0.1"), n(20000)
-        )
+    from mcpauth import floods
+
+    out["IP refusal budget: throttled? (in-process, refusals only)"] = _timeit(
+        lambda: floods.throttled("127.0.0.1"), n(20000)
+    )
     out["rate limit: hit (Redis, cache object reused)"] = _timeit(
         lambda: ratelimit.hit(principal), n(3000)
     )

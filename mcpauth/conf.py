@@ -16,8 +16,9 @@ Identity-provider presets, in order of precedence:
 from __future__ import annotations
 
 import re
+import urllib.parse
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +64,26 @@ def parse_rate(rate: str) -> tuple[int, int]:
     return int(count), seconds
 
 
+OriginKey = tuple[str, str, int]
+
+
+def origin_key(origin: str) -> OriginKey | None:
+    """``(scheme, host, port)`` of an ``http(s)`` origin, normalised as Host names are: lower
+    case, no trailing dot, the scheme's default port filled in; ``None`` for anything else."""
+    try:
+        parts = urllib.parse.urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        return None
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return None
+    host = parts.hostname.lower().rstrip(".")
+    return scheme, host, port or (443 if scheme == "https" else 80)
+
+
 @dataclass(frozen=True)
 class MCPAuthSettings:
     debug: bool
@@ -90,8 +111,11 @@ class MCPAuthSettings:
     jwks_timeout: float = 3.0
     tenant_claim: str = "oid"
     auto_provision_tenants: bool = True
-    #: Seconds a worker caches tenants, client bindings/policies and the scope map.
+    #: Seconds a worker caches tenants, client bindings/policies and the scope map (the bound on
+    #: how long a change takes to reach other workers without a shared cache).
     cache_ttl: int = 30
+    #: With a shared cache: how often a worker looks for configuration changes made elsewhere.
+    revocation_check_interval: float = 0.5
     #: The server's name: RFC 9728 ``resource_name`` and the MCP ``serverInfo.name``.
     resource_name: str = "Governed MCP server"
     #: The MCP server's ``instructions`` for clients.
@@ -108,6 +132,8 @@ class MCPAuthSettings:
     trusted_proxies: int = 0
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
+    #: With a loopback ``BASE_URL``: allow browser origins on any loopback port (local tools).
+    loopback_origins_any_port: bool = False
     max_body_bytes: int = 1_048_576
     max_json_depth: int = 32
     #: Answer single handshake-era JSON-RPC requests without the MCP SDK's per-request stateless
@@ -115,6 +141,12 @@ class MCPAuthSettings:
     #: request through the SDK's session manager.
     fast_transport: bool = True
     dev_key_path: Path = Path("var/dev-issuer-key.pem")
+
+    @cached_property
+    def allowed_origin_keys(self) -> frozenset[OriginKey]:
+        """``(scheme, host, port)`` of ``BASE_URL`` and of every allowed origin."""
+        keys = (origin_key(o) for o in (self.base_url, *self.allowed_origins))
+        return frozenset(k for k in keys if k is not None)
 
     @property
     def resource_url(self) -> str:
@@ -187,6 +219,7 @@ def _build() -> MCPAuthSettings:
         tenant_claim=str(getattr(s, "MCPAUTH_TENANT_CLAIM", "oid") or "oid"),
         auto_provision_tenants=bool(getattr(s, "MCPAUTH_AUTO_PROVISION_TENANTS", True)),
         cache_ttl=int(getattr(s, "MCPAUTH_CACHE_TTL", 30)),
+        revocation_check_interval=float(getattr(s, "MCPAUTH_REVOCATION_CHECK_INTERVAL", 0.5)),
         resource_name=str(getattr(s, "MCPAUTH_RESOURCE_NAME", "Governed MCP server")),
         instructions=str(
             getattr(s, "MCPAUTH_INSTRUCTIONS", "Every call is authorised per tool and audited.")
@@ -200,6 +233,7 @@ def _build() -> MCPAuthSettings:
         trusted_proxies=int(getattr(s, "MCPAUTH_TRUSTED_PROXIES", 0)),
         allowed_hosts=hosts,
         allowed_origins=_split(getattr(s, "MCPAUTH_ALLOWED_ORIGINS", ())),
+        loopback_origins_any_port=bool(getattr(s, "MCPAUTH_LOOPBACK_ORIGINS_ANY_PORT", False)),
         max_body_bytes=int(getattr(s, "MCPAUTH_MAX_BODY_BYTES", 1_048_576)),
         max_json_depth=int(getattr(s, "MCPAUTH_MAX_JSON_DEPTH", 32)),
         fast_transport=bool(getattr(s, "MCPAUTH_FAST_TRANSPORT", True)),

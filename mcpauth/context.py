@@ -71,6 +71,8 @@ class CallContext:
     protocol_version: str = ""
     parse_error: MCPAuthError | None = None
     token: VerifiedToken | None = None
+    #: The tenant's external id once resolved, even when the call is then refused.
+    tenant: str = ""
     principal: Principal | None = None
     usage: Usage | None = None
     #: The decoded JSON-RPC body (a dict), when it parsed.
@@ -113,6 +115,7 @@ class CallContext:
                 subject=self.token.subject,
                 token_id=self.token.token_id,
                 scopes=" ".join(sorted(self.token.scopes)),
+                tenant=self.tenant,
             )
         return fields
 

@@ -35,6 +35,7 @@ class MCPAuthError(Exception):
         retry_after: int | None = None,
         scopes: Iterable[str] = (),
         headers: Mapping[str, str] | None = None,
+        tenant: str = "",
     ) -> None:
         self.description = description or self.default_description
         #: Machine-readable reason for the audit log (``expired``, ``bad_signature`` ...).
@@ -43,6 +44,8 @@ class MCPAuthError(Exception):
         #: Scopes to put in a ``WWW-Authenticate`` challenge.
         self.scopes = tuple(scopes)
         self.extra_headers = dict(headers or {})
+        #: The tenant (external id) the refusal concerns, when it was resolved (audit rows).
+        self.tenant = tenant
         super().__init__(self.description)
 
 

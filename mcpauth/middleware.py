@@ -21,6 +21,7 @@ IP-throttled floods, which is the point of the throttle).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import uuid
@@ -34,9 +35,9 @@ from django.http.request import split_domain_port, validate_host
 from audit.conf import get_settings as audit_settings
 from audit.models import Outcome
 from audit.recorder import record
-from mcpauth import ratelimit, scopes
-from mcpauth.conf import MCPAuthSettings, get_settings
-from mcpauth.context import CallContext, bind
+from mcpauth import floods, ratelimit, revocation, scopes
+from mcpauth.conf import MCPAuthSettings, get_settings, origin_key
+from mcpauth.context import CallContext, bind, refresh_connections
 from mcpauth.exceptions import (
     HostNotAllowed,
     InsufficientScope,
@@ -157,7 +158,24 @@ def bearer_token(scope: Scope) -> str | None:
     return token
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_host(scope: Scope, conf: MCPAuthSettings) -> None:
+    """DNS-rebinding protection: a ``Host`` this server serves, and an allowed ``Origin``.
+
+    ``Host`` follows Django's ``ALLOWED_HOSTS`` rules (so ``LOCALHOST`` and ``localhost.`` are
+    ``localhost``: the same name, which an attacker cannot rebind). An ``Origin``, when sent,
+    must match scheme, host and port of ``BASE_URL`` or of an ``MCPAUTH_ALLOWED_ORIGINS`` entry;
+    with ``MCPAUTH_LOOPBACK_ORIGINS_ANY_PORT`` and a loopback ``BASE_URL``, any loopback origin
+    (any port) is allowed too; with ``ALLOWED_HOSTS = ["*"]``, the request's own origin.
+    """
     hosts = list(conf.allowed_hosts) or [".localhost", "127.0.0.1", "[::1]"]
     host_values = _header(scope, b"host")
     host = host_values[0].decode("latin-1") if host_values else ""
@@ -165,18 +183,23 @@ def check_host(scope: Scope, conf: MCPAuthSettings) -> None:
     if not domain or not validate_host(domain, hosts):
         raise HostNotAllowed("Host not allowed.", reason="bad_host")
     origins = _header(scope, b"origin")
-    if origins:
-        origin = origins[0].decode("latin-1").rstrip("/")
-        if origin in conf.allowed_origins or origin == conf.base_url:
+    if not origins:
+        return
+    key = origin_key(origins[0].decode("latin-1"))
+    if key is not None:
+        if key in conf.allowed_origin_keys:
             return
-        netloc = origin.split("://", 1)[1] if "://" in origin else ""
-        odomain, _ = split_domain_port(netloc)
-        if "*" in hosts:  # any Host is accepted, so at least require a same-host Origin
-            ok = bool(odomain) and odomain == domain
-        else:
-            ok = bool(odomain) and validate_host(odomain, hosts)
-        if not ok:
-            raise HostNotAllowed("Origin not allowed.", reason="bad_origin")
+        base = origin_key(conf.base_url)
+        if (
+            conf.loopback_origins_any_port
+            and base is not None
+            and _is_loopback(base[1])
+            and _is_loopback(key[1])
+        ):
+            return
+        if "*" in hosts and key == origin_key(f"{scope.get('scheme', 'http')}://{host}"):
+            return
+    raise HostNotAllowed("Origin not allowed.", reason="bad_origin")
 
 
 async def read_body(receive: Receive, limit: int, scope: Scope) -> bytes:
@@ -200,25 +223,23 @@ async def read_body(receive: Receive, limit: int, scope: Scope) -> bytes:
 
 
 def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal:
-    """Steps 3-5 (sync: may touch the DB, cache and JWKS). Fills ``ctx``."""
+    """Steps 3-5 (sync: may touch the DB, cache and JWKS). Fills ``ctx``.
+
+    The per-IP refusal budget (``mcpauth.floods``) is not consulted here: a valid token is
+    admitted whatever other requests from its address did. From an address over its budget, a
+    token is still checked, but an unknown key id triggers no JWKS refetch.
+    """
     ctx.refresh_db()
-    try:
-        ratelimit.anonymous_throttle(ctx.client_ip)
-        if raw is None:
-            raise MissingToken(scopes=scopes.challenge_scopes())
-        token = verify(raw)
-    except (MissingToken, InvalidToken):
-        try:
-            ratelimit.count_anonymous_failure(ctx.client_ip)
-        except RateLimited:
-            ctx.recorded = True  # over budget: refused without filling the audit table
-            raise
-        raise
-    except RateLimited:
-        ctx.recorded = True
-        raise
+    revocation.check()
+    if raw is None:
+        raise MissingToken(scopes=scopes.challenge_scopes())
+    token = verify(raw, refetch=floods.throttled(ctx.client_ip) is None)
     ctx.token = token
-    principal = principal_for(token)
+    try:
+        principal = principal_for(token)
+    except MCPAuthError as exc:
+        ctx.tenant = exc.tenant
+        raise
     ctx.principal = principal
     if not ctx.is_notification and ctx.http_method == "POST":
         ctx.usage = ratelimit.hit(principal)
@@ -243,6 +264,7 @@ async def admit_on_loop(ctx: CallContext, raw: str | None) -> bool:
         return False
     try:
         with cache_only():
+            revocation.check()  # due every half second: then the thread path reads it
             token = verify(raw)
             principal = principal_for(token)
             ratelimit.rate_for(principal)  # the policy is cached, or CacheMiss
@@ -323,6 +345,7 @@ class GovernedMCP:
             method="" if scope["method"] == "POST" else f"HTTP {scope['method']}",
             protocol_version=protocol_version(scope) or "",
         )
+        await self.record_flood_summaries()
         with bind(ctx):
             await self._handle(ctx, conf, scope, receive, send)
 
@@ -431,6 +454,8 @@ class GovernedMCP:
     async def _refuse(
         self, exc: MCPAuthError, ctx: CallContext, conf: MCPAuthSettings, send: Send
     ) -> None:
+        if not ctx.recorded and ctx.principal is None and exc.status_code < 500:
+            exc = await self._charge_ip(exc, ctx)
         if not ctx.recorded:
             if (
                 not await self._record(
@@ -458,3 +483,48 @@ class GovernedMCP:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+    @staticmethod
+    async def _charge_ip(exc: MCPAuthError, ctx: CallContext) -> MCPAuthError:
+        """A refusal before admission, against its IP's budget (``mcpauth.floods``)."""
+        active = floods.throttled(ctx.client_ip)
+        if active is not None:  # over budget: counted here, no round trip, no audit row
+            active.suppressed += 1
+            ctx.recorded = True
+            return floods.refusal(active)
+        verdict = await sync_to_async(floods.charge, thread_sensitive=False)(ctx.client_ip)
+        if verdict is floods.Verdict.SUPPRESS:
+            ctx.recorded = True
+        if verdict is not floods.Verdict.RECORD:
+            return floods.refusal(floods.throttled(ctx.client_ip))
+        return exc
+
+    @staticmethod
+    async def record_flood_summaries() -> None:
+        """One row per IP and window whose refusals went unrecorded (at most once a second)."""
+        summaries = floods.due_summaries()
+        if not summaries:
+            return
+
+        def write() -> None:
+            refresh_connections()
+            for summary in summaries:
+                try:
+                    record(
+                        outcome=Outcome.RATE_LIMITED,
+                        status=429,
+                        request_id=uuid.uuid4().hex,
+                        method="throttle/ip",
+                        client_ip=summary.ip if summary.ip != "-" else None,
+                        error_code="ip_flood_summary",
+                        error_message=(
+                            f"{summary.suppressed} refused requests from this address between "
+                            f"{summary.started.isoformat(timespec='seconds')} and "
+                            f"{summary.ended.isoformat(timespec='seconds')} were not recorded "
+                            "one by one."
+                        ),
+                    )
+                except Exception:
+                    log.exception("could not record a flood summary")
+
+        await sync_to_async(write, thread_sensitive=False)()

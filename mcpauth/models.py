@@ -5,12 +5,42 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from mcpauth import revocation
 from mcpauth.conf import parse_rate
 from mcpauth.managers import TenantManager
+
+
+class ConfigQuerySet(models.QuerySet[Any]):
+    """Bulk writes to configuration rows announce themselves like ``save()`` (``revocation``)."""
+
+    def update(self, **kwargs: Any) -> int:
+        rows = super().update(**kwargs)
+        revocation.changed()
+        return rows
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        result = super().delete()
+        revocation.changed()
+        return result
+
+    def bulk_update(self, objs: Any, fields: Any, batch_size: int | None = None) -> int:
+        rows = super().bulk_update(objs, fields, batch_size=batch_size)
+        revocation.changed()
+        return rows
+
+    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        made = super().bulk_create(objs, *args, **kwargs)
+        revocation.changed()
+        return made
+
+
+ConfigManager = models.Manager.from_queryset(ConfigQuerySet)
 
 
 class Tenant(models.Model):
@@ -22,6 +52,8 @@ class Tenant(models.Model):
         default=False, help_text="A suspended tenant gets 403 on every MCP call."
     )
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ConfigManager()
 
     class Meta:
         ordering = ["external_id"]
@@ -41,6 +73,8 @@ class ScopeMapping(models.Model):
     description = models.CharField(max_length=255, blank=True)
     permissions = models.ManyToManyField(Permission, blank=True, related_name="+")
 
+    objects = ConfigManager()
+
     class Meta:
         ordering = ["scope"]
 
@@ -54,6 +88,8 @@ class ClientBinding(models.Model):
     client_id = models.CharField(max_length=255, unique=True)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="client_bindings")
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ConfigManager()
 
     class Meta:
         ordering = ["client_id"]
@@ -77,6 +113,8 @@ class ClientPolicy(models.Model):
     )
     note = models.CharField(max_length=255, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ConfigManager()
 
     class Meta:
         ordering = ["client_id"]

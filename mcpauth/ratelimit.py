@@ -5,8 +5,8 @@
   (Redis via ``REDIS_URL``).
 * Rate: a :class:`~mcpauth.models.ClientPolicy` override (custom, unlimited, blocked), else the
   most generous ``MCPAUTH_SCOPE_RATE_LIMITS`` tier the token holds, else ``MCPAUTH_RATE_LIMIT``.
-* Requests without a valid token are throttled per client IP
-  (``MCPAUTH_UNAUTHENTICATED_RATE_LIMIT``).
+* Refusals of requests that carry no admitted caller are budgeted per client IP
+  (``mcpauth.floods``).
 * When the cache is unreachable the call fails closed with 503, unless
   ``MCPAUTH_RATE_LIMIT_FAIL_OPEN`` is on.
 """
@@ -25,6 +25,7 @@ from django.db.models.signals import post_delete, post_save
 from django_ratelimit import core as rl_core
 from django_ratelimit.core import get_usage
 
+from mcpauth import revocation
 from mcpauth.cache import RedisCache
 from mcpauth.conf import get_settings, parse_rate
 from mcpauth.exceptions import AccessDenied, RateLimited, ServiceUnavailable
@@ -226,57 +227,14 @@ async def ahit(principal: Principal) -> Usage | None:
     return _judge(counted, rate, increment=True, policy=policy)
 
 
-#: ip -> monotonic deadline: IPs over their unauthenticated budget, remembered per process so a
-#: flood is refused before any token work or cache round trip.
-_throttled_ips: dict[str, float] = {}
-
-
-def anonymous_throttle(ip: str) -> None:
-    """Refuse (RateLimited) an IP that recently exhausted its unauthenticated budget."""
-    deadline = _throttled_ips.get(ip)
-    if deadline is None:
-        return
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        _throttled_ips.pop(ip, None)
-        return
-    raise RateLimited(
-        "Too many requests without a valid token from this address.",
-        reason="unauthenticated_limit",
-        retry_after=int(remaining) + 1,
-    )
-
-
-def count_anonymous_failure(ip: str) -> None:
-    """Count a request without a valid token against its IP's budget.
-
-    Raises RateLimited once the budget (``MCPAUTH_UNAUTHENTICATED_RATE_LIMIT``) is exceeded, and
-    remembers the IP until the window ends. An unreachable cache never blocks here: requests
-    with a valid token meet the per-client limiter and its configured fail mode.
-    """
-    conf = get_settings()
-    key = ip or "-"
-    try:
-        _usage(
-            "mcpauth.anon",
-            key,
-            conf.unauthenticated_rate_limit,
-            increment=True,
-            policy="unauthenticated",
-        )
-    except RateLimited as exc:
-        if len(_throttled_ips) > 100_000:
-            _throttled_ips.clear()
-        _throttled_ips[key] = time.monotonic() + (exc.retry_after or 1)
-        raise
-    except ServiceUnavailable:
-        pass
+@revocation.on_change
+def clear_policies() -> None:
+    _policies.clear()
 
 
 def clear_cache(**_: Any) -> None:
     _policies.clear()
-    _throttled_ips.clear()
 
 
-post_save.connect(clear_cache, sender=ClientPolicy, dispatch_uid="mcpauth-policy-save")
-post_delete.connect(clear_cache, sender=ClientPolicy, dispatch_uid="mcpauth-policy-delete")
+post_save.connect(revocation.changed, sender=ClientPolicy, dispatch_uid="mcpauth-policy-save")
+post_delete.connect(revocation.changed, sender=ClientPolicy, dispatch_uid="mcpauth-policy-delete")

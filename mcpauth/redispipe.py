@@ -74,6 +74,8 @@ class ScriptConnection:
         self._writer: asyncio.StreamWriter | None = None
         self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._connecting: asyncio.Future[None] | None = None
+        #: connected and set up (authenticated, database selected, script loaded)
+        self._ready = False
         self._reader_task: asyncio.Task[None] | None = None
 
     async def _connect(self) -> None:
@@ -93,9 +95,10 @@ class ScriptConnection:
         replies = [self._send(cmd) for cmd in setup]
         results = await asyncio.wait_for(asyncio.gather(*replies), t.timeout)
         self.sha = results[-1]
+        self._ready = True
 
     async def _ensure(self) -> None:
-        if self._writer is not None and not self._writer.is_closing():
+        if self._ready and self._writer is not None and not self._writer.is_closing():
             return
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_future()
@@ -152,6 +155,7 @@ class ScriptConnection:
             self._fail(ConnectionError(str(exc) or "Redis connection lost"))
 
     def _fail(self, exc: Exception) -> None:
+        self._ready = False
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()

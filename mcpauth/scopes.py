@@ -18,20 +18,34 @@ from typing import Any
 from django.contrib.auth.models import Permission
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
+from mcpauth import revocation
 from mcpauth.conf import get_settings
 from mcpauth.localcache import TTLCache
 from mcpauth.models import ScopeMapping
 
 _ttl = lambda: get_settings().cache_ttl  # noqa: E731
-_map_cache: TTLCache[dict[str, frozenset[str]]] = TTLCache(_ttl, maxsize=1)
-_perm_cache: TTLCache[frozenset[str]] = TTLCache(_ttl)
+
+
+class ScopeMap(dict[str, frozenset[str]]):
+    """``{scope: permissions}``, plus the permissions computed from it for each scope set.
+
+    The computed sets live and die with the map they came from, so a change is visible as soon
+    as the map is reloaded: there is one cache lifetime, never two stacked.
+    """
+
+    def __init__(self, data: dict[str, frozenset[str]]) -> None:
+        super().__init__(data)
+        self.granted: dict[frozenset[str], frozenset[str]] = {}
+
+
+_map_cache: TTLCache[ScopeMap] = TTLCache(_ttl, maxsize=1)
 
 
 def perm_name(perm: Permission) -> str:
     return f"{perm.content_type.app_label}.{perm.codename}"
 
 
-def _load_map() -> dict[str, frozenset[str]]:
+def _load_map() -> ScopeMap:
     result: dict[str, set[str]] = {}
     rows = ScopeMapping.permissions.through.objects.values_list(
         "scopemapping__scope",
@@ -42,12 +56,21 @@ def _load_map() -> dict[str, frozenset[str]]:
         result.setdefault(scope, set()).add(f"{app_label}.{codename}")
     for scope in ScopeMapping.objects.values_list("scope", flat=True):
         result.setdefault(scope, set())
-    return {k: frozenset(v) for k, v in result.items()}
+    return ScopeMap({k: frozenset(v) for k, v in result.items()})
 
 
-def scope_map() -> dict[str, frozenset[str]]:
+def scope_map() -> ScopeMap:
     """``{scope: permissions}`` for every mapping (cached)."""
     return _map_cache.get_or_load("map", _load_map)
+
+
+def is_matchable(scope: str) -> bool:
+    """Only RFC 6749 scope characters (printable ASCII but space, ``"`` and ``\\``) match.
+
+    A token scope holding anything else (U+00A0, U+001C ...) is one opaque string that no
+    mapping matches, exactly or by wildcard.
+    """
+    return all("!" <= c <= "~" and c not in '"\\' for c in scope)
 
 
 def _matches(token_scope: str, mapped_scope: str) -> bool:
@@ -63,21 +86,33 @@ def _matches(token_scope: str, mapped_scope: str) -> bool:
     )
 
 
-def _compute(scopes: frozenset[str]) -> frozenset[str]:
-    mapping = scope_map()
+def _compute(mapping: ScopeMap, scopes: frozenset[str]) -> frozenset[str]:
     perms: set[str] = set()
     for token_scope in scopes:
+        if not is_matchable(token_scope):
+            continue
         for mapped, granted in mapping.items():
             if _matches(token_scope, mapped):
                 perms |= granted
     return frozenset(perms)
 
 
+#: Distinct scope sets remembered per map (a token population uses a handful).
+MAX_SCOPE_SETS = 10_000
+
+
 def permissions_for(scopes: frozenset[str]) -> frozenset[str]:
     """The Django permissions (``app.codename``) a set of token scopes grants."""
     if not scopes:
         return frozenset()
-    return _perm_cache.get_or_load(scopes, lambda: _compute(scopes))
+    mapping = scope_map()
+    perms = mapping.granted.get(scopes)
+    if perms is None:
+        perms = _compute(mapping, scopes)
+        if len(mapping.granted) >= MAX_SCOPE_SETS:
+            mapping.granted.clear()
+        mapping.granted[scopes] = perms
+    return perms
 
 
 def scopes_for(perms: Iterable[str]) -> tuple[str, ...]:
@@ -123,13 +158,13 @@ def resolve_permissions(names: Iterable[str]) -> list[Permission]:
     return perms
 
 
+@revocation.on_change
 def clear_cache(**_: Any) -> None:
     _map_cache.clear()
-    _perm_cache.clear()
 
 
-post_save.connect(clear_cache, sender=ScopeMapping, dispatch_uid="mcpauth-scopes-save")
-post_delete.connect(clear_cache, sender=ScopeMapping, dispatch_uid="mcpauth-scopes-delete")
+post_save.connect(revocation.changed, sender=ScopeMapping, dispatch_uid="mcpauth-scopes-save")
+post_delete.connect(revocation.changed, sender=ScopeMapping, dispatch_uid="mcpauth-scopes-delete")
 m2m_changed.connect(
-    clear_cache, sender=ScopeMapping.permissions.through, dispatch_uid="mcpauth-scopes-m2m"
+    revocation.changed, sender=ScopeMapping.permissions.through, dispatch_uid="mcpauth-scopes-m2m"
 )

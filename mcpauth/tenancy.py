@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db.models.signals import post_delete, post_save
 
+from mcpauth import revocation
 from mcpauth.conf import get_settings
 from mcpauth.exceptions import AccessDenied, InvalidToken
 from mcpauth.localcache import TTLCache, require_io
@@ -83,17 +84,20 @@ def resolve(token: VerifiedToken) -> TenantRef:
             )
     ref, suspended = found
     if suspended:
-        raise AccessDenied("Tenant suspended.", reason="tenant_suspended")
+        raise AccessDenied("Tenant suspended.", reason="tenant_suspended", tenant=ref.external_id)
     return ref
 
 
+@revocation.on_change
 def clear_cache(**_: Any) -> None:
     _by_external_id.clear()
     _by_client.clear()
 
 
 for _model in (Tenant, ClientBinding):
-    post_save.connect(clear_cache, sender=_model, dispatch_uid=f"mcpauth-tenancy-{_model.__name__}")
+    post_save.connect(
+        revocation.changed, sender=_model, dispatch_uid=f"mcpauth-tenancy-{_model.__name__}"
+    )
     post_delete.connect(
-        clear_cache, sender=_model, dispatch_uid=f"mcpauth-tenancy-del-{_model.__name__}"
+        revocation.changed, sender=_model, dispatch_uid=f"mcpauth-tenancy-del-{_model.__name__}"
     )

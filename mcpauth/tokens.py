@@ -128,10 +128,12 @@ def _parse_jwks(data: dict[str, Any]) -> dict[str | None, PyJWK]:
 
 
 class KeySet:
-    """Cached signing keys with a TTL and throttled refetch on an unknown ``kid``.
+    """Cached signing keys with a TTL and a throttled refetch.
 
     * keys are refreshed after ``jwks_cache_ttl`` seconds;
-    * an unknown ``kid`` causes at most one fetch per ``jwks_refetch_interval`` seconds;
+    * whatever the reason (first load, unknown ``kid``, expiry, readiness probe), at most one
+      fetch is attempted per ``jwks_refetch_interval`` seconds: while no key has ever loaded,
+      calls in that interval are refused with the last attempt's error instead of fetching;
     * when a fetch fails, the keys already cached keep working.
     """
 
@@ -141,6 +143,8 @@ class KeySet:
         self.fetched_at: float | None = None
         self.last_attempt: float = float("-inf")
         self.fetch_count = 0
+        #: why the last attempt failed (None when it succeeded or none was made)
+        self.last_error: str | None = None
         self._jwks_uri = conf.jwks_url
         self._lock = threading.Lock()
 
@@ -153,38 +157,43 @@ class KeySet:
             self._jwks_uri = discover_jwks_uri(self.conf.issuers[0], self.conf.jwks_timeout)
         return _parse_jwks(_http_get_json(self._jwks_uri, self.conf.jwks_timeout))
 
-    def _refresh(self, *, unknown_kid: bool) -> None:
+    def _refresh(self) -> None:
         require_io()
         with self._lock:
             now = time.monotonic()
-            if now - self.last_attempt < self.conf.jwks_refetch_interval and (
-                unknown_kid or self.fetched_at is not None
-            ):
-                return  # throttled: someone fetched (or tried) very recently
+            if now - self.last_attempt < self.conf.jwks_refetch_interval:
+                # throttled: someone fetched (or tried) very recently
+                if self.fetched_at is None and not self.keys:
+                    raise JWKSFetchError(self.last_error or "no signing keys loaded yet")
+                return
             self.last_attempt = now
             self.fetch_count += 1
             try:
                 keys = self._load()
-            except JWKSFetchError:
+            except JWKSFetchError as exc:
+                self.last_error = str(exc)
                 if self.fetched_at is None and not self.keys:
                     raise
                 return
             self.keys = keys
             self.fetched_at = now
+            self.last_error = None
 
-    def get(self, kid: str | None) -> PyJWK:
+    def get(self, kid: str | None, *, refetch: bool = True) -> PyJWK:
+        """The key for ``kid``; an unknown one triggers a (throttled) refetch unless not
+        ``refetch``."""
         now = time.monotonic()
         if self.fetched_at is None or now - self.fetched_at > self.conf.jwks_cache_ttl:
             try:
-                self._refresh(unknown_kid=False)
+                self._refresh()
             except JWKSFetchError as exc:
                 raise ServiceUnavailable(
                     "The identity provider's signing keys are unavailable.", reason="jwks_down"
                 ) from exc
         key = self._lookup(kid)
-        if key is None:
+        if key is None and refetch:
             try:
-                self._refresh(unknown_kid=True)
+                self._refresh()
             except JWKSFetchError:
                 pass
             key = self._lookup(kid)
@@ -193,9 +202,10 @@ class KeySet:
         return key
 
     def ensure_loaded(self) -> int:
-        """Fetch keys if none are cached (for readiness); return how many are cached."""
+        """Fetch keys if none are cached (for readiness, throttled like every fetch); return how
+        many are cached. Raises ``JWKSFetchError`` with the last attempt's error while none is."""
         if self.fetched_at is None:
-            self._refresh(unknown_kid=False)
+            self._refresh()
         return len(self.keys)
 
     def _lookup(self, kid: str | None) -> PyJWK | None:
@@ -235,20 +245,37 @@ def _str_claim(claims: dict[str, Any], name: str) -> str | None:
     return value
 
 
+#: RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ), separated by %x20 only.
+MAX_SCOPE_CHARS = 200
+MAX_SCOPES = 256
+
+
 def _scopes(claims: dict[str, Any]) -> frozenset[str]:
+    """The token's scopes: ``scope``/``scp`` strings split on U+0020 only, or string lists.
+
+    Any other whitespace or control character (U+00A0, U+001C ...) does not separate scopes: a
+    scope containing one is kept as one opaque string, which no mapping matches
+    (``mcpauth.scopes.is_matchable``). A NUL is refused outright (nothing can store it).
+    """
     found: set[str] = set()
     for name in ("scope", "scp", "scopes", "permissions"):
         if name not in claims:
             continue
         value = claims[name]
         if isinstance(value, str):
-            found.update(value.split())
+            found.update(part for part in value.split(" ") if part)
         elif isinstance(value, list) and all(isinstance(v, str) for v in value):
             found.update(v for v in value if v)
         else:
             raise InvalidToken(f"Claim '{name}' is malformed.", reason="bad_claim")
-    if any(len(s) > 200 or not s.isprintable() for s in found) or len(found) > 256:
-        raise InvalidToken("Scope claim too large.", reason="bad_claim")
+    if any("\x00" in s for s in found):
+        raise InvalidToken("Scope claim contains a NUL character.", reason="bad_claim")
+    if len(found) > MAX_SCOPES:
+        raise InvalidToken(f"Too many scopes (more than {MAX_SCOPES}).", reason="bad_claim")
+    if any(len(s) > MAX_SCOPE_CHARS for s in found):
+        raise InvalidToken(
+            f"A scope is longer than {MAX_SCOPE_CHARS} characters.", reason="bad_claim"
+        )
     return frozenset(found)
 
 
@@ -293,8 +320,11 @@ def clear_cache() -> None:
     _verified.clear()
 
 
-def verify(raw: str) -> VerifiedToken:
-    """Validate a bearer token; raise :class:`InvalidToken` (401) with a reason on failure."""
+def verify(raw: str, *, refetch: bool = True) -> VerifiedToken:
+    """Validate a bearer token; raise :class:`InvalidToken` (401) with a reason on failure.
+
+    ``refetch=False``: an unknown key id is refused without refetching the JWKS.
+    """
     conf = get_settings()
     if conf.preset == "none":
         raise ServiceUnavailable("No identity provider is configured.", reason="not_configured")
@@ -324,7 +354,7 @@ def verify(raw: str) -> VerifiedToken:
     if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
         raise InvalidToken("Malformed key id.", reason="malformed")
 
-    key = keyset().get(kid)
+    key = keyset().get(kid, refetch=refetch)
     if _KEY_FAMILIES.get(alg[:2]) != key.key_type:
         raise InvalidToken("Token algorithm does not match its key.", reason="disallowed_alg")
     try:

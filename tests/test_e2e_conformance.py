@@ -251,8 +251,10 @@ def failed_checks(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def proxy(live: LiveServer, mint: Minter) -> Iterator[ProxyServer]:
+def proxy(live: LiveServer, mint: Minter, settings: Any) -> Iterator[ProxyServer]:
     with ProxyServer(live.base, mint(ttl=900)) as server:
+        # the suite's client is a browser-like peer at the proxy's origin
+        settings.MCPAUTH_ALLOWED_ORIGINS = f"http://127.0.0.1:{server.port}"
         yield server
 
 

@@ -715,3 +715,24 @@ def test_no_auto_provisioning_refuses_unknown_tenants(live, mint, settings):
     assert not Tenant.objects.filter(external_id="never-seen").exists()
     Tenant.objects.create(external_id="never-seen")
     assert call(live, mint(org_id="never-seen"), "list_todos").status_code == 200
+
+
+def test_jwks_never_loaded_is_fetched_at_most_once_per_interval(live, mint, idp, settings, client):
+    """Security review: with the IdP down from the start, calls and readiness must not each
+    cause an outbound fetch (20 of 20 and 10 of 10 did)."""
+    settings.MCPAUTH_JWKS_REFETCH_INTERVAL = 60  # a fresh, cold key set
+    idp.down = True
+    before = idp.attempts
+    for _ in range(20):
+        resp = call(live, mint(), "list_todos")
+        assert resp.status_code == 503
+        assert resp.json()["error"]["data"]["error"] == "temporarily_unavailable"
+    for _ in range(10):
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["jwks"]["error"] == "JWKSFetchError"
+    # one fetch attempt (discovery tries its metadata URLs in turn); the rest were throttled
+    from mcpauth import tokens
+
+    assert tokens.keyset().fetch_count == 1
+    assert 1 <= idp.attempts - before <= 3

@@ -103,10 +103,37 @@ def test_dns_rebinding_is_refused_before_any_tool_runs(live, mint, headers):
     assert not Todo.all_tenants.exists()
 
 
-def test_same_origin_and_loopback_origins_are_allowed(live, mint):
-    body = httpx2.Request("POST", "/", json=rpc("tools/list")).content
-    for origin in ("http://127.0.0.1:8000", f"http://127.0.0.1:{live.port}", "http://localhost"):
+def test_origin_must_match_scheme_host_and_port(live, mint, settings):
+    """Security review item 9: scheme and port count (BASE_URL is http://127.0.0.1:8000)."""
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+    for origin in ("http://127.0.0.1:8000", "http://127.0.0.1:8000/", "HTTP://127.0.0.1:8000"):
         assert raw_post(live, mint(), body, origin=origin).status_code == 200, origin
+    for origin in (
+        "http://127.0.0.1:9999",
+        "https://127.0.0.1:8000",
+        f"http://127.0.0.1:{live.port}",
+        "http://localhost",
+        "http://127.0.0.1:8000/path",
+    ):
+        assert raw_post(live, mint(), body, origin=origin).status_code == 403, origin
+    settings.MCPAUTH_ALLOWED_ORIGINS = "https://app.example.org:8443"
+    assert raw_post(live, mint(), body, origin="https://app.example.org:8443").status_code == 200
+    assert raw_post(live, mint(), body, origin="https://app.example.org").status_code == 403
+    # a loopback BASE_URL may open loopback origins on any port, only when asked to
+    settings.MCPAUTH_LOOPBACK_ORIGINS_ANY_PORT = True
+    for origin in (f"http://127.0.0.1:{live.port}", "http://localhost:6274", "http://[::1]:3000"):
+        assert raw_post(live, mint(), body, origin=origin).status_code == 200, origin
+    assert raw_post(live, mint(), body, origin="http://evil.example.com").status_code == 403
+
+
+def test_host_names_are_case_insensitive_and_may_end_in_a_dot(live, mint):
+    """Security review item 10: ``LOCALHOST`` and ``localhost.`` are the name ``localhost`` (as
+    Django's ALLOWED_HOSTS has it), which an attacker's DNS cannot rebind; accepted."""
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+    for host in ("LOCALHOST", "localhost.", f"LocalHost.:{live.port}", "127.0.0.1"):
+        assert raw_post(live, mint(), body, host=host).status_code == 200, host
+    for host in ("localhost.evil.test", "evil.test", "127.0.0.1.nip.io"):
+        assert raw_post(live, mint(), body, host=host).status_code == 403, host
 
 
 def test_get_and_delete_need_a_token_too(live, mint):

@@ -102,7 +102,9 @@ def test_unauthenticated_flood_is_throttled_per_ip(live, settings):
     statuses = [_post(live.base, "not-a-jwt").status_code for _ in range(12)]
     assert statuses == [401] * 5 + [429] * 7
     assert AuditEvent.objects.filter(outcome="unauthenticated").count() == 5
-    assert AuditEvent.objects.count() == 5  # the flood did not fill the audit table
+    throttled = AuditEvent.objects.get(outcome="rate_limited")  # the first refusal over budget
+    assert throttled.error_code == "ip_throttled"
+    assert AuditEvent.objects.count() == 6  # the flood did not fill the audit table
 
 
 def test_cache_down_fails_closed_with_503_and_audit_row(live, mint, settings):

@@ -89,3 +89,14 @@ def test_only_plain_redis_urls_are_spoken() -> None:
         "user",
         "p@ss",
     )
+
+
+async def test_calls_made_while_connecting_wait_for_the_setup() -> None:
+    key = f"pipe-{uuid.uuid4().hex}"
+    conn = counter()
+    first = asyncio.ensure_future(conn.run(key, 30))
+    while conn._writer is None:  # the socket is open; AUTH/SELECT/SCRIPT LOAD are in flight
+        await asyncio.sleep(0)
+    later = [asyncio.ensure_future(conn.run(key, 30)) for _ in range(20)]
+    counts = await asyncio.gather(first, *later)  # none may run before the script is loaded
+    assert sorted(counts) == list(range(1, 22))

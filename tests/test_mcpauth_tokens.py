@@ -17,7 +17,8 @@ from mcpauth import tokens
 from mcpauth.checks import assert_startup_ready, check_configuration
 from mcpauth.conf import get_settings
 from mcpauth.exceptions import InvalidToken, ServiceUnavailable
-from mcpauth.tokens import KeySet, fingerprint, keyset, verify
+from mcpauth.models import ScopeMapping
+from mcpauth.tokens import JWKSFetchError, KeySet, fingerprint, keyset, verify
 from tests.conftest import RESOURCE, SigningKey, new_key
 from tests.servers import json_server
 
@@ -435,7 +436,69 @@ def test_cached_token_is_dropped_when_its_key_leaves_the_jwks(mint, idp, rsa_key
     tokens.verify(raw)
     other = new_key("k-replacement")
     idp.keys = [other]
-    tokens.keyset()._refresh(unknown_kid=True)
+    tokens.keyset()._refresh()
     with pytest.raises(InvalidToken) as exc:
         tokens.verify(raw)
     assert exc.value.reason == "unknown_key"
+
+
+# --- security review: JWKS fetches while no key ever loaded; scope separators --------------------
+
+
+def test_keyset_never_loaded_is_throttled_and_reports_the_last_attempt(idp, clock, settings):
+    settings.MCPAUTH_JWKS_REFETCH_INTERVAL = 60
+    idp.down = True
+    ks = KeySet(get_settings())
+    before = idp.jwks_fetches
+    for _ in range(20):
+        with pytest.raises(ServiceUnavailable) as info:
+            ks.get("any")
+        assert info.value.reason == "jwks_down"
+    with pytest.raises(JWKSFetchError, match="503"):
+        ks.ensure_loaded()  # readiness: the last attempt's error, no new fetch
+    assert ks.fetch_count == 1  # one attempt for 21 callers
+    assert idp.jwks_fetches == before  # (the IdP answered 503 before counting a JWKS fetch)
+    idp.down = False
+    clock.now += 61
+    assert ks.ensure_loaded() == 1 and ks.fetch_count == 2 and ks.last_error is None
+
+
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        ("todo:read todo:write", {"todo:read", "todo:write"}),
+        ("todo:read  todo:write ", {"todo:read", "todo:write"}),  # empty pieces ignored
+        ("todo:read\u00a0todo:write", {"todo:read\u00a0todo:write"}),  # NBSP: one opaque scope
+        ("todo:read\x1ctodo:write", {"todo:read\x1ctodo:write"}),
+        ("todo:read\ttodo:write", {"todo:read\ttodo:write"}),
+    ],
+)
+def test_scopes_split_on_space_only(scope, expected):
+    assert tokens._scopes({"scope": scope}) == frozenset(expected)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "scope", ["todo:read\u00a0todo:write", "todo:read\x1ctodo:write", "todo:\u2028write"]
+)
+def test_opaque_scopes_grant_nothing(scope):
+    from mcpauth import scopes
+    from tests.conftest import seed_todo_scopes
+
+    seed_todo_scopes()
+    ScopeMapping.objects.create(scope="todo:*")  # a family wildcard must not match them either
+    assert scopes.permissions_for(tokens._scopes({"scope": scope})) == frozenset()
+    assert "todos.add_todo" in scopes.permissions_for(frozenset({"todo:write"}))
+
+
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"scope": "todo:read\x00x"}, "NUL"),
+        ({"scope": " ".join(f"s{i}" for i in range(300))}, "Too many scopes"),
+        ({"scope": "x" * 201}, "longer than 200"),
+    ],
+)
+def test_bad_scope_claims_say_what_is_wrong(claims, message):
+    with pytest.raises(InvalidToken, match=message):
+        tokens._scopes(claims)
