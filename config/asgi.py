@@ -11,8 +11,7 @@ Startup fails with a clear message when mcpauth is misconfigured (system checks 
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, cast
+from typing import cast
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
@@ -29,13 +28,9 @@ if settings.DEBUG:  # like runserver: serve admin assets in development only
 
 from mcpauth.asgi import MCPApplication  # noqa: E402
 from mcpauth.checks import assert_startup_ready  # noqa: E402
+from mcpauth.types import ASGIApp, Receive, Scope, Send  # noqa: E402
 
 assert_startup_ready()
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def build_application() -> ASGIApp:

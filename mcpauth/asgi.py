@@ -9,17 +9,11 @@ FastMCP's app instance can run its lifespan once, so a restart needs a new ``MCP
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
 from mcpauth.conf import get_settings
 from mcpauth.middleware import GovernedMCP
 from mcpauth.server import get_server
 from mcpauth.transport import Transport
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+from mcpauth.types import Receive, Scope, Send
 
 MCP_PATH = "/mcp"
 

@@ -25,7 +25,6 @@ import ipaddress
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -55,18 +54,9 @@ from mcpauth.localcache import CacheMiss, cache_only
 from mcpauth.registry import registry
 from mcpauth.tokens import Principal, principal_for, verify
 from mcpauth.transport import Transport, protocol_version
+from mcpauth.types import Message, Receive, Scope, Send, header_values
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-def _header(scope: Scope, name: bytes) -> list[bytes]:
-    return [v for k, v in scope.get("headers", []) if k.lower() == name]
 
 
 def client_ip(scope: Scope, trusted_proxies: int) -> str:
@@ -74,7 +64,7 @@ def client_ip(scope: Scope, trusted_proxies: int) -> str:
     if trusted_proxies <= 0:
         return peer
     forwarded: list[str] = []
-    for value in _header(scope, b"x-forwarded-for"):
+    for value in header_values(scope, b"x-forwarded-for"):
         forwarded.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
     if not forwarded:
         return peer
@@ -140,7 +130,7 @@ def parse_envelope(ctx: CallContext, body: bytes, conf: MCPAuthSettings) -> None
 
 def bearer_token(scope: Scope) -> str | None:
     """The bearer token, or ``None`` when absent; raise for ambiguous or malformed headers."""
-    values = _header(scope, b"authorization")
+    values = header_values(scope, b"authorization")
     if not values:
         return None
     if len(values) > 1:
@@ -177,12 +167,12 @@ def check_host(scope: Scope, conf: MCPAuthSettings) -> None:
     (any port) is allowed too; with ``ALLOWED_HOSTS = ["*"]``, the request's own origin.
     """
     hosts = list(conf.allowed_hosts) or [".localhost", "127.0.0.1", "[::1]"]
-    host_values = _header(scope, b"host")
+    host_values = header_values(scope, b"host")
     host = host_values[0].decode("latin-1") if host_values else ""
     domain, _port = split_domain_port(host)
     if not domain or not validate_host(domain, hosts):
         raise HostNotAllowed("Host not allowed.", reason="bad_host")
-    origins = _header(scope, b"origin")
+    origins = header_values(scope, b"origin")
     if not origins:
         return
     key = origin_key(origins[0].decode("latin-1"))
@@ -203,7 +193,7 @@ def check_host(scope: Scope, conf: MCPAuthSettings) -> None:
 
 
 async def read_body(receive: Receive, limit: int, scope: Scope) -> bytes:
-    for value in _header(scope, b"content-length"):
+    for value in header_values(scope, b"content-length"):
         if value.isdigit() and int(value) > limit:
             raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
     chunks: list[bytes] = []
@@ -336,7 +326,7 @@ class GovernedMCP:
         if scope["type"] != "http":
             return
         conf = get_settings()
-        ua = _header(scope, b"user-agent")
+        ua = header_values(scope, b"user-agent")
         ctx = CallContext(
             request_id=uuid.uuid4().hex,
             client_ip=client_ip(scope, conf.trusted_proxies),

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -81,23 +81,11 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 
 from mcpauth.context import CallContext
+from mcpauth.types import Message, Scope, Send, header
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 TRANSPORT_KIND: Literal["streamable-http"] = "streamable-http"
-
-
-def header(scope: Scope, name: bytes) -> str | None:
-    """The first value of header ``name`` (lowercase bytes), decoded, or ``None``."""
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
 
 
 def protocol_version(scope: Scope) -> str | None:
