@@ -33,7 +33,6 @@ from django.http.request import split_domain_port, validate_host
 
 from audit.conf import get_settings as audit_settings
 from audit.models import Outcome
-from audit.recorder import record
 from mcpauth import ratelimit, scopes
 from mcpauth.conf import MCPAuthSettings, get_settings
 from mcpauth.context import CallContext, bind
@@ -51,6 +50,8 @@ from mcpauth.exceptions import (
     error_response,
 )
 from mcpauth.localcache import CacheMiss, cache_only
+from mcpauth.observability import request as observe
+from mcpauth.observability.tracing import step
 from mcpauth.registry import registry
 from mcpauth.tokens import Principal, principal_for, verify
 from mcpauth.transport import Transport, protocol_version
@@ -201,12 +202,14 @@ async def read_body(receive: Receive, limit: int, scope: Scope) -> bytes:
 
 def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal:
     """Steps 3-5 (sync: may touch the DB, cache and JWKS). Fills ``ctx``."""
+    observe.admission_redone(ctx)
     ctx.refresh_db()
     try:
         ratelimit.anonymous_throttle(ctx.client_ip)
         if raw is None:
             raise MissingToken(scopes=scopes.challenge_scopes())
-        token = verify(raw)
+        with step("mcp.token"):
+            token = verify(raw)
     except (MissingToken, InvalidToken):
         try:
             ratelimit.count_anonymous_failure(ctx.client_ip)
@@ -218,12 +221,14 @@ def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal
         ctx.recorded = True
         raise
     ctx.token = token
-    principal = principal_for(token)
+    with step("mcp.tenant_scope"):
+        principal = principal_for(token)
     ctx.principal = principal
-    if not ctx.is_notification and ctx.http_method == "POST":
-        ctx.usage = ratelimit.hit(principal)
-    else:
-        ratelimit.rate_for(principal)  # a blocked client is refused on every request
+    with step("mcp.rate_limit"):
+        if not ctx.is_notification and ctx.http_method == "POST":
+            ctx.usage = ratelimit.hit(principal)
+        else:
+            ratelimit.rate_for(principal)  # a blocked client is refused on every request
     if ctx.method == "tools/call" and ctx.parse_error is None:
         authorize_tool(ctx, principal)  # here, in a thread: the challenge may read the scope map
     return principal
@@ -243,14 +248,16 @@ async def admit_on_loop(ctx: CallContext, raw: str | None) -> bool:
         return False
     try:
         with cache_only():
-            token = verify(raw)
-            principal = principal_for(token)
+            with step("mcp.token"):
+                token = verify(raw)
+            with step("mcp.tenant_scope"):
+                principal = principal_for(token)
             ratelimit.rate_for(principal)  # the policy is cached, or CacheMiss
     except (CacheMiss, MCPAuthError, SynchronousOnlyOperation):
         return False
     ctx.token = token
     ctx.principal = principal
-    with cache_only():
+    with cache_only(), step("mcp.rate_limit"):
         ctx.usage = await ratelimit.ahit(principal)  # refusals from here on are final
     if ctx.method == "tools/call" and ctx.parse_error is None:
         spec = registry[ctx.tool]
@@ -324,7 +331,11 @@ class GovernedMCP:
             protocol_version=protocol_version(scope) or "",
         )
         with bind(ctx):
-            await self._handle(ctx, conf, scope, receive, send)
+            send = observe.request_started(ctx, scope, send)
+            try:
+                await self._handle(ctx, conf, scope, receive, send)
+            finally:
+                observe.request_finished(ctx)
 
     async def _handle(
         self, ctx: CallContext, conf: MCPAuthSettings, scope: Scope, receive: Receive, send: Send
@@ -335,6 +346,7 @@ class GovernedMCP:
             if scope["method"] == "POST":
                 body = await read_body(receive, conf.max_body_bytes, scope)
                 parse_envelope(ctx, body, conf)
+            observe.request_parsed(ctx)
             raw = bearer_token(scope)
             if not await admit_on_loop(ctx, raw):
                 await sync_to_async(admit, thread_sensitive=False)(ctx, raw, conf)
@@ -418,7 +430,7 @@ class GovernedMCP:
     async def _record(ctx: CallContext, **fields: Any) -> bool:
         def write() -> None:
             ctx.refresh_db()
-            record(**fields, **ctx.audit_fields())
+            observe.record_call(ctx, **fields)
 
         try:
             await sync_to_async(write, thread_sensitive=False)()
@@ -431,6 +443,7 @@ class GovernedMCP:
     async def _refuse(
         self, exc: MCPAuthError, ctx: CallContext, conf: MCPAuthSettings, send: Send
     ) -> None:
+        observe.request_refused(ctx, exc)
         if not ctx.recorded:
             if (
                 not await self._record(

@@ -163,12 +163,16 @@ class KeySet:
                 return  # throttled: someone fetched (or tried) very recently
             self.last_attempt = now
             self.fetch_count += 1
+            from mcpauth.observability import metrics
+
             try:
                 keys = self._load()
             except JWKSFetchError:
+                metrics.jwks_refresh("error")
                 if self.fetched_at is None and not self.keys:
                     raise
                 return
+            metrics.jwks_refresh("ok")
             self.keys = keys
             self.fetched_at = now
 
