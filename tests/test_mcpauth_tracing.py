@@ -271,6 +271,25 @@ def test_a_refusal_is_traced_with_its_reason(live, mint, spans):
     assert AuditEvent.objects.get(request_id=resp.headers["x-request-id"]).trace_id == trace_id
 
 
+def test_a_trace_the_caller_did_not_sample_records_no_span(live, mint, spans):
+    """Parent-based sampling (the SDK's default): ``-00`` flags mean no span, not even ours,
+    yet the audit row still carries the trace id."""
+    trace_id = secrets.token_hex(16)
+    resp = httpx2.post(
+        live.url,
+        json=call_tool("list_todos"),
+        headers={
+            **MCP_ACCEPT,
+            "authorization": f"Bearer {mint()}",
+            "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-00",
+        },
+    )
+    assert resp.status_code == 200
+    assert AuditEvent.objects.get(request_id=resp.headers["x-request-id"]).trace_id == trace_id
+    time.sleep(0.2)
+    assert not [s for s in spans if hexid(s.context.trace_id) == trace_id]
+
+
 def test_tracing_off_still_records_the_callers_trace_id(live, mint):
     assert not tracing.enabled()
     traceparent, trace_id, _ = new_traceparent()

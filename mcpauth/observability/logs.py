@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -72,11 +73,14 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(data, default=str, separators=(",", ":"))
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]')
+
+
 def _text_value(value: Any) -> str:
     if value is None or value == "":
         return "-"
     text = str(value)
-    if any(c.isspace() or c in '"=\\' for c in text) or not text.isprintable():
+    if _NEEDS_QUOTES.search(text) is not None or not text.isprintable():
         return json.dumps(text)
     return text
 
@@ -101,11 +105,16 @@ def access(fields: Mapping[str, Any]) -> None:
     """Log one ``/mcp`` request's access line (``fields``: :data:`ACCESS_FIELDS`)."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    access_log.info(
+    # made directly, not through .info(): the caller's frame would be the same line every time,
+    # and looking it up (logging's findCaller) costs more than formatting the line
+    record = access_log.makeRecord(
+        access_log.name,
+        logging.INFO,
+        __file__,
+        0,
         "%s %s %s %s",
-        fields["http_method"],
-        fields["path"],
-        fields["method"] or "-",
-        fields["status"],
+        (fields["http_method"], fields["path"], fields["method"] or "-", fields["status"]),
+        None,
         extra={FIELDS_ATTR: fields},
     )
+    access_log.handle(record)

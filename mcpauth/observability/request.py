@@ -141,7 +141,8 @@ def request_parsed(ctx: CallContext) -> None:
     obs.span, obs.token = tracing.start_server_span(
         f"{http_method} /mcp", parent, obs.start_ns, attributes
     )
-    obs.pending_token = tracing.begin_pending(obs.pending)
+    if obs.span.is_recording():
+        obs.pending_token = tracing.begin_pending(obs.pending)
     ctx.trace_id = tracing.format_trace_id(obs.span.get_span_context().trace_id)
 
 
@@ -205,7 +206,8 @@ def request_finished(ctx: CallContext) -> None:
             attributes["error.type"] = tracing.error_type(obs.refusal)
         elif status >= 500:
             attributes["error.type"] = str(status)
-        tracing.end_pending(obs.span, obs.pending, obs.pending_token)
+        if obs.pending_token is not None:
+            tracing.end_pending(obs.span, obs.pending, obs.pending_token)
         tracing.end_server_span(obs.span, obs.token, attributes, error=status >= 500)
     logs.access(
         {

@@ -232,9 +232,10 @@ def error_type(exc: BaseException) -> str:
 
 
 def step(name: str, attributes: Mapping[str, Any] | None = None) -> AbstractContextManager[Any]:
-    """``with step("mcp.token"): ...``: a child span, or a shared no-op while tracing is off."""
-    if _tracer is None:
-        return _NULL
+    """``with step("mcp.token"): ...``: a child span of the current one; a shared no-op while
+    tracing is off or when the current span does not record (a trace the sampler dropped)."""
+    if _tracer is None or not trace.get_current_span().is_recording():
+        return _NULL  # tracing off, or this request's trace was not sampled
     if cache_only_active():
         pending = _pending.get()
         if pending is not None:
