@@ -191,7 +191,10 @@ LOGGING = {
 # gunicorn.conf.py, `make run` through `manage.py metrics_clean`).
 PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(VAR_DIR / "metrics")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
-Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+try:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+except OSError:
+    pass  # reported by the system check mcpauth.E023 (and startup stops there)
 # Who may read /metrics: loopback by default; plus these networks, or a bearer token.
 METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS")
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")

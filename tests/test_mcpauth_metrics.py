@@ -170,8 +170,16 @@ def test_bad_metrics_settings_are_check_errors(settings):
     settings.METRICS_TOKEN = "short"
     settings.LOG_FORMAT = "xml"
     settings.OTEL_TRACES_EXPORTER = "nosuchexporter"
+    metrics_dir = settings.PROMETHEUS_MULTIPROC_DIR
+    settings.PROMETHEUS_MULTIPROC_DIR = "/nonexistent/metrics"
     ids = {m.id for m in check_observability()}
-    assert ids == {"mcpauth.E020", "mcpauth.W020", "mcpauth.E022", "mcpauth.E021"}
+    assert ids == {"mcpauth.E020", "mcpauth.W020", "mcpauth.E022", "mcpauth.E021", "mcpauth.E023"}
+    settings.METRICS_ALLOWED_IPS = "10.0.0.0/8"
+    settings.METRICS_TOKEN = "x" * 16
+    settings.LOG_FORMAT = "json"
+    settings.OTEL_TRACES_EXPORTER = "console"
+    settings.PROMETHEUS_MULTIPROC_DIR = metrics_dir
+    assert check_observability() == []
 
 
 def test_clean_removes_only_metric_files(tmp_path):

@@ -30,6 +30,7 @@ import mcp_types
 from prometheus_client import Counter, Histogram, values
 
 from mcpauth.observability.conf import get_settings
+from mcpauth.registry import registry
 
 if not get_settings().multiproc_dir:  # pragma: no cover - config/settings.py always sets it
     raise RuntimeError("PROMETHEUS_MULTIPROC_DIR is not configured (see config/settings.py)")
@@ -101,8 +102,6 @@ JWKS_REFRESH = Counter(
 
 
 def tool_label(name: str) -> str:
-    from mcpauth.registry import registry
-
     return name if name in registry else UNKNOWN_TOOL
 
 

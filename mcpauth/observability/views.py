@@ -23,7 +23,6 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from mcpauth.observability import metrics as _metrics  # noqa: F401  (defines them; multiprocess)
 from mcpauth.observability.conf import LOOPBACK, ObservabilitySettings, get_settings
 
 _FORWARDING = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
