@@ -2,22 +2,52 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+UV     := $(BIN)/uv
 PORT   ?= 8000
 HOST   ?= 127.0.0.1
 STAMP  := $(VENV)/.installed
 
+# Python dependencies come from uv.lock (every package pinned with its hashes), never from the
+# ranges in pyproject.toml: `uv sync --locked` installs exactly the lock (and removes anything
+# else from the venv) and fails when pyproject.toml and the lock disagree. `make lock` is the
+# one deliberate way to upgrade. uv itself (and pip) are pinned in the lock's `bootstrap` group,
+# exported with their hashes to requirements-uv.txt, which a fresh venv installs first.
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+UV_SYNC := $(UV) sync --locked --extra dev --group bootstrap
+UV_EXPORT_BOOTSTRAP := $(UV) export --frozen --only-group bootstrap --no-emit-project --no-header
+
 NODE_DIRS := $(patsubst %/package.json,%,$(wildcard tests/*/package.json scripts/*/package.json))
 NODE_STAMPS := $(addsuffix /node_modules/.installed,$(NODE_DIRS))
 
-.PHONY: install node-deps run test lint format bench clean
+.PHONY: install lock lock-check node-deps run test lint format bench clean
 
-$(STAMP): pyproject.toml
+$(UV): requirements-uv.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-uv.txt
+	touch $(UV)
+
+$(STAMP): pyproject.toml uv.lock $(UV)
+	$(UV_SYNC)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Deliberate upgrade: re-resolve every dependency to the newest allowed by pyproject.toml
+# (`make lock UV_LOCK_ARGS=` only re-locks what pyproject.toml changed), then install it.
+UV_LOCK_ARGS ?= --upgrade
+lock: $(UV)
+	$(UV) lock $(UV_LOCK_ARGS)
+	$(UV_EXPORT_BOOTSTRAP) --quiet --output-file requirements-uv.txt
+	$(UV_SYNC)
+	touch $(STAMP)
+
+# CI's guard (part of `make test`): the lock matches pyproject.toml, and the bootstrap file
+# matches the lock.
+lock-check: $(UV)
+	$(UV) lock --check
+	$(UV_EXPORT_BOOTSTRAP) | diff -u requirements-uv.txt - \
+	  || { echo "requirements-uv.txt is stale: run make lock UV_LOCK_ARGS="; exit 1; }
 
 # Node tools used by the end-to-end tests (oidc-provider, MCP conformance suite ...), each pinned
 # by its own package-lock.json.
@@ -30,6 +60,7 @@ node-deps: $(NODE_STAMPS)
 run: install
 	@mkdir -p var
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
+	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py metrics_clean --yes
 	@echo
 	@echo "Governed MCP server: http://$(HOST):$(PORT)/mcp   (admin: /admin/, docs: /api/docs)"
 	@echo "Create an admin login:  DEBUG=1 $(BIN)/python manage.py createsuperuser"
@@ -46,9 +77,9 @@ run: install
 	  echo; \
 	fi
 	DEBUG=$${DEBUG:-1} BASE_URL=$${BASE_URL:-http://$(HOST):$(PORT)} \
-	  $(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT)
+	  $(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --no-access-log
 
-test: install node-deps
+test: install lock-check node-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -160,14 +160,54 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
+# --- Logs, metrics and traces (see mcpauth/observability/) ---------------------------------
+# LOG_FORMAT: "text" (default) or "json" (one JSON object per line). Each /mcp request logs one
+# access line on "mcpauth.access"; uvicorn's own access log is switched off here (a logger
+# without handlers is one uvicorn skips), so there are not two.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower() or "text"
+_log_formatter = "json" if LOG_FORMAT == "json" else "text"  # mcpauth.E022 reports other values
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "text": {"()": "mcpauth.observability.logs.TextFormatter"},
+        "json": {"()": "mcpauth.observability.logs.JSONFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": _log_formatter}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # uvicorn's and gunicorn's worker loggers write through our handler and format
+        "uvicorn": {"handlers": ["console"], "propagate": False},
+        "uvicorn.error": {"handlers": [], "propagate": True},
+        "uvicorn.access": {"handlers": [], "propagate": False},
+    },
 }
+
+# Prometheus metrics are kept in multiprocess mode, so every worker's counts add up: one
+# directory of mmap files shared by the workers of one server. prometheus_client reads the
+# variable itself (when it is imported and when a worker opens its files), so it is exported
+# here, before anything imports it. A server's supervisor empties it at start (deploy/
+# gunicorn.conf.py, `make run` through `manage.py metrics_clean`).
+PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(VAR_DIR / "metrics")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+try:
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+except OSError:
+    pass  # reported by the system check mcpauth.E023 (and startup stops there)
+# Who may read /metrics: loopback by default; plus these networks, or a bearer token.
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS")
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
+# OpenTelemetry tracing is off unless an exporter is named (console, otlp, otlp_proto_http ...).
+# Everything else is the SDK's own standard OTEL_* variables (OTEL_SERVICE_NAME,
+# OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, OTEL_PROPAGATORS, OTEL_BSP_* ...).
+OTEL_TRACES_EXPORTER = os.environ.get("OTEL_TRACES_EXPORTER", "")
+OTEL_SDK_DISABLED = env_bool("OTEL_SDK_DISABLED", False)
+# which exporter "otlp" means: "grpc" (the Python SDK's default) or "http/protobuf"
+OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = os.environ.get(
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+)
 
 # --- mcpauth (see mcpauth/conf.py for every default) -----------------------------------------
 MCPAUTH_ISSUER = os.environ.get("MCPAUTH_ISSUER", "")

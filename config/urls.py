@@ -3,6 +3,7 @@ from django.urls import path
 
 from config.api import api
 from mcpauth import views
+from mcpauth.observability import views as observability_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -22,5 +23,6 @@ urlpatterns = [
         views.dev_openid_configuration,
         name="dev-openid-configuration",
     ),
+    path("metrics", observability_views.metrics, name="metrics"),
     path("", api.urls),
 ]

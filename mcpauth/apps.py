@@ -8,6 +8,7 @@ class MCPAuthConfig(AppConfig):
 
     def ready(self) -> None:
         from mcpauth import checks, scopes, tenancy  # noqa: F401  (register checks and signals)
+        from mcpauth.observability import checks as observability_checks  # noqa: F401
         from mcpauth.registry import autodiscover
 
         # Every installed app's mcp.py registers its tools, as admin.py registers models.

@@ -85,6 +85,15 @@ class CallContext:
     audit_failed: bool = False
     #: The worker thread whose DB connections were already refreshed for this request.
     db_thread: int | None = None
+    #: The W3C trace id (32 hex digits) of the request's trace, or ``""``: the request span's
+    #: when tracing is on, else the caller's ``traceparent`` (header or ``params._meta``).
+    trace_id: str = ""
+    #: The HTTP status the response started with (0 until then).
+    status: int = 0
+    #: The outcome of the call's audit row, once written (``mcpauth.observability``).
+    outcome: str = ""
+    #: Per-request logs/metrics/traces state (``mcpauth.observability.request.Observation``).
+    observation: Any = None
 
     def refresh_db(self) -> None:
         """:func:`refresh_connections` once per request and worker thread."""
@@ -106,6 +115,7 @@ class CallContext:
             "user_agent": self.user_agent,
             "duration_ms": self.elapsed_ms(),
             "arguments": self.arguments if self.method == "tools/call" else None,
+            "trace_id": self.trace_id,
         }
         if self.principal is not None:
             fields["principal"] = self.principal

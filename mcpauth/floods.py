@@ -58,6 +58,8 @@ class Summary:
 
 
 _throttles: dict[str, Throttle] = {}
+#: summaries of ended throttles replaced before a sweep saw them
+_ended: list[Summary] = []
 _lock = threading.Lock()
 _swept_at = float("-inf")
 
@@ -79,8 +81,11 @@ def _over_budget(ip: str, exc: RateLimited) -> Verdict:
         if len(_throttles) >= MAX_TRACKED:
             _throttles.clear()
         retry = int(exc.retry_after or 1)
+        previous = _throttles.get(_key(ip))
+        if previous is not None and previous.suppressed:  # its window ended, unswept
+            _ended.append(Summary(_key(ip), previous.suppressed, previous.started, _now()))
         _throttles[_key(ip)] = Throttle(
-            until=time.monotonic() + retry, started=datetime.now(UTC), retry_after=retry
+            until=time.monotonic() + retry, started=_now(), retry_after=retry
         )
     return Verdict.START
 
@@ -128,8 +133,15 @@ def due_summaries() -> list[Summary]:
         expired = [(ip, t) for ip, t in _throttles.items() if t.until <= now]
         for ip, _ in expired:
             del _throttles[ip]
-    ended = datetime.now(UTC)
-    return [Summary(ip, t.suppressed, t.started, ended) for ip, t in expired if t.suppressed]
+        summaries = [*_ended]
+        _ended.clear()
+    ended = _now()
+    summaries += [Summary(ip, t.suppressed, t.started, ended) for ip, t in expired if t.suppressed]
+    return summaries
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def reset() -> None:
@@ -137,4 +149,5 @@ def reset() -> None:
     global _swept_at
     with _lock:
         _throttles.clear()
+        _ended.clear()
         _swept_at = float("-inf")

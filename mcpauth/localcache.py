@@ -34,6 +34,11 @@ def cache_only() -> Iterator[None]:
         _cache_only.reset(token)
 
 
+def cache_only_active() -> bool:
+    """Whether the caller is inside :func:`cache_only`."""
+    return _cache_only.get()
+
+
 def require_io() -> None:
     """Call before I/O that a cache could not spare (raises inside :func:`cache_only`)."""
     if _cache_only.get():

@@ -51,6 +51,8 @@ from mcpauth.exceptions import (
     error_response,
 )
 from mcpauth.localcache import CacheMiss, cache_only
+from mcpauth.observability import request as observe
+from mcpauth.observability.tracing import step
 from mcpauth.registry import registry
 from mcpauth.tokens import Principal, principal_for, verify
 from mcpauth.transport import Transport, protocol_version
@@ -219,22 +221,26 @@ def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal
     admitted whatever other requests from its address did. From an address over its budget, a
     token is still checked, but an unknown key id triggers no JWKS refetch.
     """
+    observe.admission_redone(ctx)
     ctx.refresh_db()
     revocation.check()
     if raw is None:
         raise MissingToken(scopes=scopes.challenge_scopes())
-    token = verify(raw, refetch=floods.throttled(ctx.client_ip) is None)
+    with step("mcp.token"):
+        token = verify(raw, refetch=floods.throttled(ctx.client_ip) is None)
     ctx.token = token
     try:
-        principal = principal_for(token)
+        with step("mcp.tenant_scope"):
+            principal = principal_for(token)
     except MCPAuthError as exc:
         ctx.tenant = exc.tenant
         raise
     ctx.principal = principal
-    if not ctx.is_notification and ctx.http_method == "POST":
-        ctx.usage = ratelimit.hit(principal)
-    else:
-        ratelimit.rate_for(principal)  # a blocked client is refused on every request
+    with step("mcp.rate_limit"):
+        if not ctx.is_notification and ctx.http_method == "POST":
+            ctx.usage = ratelimit.hit(principal)
+        else:
+            ratelimit.rate_for(principal)  # a blocked client is refused on every request
     if ctx.method == "tools/call" and ctx.parse_error is None:
         authorize_tool(ctx, principal)  # here, in a thread: the challenge may read the scope map
     return principal
@@ -255,14 +261,16 @@ async def admit_on_loop(ctx: CallContext, raw: str | None) -> bool:
     try:
         with cache_only():
             revocation.check()  # due every half second: then the thread path reads it
-            token = verify(raw)
-            principal = principal_for(token)
+            with step("mcp.token"):
+                token = verify(raw)
+            with step("mcp.tenant_scope"):
+                principal = principal_for(token)
             ratelimit.rate_for(principal)  # the policy is cached, or CacheMiss
     except (CacheMiss, MCPAuthError, SynchronousOnlyOperation):
         return False
     ctx.token = token
     ctx.principal = principal
-    with cache_only():
+    with cache_only(), step("mcp.rate_limit"):
         ctx.usage = await ratelimit.ahit(principal)  # refusals from here on are final
     if ctx.method == "tools/call" and ctx.parse_error is None:
         spec = registry[ctx.tool]
@@ -337,7 +345,11 @@ class GovernedMCP:
         )
         await self.record_flood_summaries()
         with bind(ctx):
-            await self._handle(ctx, conf, scope, receive, send)
+            send = observe.request_started(ctx, scope, send)
+            try:
+                await self._handle(ctx, conf, scope, receive, send)
+            finally:
+                observe.request_finished(ctx)
 
     async def _handle(
         self, ctx: CallContext, conf: MCPAuthSettings, scope: Scope, receive: Receive, send: Send
@@ -348,6 +360,7 @@ class GovernedMCP:
             if scope["method"] == "POST":
                 body = await read_body(receive, conf.max_body_bytes, scope)
                 parse_envelope(ctx, body, conf)
+            observe.request_parsed(ctx)
             raw = bearer_token(scope)
             if not await admit_on_loop(ctx, raw):
                 await sync_to_async(admit, thread_sensitive=False)(ctx, raw, conf)
@@ -431,7 +444,7 @@ class GovernedMCP:
     async def _record(ctx: CallContext, **fields: Any) -> bool:
         def write() -> None:
             ctx.refresh_db()
-            record(**fields, **ctx.audit_fields())
+            observe.record_call(ctx, **fields)
 
         try:
             await sync_to_async(write, thread_sensitive=False)()
@@ -446,6 +459,7 @@ class GovernedMCP:
     ) -> None:
         if not ctx.recorded and ctx.principal is None and exc.status_code < 500:
             exc = await self._charge_ip(exc, ctx)
+        observe.request_refused(ctx, exc)
         if not ctx.recorded:
             if (
                 not await self._record(

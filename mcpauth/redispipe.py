@@ -98,20 +98,26 @@ class ScriptConnection:
         self._ready = True
 
     async def _ensure(self) -> None:
+        # the writer exists as soon as the socket is open, before AUTH/SELECT/SCRIPT LOAD have
+        # answered (``_ready``): until then, a new call waits for the set-up like the others
         if self._ready and self._writer is not None and not self._writer.is_closing():
             return
         if self._connecting is None:
-            self._connecting = asyncio.get_running_loop().create_future()
+            connecting = self._connecting = asyncio.get_running_loop().create_future()
             try:
                 await self._connect()
-            except (OSError, TimeoutError, ConnectionError, ReplyError) as exc:
+            except BaseException as exc:
+                # whatever ends the set-up (an error, or this caller's cancellation) must
+                # release the calls waiting for it, or they would wait forever
                 error = ConnectionError(f"Redis connection failed: {exc!r}")
                 self._fail(error)
-                self._connecting.set_exception(error)
-                self._connecting.exception()  # retrieved: no "never retrieved" warning
+                connecting.set_exception(error)
+                connecting.exception()  # retrieved: no "never retrieved" warning
                 self._connecting = None
-                raise error from exc
-            self._connecting.set_result(None)
+                if isinstance(exc, OSError | TimeoutError | ConnectionError | ReplyError):
+                    raise error from exc
+                raise
+            connecting.set_result(None)
             self._connecting = None
         else:
             await asyncio.shield(self._connecting)
@@ -119,8 +125,13 @@ class ScriptConnection:
     def _send(self, command: bytes) -> asyncio.Future[Any]:
         assert self._writer is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append(future)
-        self._writer.write(command)
+        try:
+            self._writer.write(command)
+        except RuntimeError as exc:  # uvloop: the transport closed under us
+            error = ConnectionError(f"Redis connection lost: {exc}")
+            self._fail(error)
+            raise error from exc
+        self._pending.append(future)  # replies come in the order of the writes
         return future
 
     async def _read_replies(self) -> None:

@@ -45,9 +45,10 @@ from django.db import transaction
 from fastmcp.exceptions import ToolError
 
 from audit.models import Outcome
-from audit.recorder import record
 from mcpauth.context import CallContext, current_call, refresh_connections
 from mcpauth.exceptions import AuditWriteFailed, ServiceError
+from mcpauth.observability.request import record_call
+from mcpauth.observability.tracing import step
 
 if TYPE_CHECKING:
     from fastmcp.tools.base import Tool, ToolResult
@@ -73,13 +74,7 @@ def record_outcome(
     Marks the call ``recorded``; raises :class:`AuditWriteFailed` when the write fails.
     """
     try:
-        record(
-            outcome=outcome,
-            status=status,
-            error_code=code,
-            error_message=message,
-            **call.audit_fields(),
-        )
+        record_call(call, outcome=outcome, status=status, error_code=code, error_message=message)
     except Exception as exc:
         raise AuditWriteFailed from exc
     call.recorded = True
@@ -114,6 +109,7 @@ class GovernedTool:
     def __init__(self, spec: ToolSpec) -> None:
         self.spec = spec
         self._tool: Tool | None = None
+        self._span_attributes = {"mcp.tool": spec.name, "gen_ai.tool.name": spec.name}
 
     def bind(self, tool: Tool) -> None:
         """The FastMCP tool made from :meth:`function` (its ``convert_result`` is used)."""
@@ -148,9 +144,10 @@ class GovernedTool:
         atomic = nullcontext() if self.spec.read_only else transaction.atomic()
         try:
             with atomic:
-                raw = self.spec.fn(*args, **kwargs)
-                if inspect.isgenerator(raw):
-                    raw = list(raw)
+                with step("mcp.tool", self._span_attributes):
+                    raw = self.spec.fn(*args, **kwargs)
+                    if inspect.isgenerator(raw):
+                        raw = list(raw)
                 stage = _Stage.SERIALIZE
                 result = self._convert(raw)
                 record_outcome(call, Outcome.OK)
@@ -174,11 +171,12 @@ class GovernedTool:
         await sync_to_async(refresh_connections)()
         stage = _Stage.BODY
         try:
-            raw = self.spec.fn(*args, **kwargs)
-            if inspect.isasyncgen(raw):
-                raw = [item async for item in raw]
-            else:
-                raw = await raw
+            with step("mcp.tool", self._span_attributes):
+                raw = self.spec.fn(*args, **kwargs)
+                if inspect.isasyncgen(raw):
+                    raw = [item async for item in raw]
+                else:
+                    raw = await raw
             stage = _Stage.SERIALIZE
             result = self._convert(raw)
         except Exception as exc:

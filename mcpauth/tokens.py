@@ -168,13 +168,17 @@ class KeySet:
                 return
             self.last_attempt = now
             self.fetch_count += 1
+            from mcpauth.observability import metrics
+
             try:
                 keys = self._load()
             except JWKSFetchError as exc:
                 self.last_error = str(exc)
+                metrics.jwks_refresh("error")
                 if self.fetched_at is None and not self.keys:
                     raise
                 return
+            metrics.jwks_refresh("ok")
             self.keys = keys
             self.fetched_at = now
             self.last_error = None

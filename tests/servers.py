@@ -22,8 +22,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @contextmanager
-def uvicorn_process(port: int, env: dict[str, str], workers: int = 1) -> Iterator[str]:
-    """Run ``uvicorn config.asgi:application`` on 127.0.0.1:port; yield its base URL."""
+def uvicorn_process(
+    port: int, env: dict[str, str], workers: int = 1, output: Path | None = None
+) -> Iterator[str]:
+    """Run ``uvicorn config.asgi:application`` on 127.0.0.1:port; yield its base URL.
+
+    The server's stdout and stderr go to ``output`` when given (complete once the block
+    exits), else to a temporary file. Unless ``env`` names one, it gets a fresh, empty
+    ``PROMETHEUS_MULTIPROC_DIR`` of its own (as a supervisor's clean start would), so its
+    metrics never add up with the test process's.
+    """
+    metrics_dir = None
+    if "PROMETHEUS_MULTIPROC_DIR" not in env:
+        metrics_dir = tempfile.mkdtemp(prefix="mcp-server-metrics-")
+        env = {**env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     full_env = {**os.environ, "SECRET_KEY": "test-secret", "PYTHONUNBUFFERED": "1", **env}
     cmd = [
         sys.executable,
@@ -40,7 +52,7 @@ def uvicorn_process(port: int, env: dict[str, str], workers: int = 1) -> Iterato
         str(workers),
     ]
     # Output goes to a file, not a pipe: an unread pipe fills up and blocks the server.
-    log = tempfile.TemporaryFile()
+    log = open(output, "w+b") if output is not None else tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -66,6 +78,8 @@ def uvicorn_process(port: int, env: dict[str, str], workers: int = 1) -> Iterato
             proc.kill()
             proc.wait(timeout=5)
         log.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def server_env(issuer: str, var_dir: str, **extra: str) -> dict[str, str]:

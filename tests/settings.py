@@ -1,5 +1,17 @@
 """Settings for the test suite: the project's, plus the test-only apps under ``tests/``."""
 
+import atexit
+import os
+import shutil
+import tempfile
+
+# The test process gets a metrics directory of its own, removed at exit (a server subprocess
+# started by tests/servers.py gets another, so their counts never mix).
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _metrics_dir = tempfile.mkdtemp(prefix="mcp-test-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+    atexit.register(shutil.rmtree, _metrics_dir, True)
+
 from config.settings import *  # noqa: F403
 from config.settings import INSTALLED_APPS
 

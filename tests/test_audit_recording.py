@@ -107,10 +107,11 @@ def test_failing_audit_write_rolls_back_the_change(live, mint, monkeypatch, sett
     settings.MCPAUTH_FAST_TRANSPORT = direct
     import mcpauth.runner
 
-    def broken_record(**kwargs):
+    def broken_record(*args, **kwargs):
         raise RuntimeError("audit table unavailable")
 
-    monkeypatch.setattr(mcpauth.runner, "record", broken_record)
+    # the runner's writer fails; the middleware's (for the 500 itself) still works
+    monkeypatch.setattr(mcpauth.runner, "record_call", broken_record)
     resp = post(live, mint(), call_tool("create_todo", {"title": "must not persist"}))
     assert resp.status_code == 500
     assert resp.json()["error"]["code"] == -32603

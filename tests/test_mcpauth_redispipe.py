@@ -42,6 +42,51 @@ async def test_concurrent_counts_are_exact_and_expire() -> None:
     assert int(sync.get(key)) == 200 and 0 < sync.ttl(key) <= 30  # in db 14, with its TTL
 
 
+async def test_a_call_arriving_while_the_connection_sets_up_waits_for_it() -> None:
+    """A second request reaching a fresh worker while the first one's connection is open but
+    its SCRIPT LOAD has not answered yet (seen as a rare 503 ``ratelimit_cache_down`` under
+    load) waits for the set-up instead of running without the script."""
+    key = f"pipe-{uuid.uuid4().hex}"
+    conn = counter()
+    first = asyncio.create_task(conn.run(key, 30))
+    for _ in range(10_000):
+        if conn._writer is not None and conn.sha is None:
+            break
+        await asyncio.sleep(0)
+    else:
+        pytest.fail("never saw the connection between open and SCRIPT LOAD")
+    second = await conn.run(key, 30)
+    assert sorted([await first, second]) == [1, 2]
+
+
+async def test_a_set_up_cut_short_does_not_wedge_later_calls() -> None:
+    """The caller that connects is cancelled (its request went away) while a silent server
+    holds the set-up: the calls that waited, and later ones, fail or reconnect; none hangs."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    conn = counter(f"redis://127.0.0.1:{listener.getsockname()[1]}/0", socket_timeout=30)
+    first = asyncio.create_task(conn.run("k", 30))
+    for _ in range(10_000):
+        if conn._connecting is not None and conn._writer is not None:
+            break
+        await asyncio.sleep(0)
+    waiting = asyncio.create_task(conn.run("k", 30))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    with pytest.raises(ConnectionError):
+        await asyncio.wait_for(waiting, 5)
+    listener.close()
+    for sock in accepted:
+        sock.close()
+    conn.target = for_url(REDIS, {"socket_timeout": 1})  # type: ignore[assignment]
+    assert await asyncio.wait_for(conn.run(f"pipe-{uuid.uuid4().hex}", 30), 5) == 1
+
+
 async def test_recovers_after_the_server_forgets_its_scripts() -> None:
     key = f"pipe-{uuid.uuid4().hex}"
     conn = counter()

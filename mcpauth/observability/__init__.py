@@ -1,0 +1,34 @@
+"""Operating the server: Prometheus metrics, OpenTelemetry traces and structured logs.
+
+* :mod:`~mcpauth.observability.metrics`: the metrics (multiprocess ``prometheus_client``);
+* :mod:`~mcpauth.observability.views`: ``/metrics`` and who may read it;
+* :mod:`~mcpauth.observability.tracing`: the SDK set-up (``OTEL_*``) and our spans;
+* :mod:`~mcpauth.observability.logs`: ``LOG_FORMAT`` (text, json) and the access line;
+* :mod:`~mcpauth.observability.request`: what each ``/mcp`` request reports, called from the
+  governance middleware at five points, and the one audit-row writer of ``/mcp`` calls;
+* :mod:`~mcpauth.observability.multiproc`: emptying the metrics directory at server start.
+
+:func:`setup` runs once when the ASGI application is built (``config/asgi.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+def setup() -> None:
+    """Check the configuration, install tracing when an exporter is named, route warnings."""
+    from mcpauth.observability import tracing
+    from mcpauth.observability.checks import check_observability
+    from mcpauth.observability.conf import get_settings
+
+    errors = [m for m in check_observability() if m.is_serious()]
+    if errors:
+        lines = [f"{m.id}: {m.msg} HINT: {m.hint}" for m in errors]
+        raise ImproperlyConfigured("observability is misconfigured:\n  " + "\n  ".join(lines))
+    conf = get_settings()
+    if conf.log_format == "json":
+        logging.captureWarnings(True)  # warnings become log records, so JSON lines too
+    tracing.configure(conf)
