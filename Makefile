@@ -20,7 +20,9 @@ UV_EXPORT_BOOTSTRAP := $(UV) export --frozen --only-group bootstrap --no-emit-pr
 NODE_DIRS := $(patsubst %/package.json,%,$(wildcard tests/*/package.json scripts/*/package.json))
 NODE_STAMPS := $(addsuffix /node_modules/.installed,$(NODE_DIRS))
 
-.PHONY: install lock lock-check node-deps run test lint format bench clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: install lock lock-check node-deps browser run test lint format bench clean
 
 $(UV): requirements-uv.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +59,18 @@ lock-check: $(UV)
 
 node-deps: $(NODE_STAMPS)
 
+# The browser tests (tests/test_audit_browser.py) drive Debian's chromium through Playwright's
+# Python package; no browser is ever downloaded. Installed once, as root on Debian (CI).
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "Installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "Browser tests will be skipped: $(CHROMIUM) is missing (apt-get install chromium)"; \
+	  fi; \
+	fi
+
 run: install
 	@mkdir -p var
 	DEBUG=$${DEBUG:-1} $(BIN)/python manage.py migrate --noinput
@@ -79,7 +93,7 @@ run: install
 	DEBUG=$${DEBUG:-1} BASE_URL=$${BASE_URL:-http://$(HOST):$(PORT)} \
 	  $(BIN)/uvicorn config.asgi:application --host $(HOST) --port $(PORT) --no-access-log
 
-test: install lock-check node-deps
+test: install lock-check node-deps browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

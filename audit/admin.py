@@ -1,268 +1,134 @@
 """A read-only admin for the audit trail, built to stay fast on a table of many million rows.
 
 * Nobody can add, change or delete rows here (retention is ``manage.py audit_prune``).
-* No full scan or unfiltered ``COUNT(*)`` per page view: the paginator counts exactly only up
-  to :attr:`EstimatedCountPaginator.exact_limit` rows and otherwise uses PostgreSQL's planner
-  estimate; facet counts are off; filter choices come from the tenant table, the tool registry
-  and the most recent rows; the date drill-down is built from ``MIN``/``MAX`` (index look-ups)
-  rather than ``SELECT DISTINCT`` over dates; search is exact equality on indexed columns.
-* "Export CSV/JSONL" streams the currently filtered rows (see :mod:`audit.export`).
+* No full scan or unfiltered ``COUNT(*)`` per page view (:mod:`audit.admin_counting`): the count
+  is exact up to a limit, else PostgreSQL's planner estimate, shown as "≈"; facet counts are
+  off; filter choices come from the tenant table, the tool registry and the most recent rows
+  (:mod:`audit.filters`); the date drill-down is built from ``MIN``/``MAX``.
+* Search is a prefix match on the indexed identifiers (request id, token id, client id,
+  subject). Every identifier in the list is a link that filters by it; the active filters are
+  listed, those set by URL included, with "clear all".
+* "Export CSV/JSONL" streams the currently filtered rows (:mod:`audit.export`); each export is
+  itself audited (``audit/export``, with the filter used).
+* The overview (``/admin/audit/overview/``, :mod:`audit.overview`) is the ``Overview`` proxy's
+  changelist; the audit view permission is enough to see it.
 """
 
 from __future__ import annotations
 
 import copy
-import datetime
 import json
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
+from urllib.parse import urlencode
 
+from asgiref.sync import sync_to_async
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.views.main import ERROR_FLAG, PAGE_VAR, ChangeList
+from django.contrib.admin.views.main import ERROR_FLAG, ORDER_VAR, PAGE_VAR, SEARCH_VAR, ChangeList
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
-from django.core.paginator import Paginator
 from django.db import connections
-from django.db.models import Max, Min, Q, QuerySet
-from django.http import (
-    HttpRequest,
-    HttpResponse,
-    HttpResponseBadRequest,
-    StreamingHttpResponse,
-)
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.urls import URLPattern, path, reverse
-from django.utils import formats, timezone
+from django.utils import timezone
 from django.utils.functional import cached_property
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
-from django.utils.text import capfirst
 
 from audit import export
-from audit.models import AuditEvent
-from mcpauth.models import Tenant
-from mcpauth.registry import registry
+from audit.admin_counting import EstimatedCountPaginator, date_hierarchy
+from audit.config import record_export, request_actor
+from audit.filters import (
+    ClientFilter,
+    KindFilter,
+    OutcomeFilter,
+    TenantFilter,
+    TimeRangeFilter,
+    ToolFilter,
+)
+from audit.models import AuditEvent, Outcome
+
+__all__ = ["AuditEventAdmin", "EstimatedCountPaginator", "OverviewAdmin"]
 
 #: Rows fetched per database round trip by the admin export.
 EXPORT_CHUNK_SIZE = 2000
-#: The client filter offers the client ids seen among this many most recent rows.
-RECENT_CLIENT_ROWS = 1000
-#: The tenant filter lists at most this many tenants (by external id).
-MAX_TENANT_CHOICES = 500
-NONE_LABEL = "(none)"
+#: Query parameters that are not filters.
+NOT_FILTERS = {PAGE_VAR, ORDER_VAR, ERROR_FLAG, "_popup", "_to_field", "_facets"}
+#: How active filters are named in the "Filtered by" bar.
+FILTER_LABELS = {
+    SEARCH_VAR: "search",
+    "outcome": "outcome",
+    "kind": "kind",
+    "tool": "tool",
+    "tenant": "tenant",
+    "client_id": "client",
+    "subject": "subject",
+    "token_id": "token",
+    "request_id": "request",
+    "trace_id": "trace",
+    "client_ip": "client IP",
+    "method": "method",
+    "actor": "actor",
+    "created_at__gte": "from",
+    "created_at__lt": "until",
+    "id__gt": "after id",
+}
+KIND_LABELS = {"call": "MCP calls", "config": "configuration changes and exports"}
+#: The identifiers that search matches by prefix (each has an index that serves LIKE 'x%').
+PREFIX_FIELDS = ("request_id", "token_id", "client_id", "subject")
+BADGE_CLASS: dict[str, str] = {
+    Outcome.OK: "ok",
+    Outcome.TOOL_ERROR: "warn",
+    Outcome.INVALID_REQUEST: "warn",
+    Outcome.DENIED: "bad",
+    Outcome.UNAUTHENTICATED: "bad",
+    Outcome.RATE_LIMITED: "limit",
+    Outcome.SERVER_ERROR: "bad",
+}
+REASON_CHARS = 60
+#: What an empty cell shows (an en dash).
+NO_VALUE = "\u2013"
 
 
-# --- counting without COUNT(*) -------------------------------------------------------------
+def changelist_url(**filters: str) -> str:
+    return f"{reverse('admin:audit_auditevent_changelist')}?{urlencode(filters)}"
 
 
-def _plan_rows(queryset: QuerySet[Any]) -> int | None:
-    """PostgreSQL's estimate of how many rows ``queryset`` returns (``EXPLAIN``, not run)."""
-    sql, params = queryset.order_by().query.get_compiler(using=queryset.db).as_sql()
-    with connections[queryset.db].cursor() as cursor:
-        # The SQL is the ORM's own compiled query; user input only travels in ``params``.
-        cursor.execute("EXPLAIN (FORMAT JSON) " + sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    plan = row[0]
-    if isinstance(plan, str | bytes):
-        plan = json.loads(plan)
-    try:
-        return int(plan[0]["Plan"]["Plan Rows"])
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
+def _short(value: str, n: int) -> str:
+    return value if len(value) <= n else value[: n - 1] + "…"
 
 
-def _table_rows(queryset: QuerySet[Any]) -> int | None:
-    """``pg_class.reltuples`` for the queryset's table; ``None`` if never analyzed."""
-    connection = connections[queryset.db]
-    table = connection.ops.quote_name(queryset.model._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", [table])
-        row = cursor.fetchone()
-    if row is None or row[0] is None or row[0] < 0:
-        return None
-    return int(row[0])
+def _filter_link(field: str, value: str, n: int = 24) -> SafeString:
+    if not value:
+        return format_html('<span class="mcp-none">{}</span>', NO_VALUE)
+    return format_html(
+        '<a class="mcp-filter" href="{}" title="{}: {} (show only these rows)">{}</a>',
+        changelist_url(**{field: value}),
+        FILTER_LABELS.get(field, field),
+        value,
+        _short(value, n),
+    )
 
 
-def estimate_count(queryset: QuerySet[Any]) -> int | None:
-    """A PostgreSQL planner estimate of ``queryset.count()``, or ``None`` elsewhere."""
-    if connections[queryset.db].vendor != "postgresql":
-        return None
-    query = queryset.query
-    unfiltered = not query.where and not query.distinct and not query.is_sliced
-    estimate = _table_rows(queryset) if unfiltered else None
-    return estimate if estimate is not None else _plan_rows(queryset)
+def when(value: Any) -> str:
+    """Date, time with seconds, and the time zone: ``2026-12-01 19:32:05 UTC``."""
+    return f"{timezone.localtime(value):%Y-%m-%d %H:%M:%S %Z}"
 
 
-class EstimatedCountPaginator(Paginator):
-    """A paginator whose count never scans a large table.
-
-    On PostgreSQL, when the planner expects more than :attr:`exact_limit` rows (``reltuples``
-    for the whole table, ``EXPLAIN`` for a filtered set), that estimate is the count. Otherwise
-    the rows are counted, but at most ``exact_limit + 1`` of them
-    (``SELECT COUNT(*) FROM (… LIMIT n)``), which also catches a planner that guessed too low.
-    Other databases count exactly past the limit. :attr:`is_estimate` tells the template.
-    """
-
-    exact_limit = 10_000
-    is_estimate = False
-
-    @cached_property
-    def count(self) -> int:
-        queryset = self.object_list
-        if not isinstance(queryset, QuerySet):
-            return super().count
-        estimate = estimate_count(queryset)
-        if estimate is not None and estimate > self.exact_limit:
-            self.is_estimate = True
-            return estimate
-        bounded = queryset.order_by()[: self.exact_limit + 1].count()
-        if bounded <= self.exact_limit:
-            return bounded
-        if estimate is None:
-            return queryset.count()
-        self.is_estimate = True
-        return max(bounded, estimate)
-
-
-# --- list filters ----------------------------------------------------------------------------
-
-
-class _ExactValueFilter(admin.SimpleListFilter):
-    """Filters ``field == value``; ``""`` selects rows where the field is empty."""
-
-    field_name = ""
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        if value is None:
-            return queryset
-        return queryset.filter(**{self.field_name: value})
-
-    def with_current(self, choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Keep the selected value visible even when it is no longer among the choices."""
-        current = self.value()
-        if current is not None and current not in {value for value, _ in choices}:
-            choices.insert(0, (current, current or NONE_LABEL))
-        return choices
-
-
-class ToolFilter(_ExactValueFilter):
-    title = "tool"
-    parameter_name = field_name = "tool"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        choices = [(name, name) for name in registry.names()]
-        return self.with_current([*choices, ("", f"{NONE_LABEL} not a tool call")])
-
-
-class TenantFilter(_ExactValueFilter):
-    title = "tenant"
-    parameter_name = field_name = "tenant"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        tenants = Tenant.objects.order_by("external_id").values_list("external_id", "name")
-        choices = [
-            (external_id, f"{name} ({external_id})" if name else external_id)
-            for external_id, name in tenants[:MAX_TENANT_CHOICES]
-        ]
-        return self.with_current([*choices, ("", f"{NONE_LABEL} unauthenticated")])
-
-
-class ClientFilter(_ExactValueFilter):
-    """Client ids seen among the most recent rows (a bounded subquery, not a full DISTINCT)."""
-
-    title = "client (recent)"
-    parameter_name = field_name = "client_id"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        recent = AuditEvent.objects.order_by("-created_at", "-id").values("pk")
-        clients = (
-            AuditEvent.objects.filter(pk__in=recent[:RECENT_CLIENT_ROWS])
-            .exclude(client_id="")
-            .order_by("client_id")
-            .values_list("client_id", flat=True)
-            .distinct()
+def outcome_badge(outcome: str, status: int | None = None) -> SafeString:
+    label = Outcome(outcome).label if outcome in Outcome.values else outcome
+    kind = BADGE_CLASS.get(outcome, "warn")
+    if status:
+        return format_html(
+            '<span class="mcp-badge mcp-badge-{}">{}</span> <span class="mcp-status">{}</span>',
+            kind,
+            label,
+            status,
         )
-        return self.with_current([(client, client) for client in clients])
-
-
-# --- the date drill-down, from MIN/MAX instead of SELECT DISTINCT ------------------------------
-
-
-#: With a search active, the drill-down spans the first this many matching rows.
-SEARCH_BOUNDS_ROWS = 10_000
-
-
-def date_hierarchy(cl: ChangeList) -> dict[str, Any]:
-    """The context of ``admin/date_hierarchy.html``, as Django's tag builds it, but cheap.
-
-    Django lists the years/months/days that have rows with ``SELECT DISTINCT`` over the
-    (filtered) table; here the links span the range between the first and the last row, found
-    with one ``MIN``/``MAX`` query that an index answers. A period in between may be empty.
-    """
-    field = cl.date_hierarchy
-    year_field, month_field, day_field = (f"{field}__{part}" for part in ("year", "month", "day"))
-    year = cl.params.get(year_field)
-    month = cl.params.get(month_field) if year else None
-    day = cl.params.get(day_field) if month else None
-
-    def link(filters: dict[str, Any]) -> str:
-        return str(cl.get_query_string(filters, [f"{field}__"]))
-
-    if year and month and day:
-        date = datetime.date(int(year), int(month), int(day))
-        return {
-            "show": True,
-            "back": {
-                "link": link({year_field: year, month_field: month}),
-                "title": capfirst(formats.date_format(date, "YEAR_MONTH_FORMAT")),
-            },
-            "choices": [{"title": capfirst(formats.date_format(date, "MONTH_DAY_FORMAT"))}],
-        }
-    rows = cl.queryset.order_by()
-    if cl.query:
-        # An exact-match search selects through its own indexes; left alone, the planner may
-        # answer MIN/MAX by walking the whole time index instead. Bound the set it aggregates.
-        rows = rows.values(field)[:SEARCH_BOUNDS_ROWS]
-    bounds = rows.aggregate(first=Min(field), last=Max(field))
-    first, last = bounds["first"], bounds["last"]
-    if first is not None and last is not None:
-        first, last = timezone.localtime(first), timezone.localtime(last)
-        if not year and first.year == last.year:
-            year = str(first.year)
-            if first.month == last.month:
-                month = str(first.month)
-    choices: list[dict[str, str]] = []
-    if year and month:
-        if first is not None and last is not None:
-            for n in range(first.day, last.day + 1):
-                date = datetime.date(int(year), int(month), n)
-                choices.append(
-                    {
-                        "link": link({year_field: year, month_field: month, day_field: n}),
-                        "title": capfirst(formats.date_format(date, "MONTH_DAY_FORMAT")),
-                    }
-                )
-        back = {"link": link({year_field: year}), "title": str(year)}
-    elif year:
-        if first is not None and last is not None:
-            for n in range(first.month, last.month + 1):
-                date = datetime.date(int(year), n, 1)
-                choices.append(
-                    {
-                        "link": link({year_field: year, month_field: n}),
-                        "title": capfirst(formats.date_format(date, "YEAR_MONTH_FORMAT")),
-                    }
-                )
-        back = {"link": link({}), "title": "All dates"}
-    else:
-        if first is not None and last is not None:
-            for n in range(first.year, last.year + 1):
-                choices.append({"link": link({year_field: str(n)}), "title": str(n)})
-        return {"show": True, "back": None, "choices": choices}
-    return {"show": True, "back": back, "choices": choices}
+    return format_html('<span class="mcp-badge mcp-badge-{}">{}</span>', kind, label)
 
 
 class AuditChangeList(ChangeList):
@@ -270,43 +136,70 @@ class AuditChangeList(ChangeList):
     def audit_date_hierarchy(self) -> dict[str, Any]:
         return date_hierarchy(self) if self.date_hierarchy else {"show": False}
 
-
-# --- the admin ----------------------------------------------------------------------------------
+    @cached_property
+    def active_filters(self) -> list[dict[str, str]]:
+        """Every filter in the query string, with a link that removes it (and only it)."""
+        active = []
+        params = {k: list(v) for k, v in self.filter_params.items() if k not in NOT_FILTERS}
+        for key, values in sorted(params.items()):
+            for value in values:
+                if key in ("created_at__gte", "created_at__lt") and not value.strip():
+                    continue  # an empty field of the time form: no bound
+                rest = {k: [x for x in v if (k, x) != (key, value)] for k, v in params.items()}
+                rest = {k: v for k, v in rest.items() if v}
+                label = FILTER_LABELS.get(key, key)
+                if key == "outcome" and value in Outcome.values:
+                    shown = Outcome(value).label
+                elif key == "outcome" and value == "failure":
+                    shown = "any failure"
+                elif key == "kind" and value in KIND_LABELS:
+                    shown = KIND_LABELS[value]
+                else:
+                    shown = value or "(none)"
+                active.append(
+                    {
+                        "label": label,
+                        "value": shown,
+                        "remove_url": "?" + urlencode(sorted(rest.items()), doseq=True),
+                    }
+                )
+        return active
 
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
     change_list_template = "admin/audit/auditevent/change_list.html"
     list_display = (
-        "created_at",
-        "outcome",
-        "status",
-        "method",
-        "tool",
-        "tenant",
-        "client_id",
-        "subject",
-        "duration_ms",
-        "request_id",
+        "when_column",
+        "outcome_column",
+        "call_column",
+        "caller_column",
+        "error_code_column",
+        "reason_column",
+        "duration_column",
+        "ids_column",
     )
-    list_display_links = ("created_at",)
-    list_filter = ("outcome", ToolFilter, TenantFilter, ClientFilter)
+    list_display_links = ("when_column",)
+    list_filter = (
+        OutcomeFilter,
+        TimeRangeFilter,
+        KindFilter,
+        ToolFilter,
+        TenantFilter,
+        ClientFilter,
+    )
     date_hierarchy = "created_at"
-    search_fields = ("=client_id", "=subject", "=request_id")
-    search_help_text = "Exact client id, subject or request id."
+    search_fields = PREFIX_FIELDS
+    search_help_text = "Start of a request id, token id, client id or subject."
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = EstimatedCountPaginator
     list_per_page = 100
     actions = None
-    fieldsets = (
-        (None, {"fields": ("created_at", "request_id", "outcome", "status", "duration_ms")}),
-        ("Caller", {"fields": ("tenant", "client_id", "subject", "token_id", "scopes")}),
-        ("Request", {"fields": ("method", "tool", "pretty_arguments")}),
-        ("Error", {"fields": ("error_code", "error_message")}),
-        ("Connection", {"fields": ("client_ip", "user_agent")}),
-    )
-    readonly_fields = ("pretty_arguments",)
+    readonly_fields = ("when_field", "outcome_field", "pretty_arguments", "related")
+
+    class Media:
+        css = {"all": ("audit/admin.css",)}
 
     # Append-only: rows are written by audit.recorder and removed by audit_prune only.
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -318,24 +211,148 @@ class AuditEventAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: AuditEvent | None = None) -> bool:
         return False
 
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return AuditChangeList
+
+    # --- the list ------------------------------------------------------------------------------
+
+    @admin.display(description="time", ordering="created_at")
+    def when_column(self, obj: AuditEvent) -> SafeString:
+        local = timezone.localtime(obj.created_at)
+        return format_html(
+            '<span class="mcp-when" title="{}">{}<br>{}</span>',
+            when(obj.created_at),
+            f"{local:%Y-%m-%d}",
+            f"{local:%H:%M:%S %Z}",
+        )
+
+    @admin.display(description="outcome", ordering="outcome")
+    def outcome_column(self, obj: AuditEvent) -> SafeString:
+        return outcome_badge(obj.outcome, obj.status)
+
+    @admin.display(description="call")
+    def call_column(self, obj: AuditEvent) -> SafeString:
+        if obj.tool:
+            return format_html(
+                '<span title="{} {}">{}</span>', obj.method, obj.tool, _short(obj.tool, 22)
+            )
+        return format_html('<span class="mcp-method">{}</span>', _short(obj.method, 24))
+
+    @admin.display(description="tenant · client · subject")
+    def caller_column(self, obj: AuditEvent) -> SafeString:
+        parts = [
+            _filter_link("tenant", obj.tenant),
+            _filter_link("client_id", obj.client_id),
+            _filter_link("subject", obj.subject),
+        ]
+        if obj.actor:
+            parts.append(format_html('<span class="mcp-actor">by {}</span>', obj.actor))
+        return format_html_join("", '<span class="mcp-line">{}</span>', ((p,) for p in parts))
+
+    @admin.display(description="error code", ordering="error_code")
+    def error_code_column(self, obj: AuditEvent) -> SafeString:
+        if not obj.error_code:
+            return format_html('<span class="mcp-none">{}</span>', NO_VALUE)
+        return format_html('<code class="mcp-code">{}</code>', obj.error_code)
+
+    @admin.display(description="reason")
+    def reason_column(self, obj: AuditEvent) -> SafeString:
+        if not obj.error_message:
+            return format_html('<span class="mcp-none">{}</span>', NO_VALUE)
+        return format_html(
+            '<span class="mcp-reason" title="{}">{}</span>',
+            obj.error_message,
+            _short(obj.error_message, REASON_CHARS),
+        )
+
+    @admin.display(description="ms", ordering="duration_ms")
+    def duration_column(self, obj: AuditEvent) -> str:
+        return f"{obj.duration_ms:.1f}"
+
+    @admin.display(description="request · token")
+    def ids_column(self, obj: AuditEvent) -> SafeString:
+        return format_html(
+            '<span class="mcp-line">{}</span><span class="mcp-line">{}</span>',
+            _filter_link("request_id", obj.request_id, 10),
+            _filter_link("token_id", obj.token_id, 10),
+        )
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        """Prefix match on the indexed identifiers, ORed (each an index range scan)."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        query = Q()
+        if connections[queryset.db].vendor == "postgresql":
+            for name in PREFIX_FIELDS:  # LIKE 'term%' on the varchar_pattern_ops indexes
+                query |= Q(**{f"{name}__startswith": term})
+        else:
+            # SQLite's LIKE ignores case and skips the index; a range on the binary collation
+            # is the same prefix match, case-sensitive, on the index.
+            upper = term + "\U0010ffff"
+            for name in PREFIX_FIELDS:
+                query |= Q(**{f"{name}__gte": term, f"{name}__lt": upper})
+        return queryset.filter(query), False
+
+    # --- the detail page -----------------------------------------------------------------------
+
+    def get_fieldsets(self, request: HttpRequest, obj: AuditEvent | None = None) -> Any:
+        fieldsets: list[tuple[str | None, dict[str, Any]]] = [
+            (
+                None,
+                {"fields": ("when_field", "request_id", "outcome_field", "duration_ms")},
+            ),
+            ("Caller", {"fields": ("tenant", "client_id", "subject", "token_id", "scopes")}),
+            ("Request", {"fields": ("method", "tool", "pretty_arguments")}),
+        ]
+        if obj is None or obj.outcome != Outcome.OK or obj.error_code or obj.error_message:
+            fieldsets.append(("Error", {"fields": ("error_code", "error_message")}))
+        if obj is not None and obj.actor:
+            fieldsets.append(("Configuration change or export", {"fields": ("actor",)}))
+        fieldsets.append(("Connection", {"fields": ("client_ip", "user_agent", "trace_id")}))
+        fieldsets.append(("Related rows", {"fields": ("related",)}))
+        return fieldsets
+
+    @admin.display(description="time")
+    def when_field(self, obj: AuditEvent) -> str:
+        return when(obj.created_at)
+
+    @admin.display(description="outcome")
+    def outcome_field(self, obj: AuditEvent) -> SafeString:
+        return outcome_badge(obj.outcome, obj.status)
+
     @admin.display(description="arguments (redacted)")
     def pretty_arguments(self, obj: AuditEvent) -> SafeString:
         text = json.dumps(obj.arguments, indent=2, ensure_ascii=False, sort_keys=True, default=str)
         return format_html('<pre class="audit-arguments">{}</pre>', text)
 
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return AuditChangeList
+    @admin.display(description="same")
+    def related(self, obj: AuditEvent) -> SafeString:
+        links = [
+            ("request_id", obj.request_id, "request"),
+            ("token_id", obj.token_id, "token"),
+            ("client_id", obj.client_id, "client"),
+            ("tenant", obj.tenant, "tenant"),
+            ("subject", obj.subject, "subject"),
+            ("trace_id", obj.trace_id, "trace"),
+        ]
+        items = [
+            (changelist_url(**{field: value}), f"all rows of this {label}", value)
+            for field, value, label in links
+            if value
+        ]
+        if not items:
+            return format_html("{}", "(no identifiers)")
+        return format_html(
+            '<ul class="mcp-links">{}</ul>',
+            format_html_join(
+                "", '<li><a href="{}">{}</a> <code>{}</code></li>', ((u, t, v) for u, t, v in items)
+            ),
+        )
 
-    def get_search_results(
-        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
-    ) -> tuple[QuerySet[Any], bool]:
-        """Exact match on client id, subject or request id: three indexed equalities, ORed."""
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        return queryset.filter(Q(client_id=term) | Q(subject=term) | Q(request_id=term)), False
-
-    # --- export -------------------------------------------------------------------------------
+    # --- export --------------------------------------------------------------------------------
 
     def get_urls(self) -> list[URLPattern]:
         info = self.opts.app_label, self.opts.model_name
@@ -357,7 +374,15 @@ class AuditEventAdmin(admin.ModelAdmin):
         for fmt in export.FORMATS:
             params["format"] = fmt
             links[fmt] = f"{url}?{params.urlencode()}"
-        return super().changelist_view(request, {"export_links": links, **(extra_context or {})})
+        context = {
+            "export_links": links,
+            "overview_url": reverse(f"{self.admin_site.name}:audit_overview_changelist"),
+            "clear_all_url": reverse(
+                f"{self.admin_site.name}:{self.opts.app_label}_{self.opts.model_name}_changelist"
+            ),
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, context)
 
     def export_view(self, request: HttpRequest) -> HttpResponseBase:
         """The changelist's current rows (filters, search, date, ordering) as CSV or JSONL."""
@@ -377,12 +402,68 @@ class AuditEventAdmin(admin.ModelAdmin):
         except IncorrectLookupParameters:
             return HttpResponseBadRequest("Invalid filter parameters.", content_type="text/plain")
         rows = export.values(cl.queryset)
+        filters = [(k, v) for k, values in sorted(params.lists()) for v in values]
+        audit = _ExportAudit(request, fmt, filters)
         if isinstance(request, ASGIRequest):
             # Under ASGI a sync iterator would be read to the end before sending; stream async.
-            content: Any = export.astream(export.aiter_rows(rows, EXPORT_CHUNK_SIZE), fmt)
+            content: Any = audit.astream(export.aiter_rows(rows, EXPORT_CHUNK_SIZE))
         else:
-            content = export.stream(rows.iterator(chunk_size=EXPORT_CHUNK_SIZE), fmt)
+            content = audit.stream(rows.iterator(chunk_size=EXPORT_CHUNK_SIZE))
         response = StreamingHttpResponse(content, content_type=export.CONTENT_TYPES[fmt])
         name = export.filename(fmt, now=timezone.now())
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         return response
+
+
+class _ExportAudit:
+    """Streams an export and audits it when the stream ends (rows sent, completed or not)."""
+
+    def __init__(
+        self, request: HttpRequest, fmt: export.ExportFormat, filters: list[tuple[str, str]]
+    ) -> None:
+        self.actor = request_actor(request)
+        self.request = request
+        self.fmt = fmt
+        self.filters = filters
+        self.rows = 0
+
+    def _record(self, completed: bool) -> None:
+        record_export(
+            actor=self.actor,
+            fmt=self.fmt,
+            filters=self.filters,
+            rows=self.rows,
+            completed=completed,
+            request=self.request,
+        )
+
+    def _count(self, rows: Iterator[Any]) -> Iterator[Any]:
+        for row in rows:
+            self.rows += 1
+            yield row
+
+    def stream(self, rows: Iterator[Any]) -> Iterator[str]:
+        completed = False
+        try:
+            yield from export.stream(self._count(rows), self.fmt)
+            completed = True
+        finally:
+            self._record(completed)
+
+    async def astream(self, rows: AsyncIterator[Any]) -> AsyncIterator[str]:
+        async def counted() -> AsyncIterator[Any]:
+            async for row in rows:
+                self.rows += 1
+                yield row
+
+        completed = False
+        try:
+            async for chunk in export.astream(counted(), self.fmt):
+                yield chunk
+            completed = True
+        finally:
+            await sync_to_async(self._record)(completed)
+
+
+# The overview's admin registers itself on import (kept in its own module).
+from audit.admin_overview import OverviewAdmin  # noqa: E402

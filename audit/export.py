@@ -4,9 +4,11 @@ An export is a header (CSV only) followed by one line per row, in either format:
 
 * ``jsonl``: one JSON object per line, every field of :data:`EXPORT_FIELDS`; ``created_at`` is
   ISO 8601 in UTC; ``arguments`` is the stored (already redacted) JSON value. Lossless.
-* ``csv``: the same fields as columns; ``arguments`` is compact JSON text. A text cell that a
-  spreadsheet would read as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or CR) is
-  prefixed with ``'`` (CSV injection); use JSONL when byte-exact values matter.
+* ``csv``: the same fields as columns; ``arguments`` is compact JSON text. Records end in CRLF
+  (RFC 4180), so any value containing CR or LF is quoted: a bare CR cannot end a record and let
+  the next one begin with a formula. Every text cell that a spreadsheet would read as a formula
+  (starting with ``=``, ``+``, ``-``, ``@``, tab or CR) is prefixed with ``'`` (CSV injection);
+  use JSONL when byte-exact values matter.
 
 Rows come from ``queryset.values_list(*EXPORT_FIELDS)`` (see :func:`values`), iterated with
 ``.iterator(chunk_size=...)`` (or :func:`aiter_rows` under ASGI) so memory stays constant
@@ -112,7 +114,9 @@ class _Echo:
 
 
 def _csv_writer() -> Any:
-    return csv.writer(_Echo(), lineterminator="\n")
+    # QUOTE_MINIMAL quotes a value holding any character of the line terminator; with CRLF that
+    # is both CR and LF (with "\n" alone, a bare CR went out unquoted and split the record).
+    return csv.writer(_Echo(), lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
 
 
 def header(fmt: ExportFormat) -> str:
@@ -127,7 +131,11 @@ def encode(row: Row, fmt: ExportFormat, *, _writer: Any = None) -> str:
             name: _timestamp(value) if isinstance(value, datetime) else value
             for name, value in zip(EXPORT_FIELDS, row, strict=True)
         }
-        return _json(record) + "\n"
+        # U+2028/U+2029 are line breaks to some JSONL readers (str.splitlines, JavaScript).
+        line = _json(record)
+        if "\u2028" in line or "\u2029" in line:
+            line = line.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        return line + "\n"
     writer = _writer or _csv_writer()
     return str(
         writer.writerow(

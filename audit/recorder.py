@@ -6,8 +6,9 @@ with the surrounding work, which is how a todo mutation and its audit row stay t
 The row is written with one prepared ``INSERT … RETURNING id`` (the same SQL every time, so
 PostgreSQL plans it once), not ``Model.objects.create``: this runs on every MCP request and the
 ORM's per-call SQL compilation costs more than the insert. Raw tokens are never accepted:
-identity comes from the ``Principal`` (``token_id`` is a ``jti`` or fingerprint), and arguments
-and messages are redacted here.
+identity comes from the ``Principal`` (``token_id`` is a ``jti`` or fingerprint), arguments and
+messages are redacted here, and control characters in identifiers (``method``, ``tool``, ids)
+are replaced, so that a name such as ``x\r=HYPERLINK(…)`` is stored as one harmless line.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from django.db import connections, router
 from django.utils import timezone
 
 from audit.models import AuditEvent, Outcome
-from audit.redaction import clean, redact, scrub_text
+from audit.redaction import identifier, redact, scrub_text
 
 if TYPE_CHECKING:
     from mcpauth.tokens import Principal
@@ -57,23 +58,28 @@ def record(
         created_at=timezone.now(),
         outcome=str(outcome),
         status=status,
-        request_id=clean(request_id[:64]),
-        method=clean(method[:64]),
-        tool=clean(tool[:100]),
-        client_id=clean(client_id[:255]),
-        subject=clean(subject[:255]),
-        tenant=clean(tenant[:255]),
-        token_id=clean(token_id[:160]),
-        scopes=clean(scopes[:1000]),
-        error_code=clean(error_code[:64]),
+        request_id=_ident(request_id, 64),
+        method=_ident(method, 64),
+        tool=_ident(tool, 100),
+        client_id=_ident(client_id, 255),
+        subject=_ident(subject, 255),
+        tenant=_ident(tenant, 255),
+        token_id=_ident(token_id, 160),
+        scopes=_ident(scopes, 1000),
+        error_code=_ident(error_code, 64),
         error_message=scrub_text(error_message)[:500],
         duration_ms=round(duration_ms, 3),
         client_ip=client_ip or None,
         user_agent=scrub_text(user_agent)[:300],
         arguments=redact(arguments) if arguments is not None else {},
-        actor=clean(actor[:255]),
-        trace_id=clean(trace_id[:32]),
+        actor=_ident(actor, 255),
+        trace_id=_ident(trace_id, 32),
     )
+
+
+def _ident(value: str, limit: int) -> str:
+    """Cut to the column's size, control characters (NUL, CR, LF…) replaced by U+FFFD."""
+    return identifier(value[:limit])
 
 
 _FIELDS = [f for f in AuditEvent._meta.concrete_fields if not f.primary_key]

@@ -1,4 +1,14 @@
-"""Make tool arguments safe to store: sensitive keys masked, big values cut, no tokens."""
+"""Make what is stored safe: sensitive keys masked, secret-shaped text removed, values cut.
+
+* :func:`redact` (tool arguments): values under a sensitive key (``AUDIT_SENSITIVE_KEYS``) become
+  ``[redacted]``; every string goes through :func:`scrub_text`; long or deep values are cut.
+* :func:`scrub_text` (free text: arguments' strings, error messages, user agents): JWTs, bearer
+  credentials, ``key=value`` / ``key: value`` / ``"key": "value"`` pairs whose key is
+  sensitive (``api_key=…``, ``password: …``), and well-known key formats (``sk-…``, ``ghp_…``,
+  ``xoxb-…``, ``AKIA…``) are replaced.
+* :func:`identifier` (method, tool, ids): control characters become U+FFFD, so a stored value
+  can never start a new line or record in an export or a terminal.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,27 @@ from typing import Any
 from audit.conf import get_settings
 
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
-_BEARER_RE = re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]{8,}")
+_BEARER_RE = re.compile(r"(?i)\b(?P<scheme>bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+#: ``api_key=…``, ``password: …``, ``"client_secret": "…"``: the key is kept, the value goes.
+_PAIR_RE = re.compile(
+    r"""(?ix)
+    (?P<key>["']?[a-z0-9_.-]*(?:api[_-]?key|apikey|passw(?:or)?d|secret|token|credential
+        |private[_-]?key|session|cookie)[a-z0-9_.-]*["']?)
+    (?P<sep>\s*[:=]\s*)
+    (?P<value>"[^"]*"|'[^']*'|(?!\[redacted)[^\s,;&"'}\]]+)
+    """
+)
+#: Credentials recognisable by their own shape, wherever they appear.
+_KEY_SHAPES_RE = re.compile(
+    r"""(?x)
+    \b(?:sk|pk|rk)-(?:[a-z]+-)?[A-Za-z0-9_-]{16,}   # sk-…, sk-proj-…, pk-live-… style API keys
+    | \bgh[pousr]_[A-Za-z0-9]{20,}                  # GitHub tokens
+    | \bxox[abprs]-[A-Za-z0-9-]{10,}                # Slack tokens
+    | \b(?:AKIA|ASIA)[0-9A-Z]{16}\b                 # AWS access key ids
+    | \bAIza[0-9A-Za-z_-]{35}                       # Google API keys
+    """
+)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 REDACTED = "[redacted]"
 
 
@@ -17,10 +47,23 @@ def clean(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
+def identifier(text: str) -> str:
+    """An identifier-like value (method, tool, ids) without control characters."""
+    return _CONTROL_RE.sub("\ufffd", text)
+
+
+def _pair(match: re.Match[str]) -> str:
+    quote = match["value"][0] if match["value"][0] in "\"'" else ""
+    return f"{match['key']}{match['sep']}{quote}{REDACTED}{quote}"
+
+
 def scrub_text(text: str) -> str:
-    """Remove anything token-shaped from free text (and NULs)."""
+    """Remove anything token- or secret-shaped from free text (and NULs)."""
     text = _JWT_RE.sub("[redacted-jwt]", clean(text))
-    return _BEARER_RE.sub("Bearer [redacted]", text)
+    text = _BEARER_RE.sub(lambda m: f"{m['scheme']} {REDACTED}", text)
+    if "=" in text or ":" in text:
+        text = _PAIR_RE.sub(_pair, text)
+    return _KEY_SHAPES_RE.sub("[redacted-key]", text)
 
 
 def redact(value: Any, *, _depth: int = 0) -> Any:

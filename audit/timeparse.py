@@ -12,7 +12,7 @@ Both raise :class:`ValueError` with a message fit to show the operator.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from django.utils import timezone
 
@@ -43,8 +43,12 @@ def before(now: datetime, age: timedelta) -> datetime:
         raise ValueError("age reaches before year 1") from None
 
 
-def parse_instant(value: str, *, now: datetime | None = None) -> datetime:
-    """An aware datetime from an ISO 8601 date/date-time (naive = UTC) or an age before now."""
+def parse_instant(value: str, *, now: datetime | None = None, naive_tz: tzinfo = UTC) -> datetime:
+    """An aware datetime from an ISO 8601 date/date-time or an age before now.
+
+    A naive date-time is in ``naive_tz``: UTC on the command line, the current time zone in
+    the admin (whose forms show local times).
+    """
     text = value.strip()
     if _AGE_RE.fullmatch(text.lower()):
         return before(now or timezone.now(), parse_age(text))
@@ -56,5 +60,5 @@ def parse_instant(value: str, *, now: datetime | None = None) -> datetime:
             f"or a relative age ({AGE_HELP})"
         ) from None
     if timezone.is_naive(parsed):
-        parsed = parsed.replace(tzinfo=UTC)
+        parsed = timezone.make_aware(parsed, naive_tz)
     return parsed

@@ -1,4 +1,5 @@
-"""Audit at scale: 1M rows by COPY, then the admin, audit_export and audit_prune."""
+"""Audit at scale: 1M rows by COPY, then the admin and its overview, sealing and verifying,
+audit_export and audit_prune (of whole sealed blocks)."""
 
 from __future__ import annotations
 
@@ -255,3 +256,119 @@ def time_prune(env: dict[str, str], total_rows: int) -> dict[str, Any]:
 
 
 # --- the load matrix -------------------------------------------------------------------------
+
+
+# --- sealing, verification and the overview at scale ---------------------------------------------
+
+
+def seal_key(env: dict[str, str]) -> dict[str, str]:
+    """A throwaway Ed25519 seal key for the bench's DEBUG=0 children (never SECRET_KEY)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f".audit-seal-key-{os.getpid()}.pem"
+    if not path.exists():
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+    return {**env, "AUDIT_SEAL_KEY_PATH": str(path), "AUDIT_SETTLE_SECONDS": "10"}
+
+
+def drop_seal_key() -> None:
+    with contextlib.suppress(OSError):
+        (RESULTS / f".audit-seal-key-{os.getpid()}.pem").unlink()
+
+
+def _seal_stats(cmd: list[str], env: dict[str, str], rows: int) -> dict[str, Any]:
+    stats = run_with_rusage(cmd, env=env, timeout=1800)
+    wall = stats.get("wall_s") or 0
+    return {**stats, "rows": rows, "rows_per_s": round(rows / wall) if wall else None}
+
+
+def time_seal(env: dict[str, str]) -> dict[str, Any]:
+    """``audit_seal`` over every row (the first run on a full table), then ``audit_verify``."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*) FROM audit_auditevent")
+        total = int(cur.fetchone()[0])
+    seal = _seal_stats([PY, "manage.py", "audit_seal"], env, total)
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*), coalesce(sum(row_count), 0) FROM audit_auditseal")
+        seals, sealed = (int(v) for v in cur.fetchone())
+        cur.execute("SELECT count(*) FROM audit_auditrollup")
+        rollup_rows = int(cur.fetchone()[0])
+        cur.execute("SELECT pg_total_relation_size('audit_auditseal')")
+        seal_mib = round(int(cur.fetchone()[0]) / 2**20, 1)
+    seal.update(
+        {
+            "seals": seals,
+            "rows_sealed": sealed,
+            "rollup_rows": rollup_rows,
+            "seal_table_mib": seal_mib,
+        }
+    )
+    verify = _seal_stats([PY, "manage.py", "audit_verify"], env, sealed)
+    # An insert racing the sealer: the request path takes no lock the sealer holds, so an INSERT
+    # during a seal run costs what it costs without one (measured by the load phase otherwise).
+    return {"seal": seal, "verify": verify}
+
+
+def time_overview(label: str) -> list[dict[str, Any]]:
+    """The overview at each preset (and narrowed), as a logged-in staff user."""
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.test import Client
+    from django.test.utils import CaptureQueriesContext
+
+    User = get_user_model()
+    user, _ = User.objects.get_or_create(
+        username="bench-admin", defaults={"is_staff": True, "is_superuser": True}
+    )
+    client = Client()
+    client.force_login(user)
+    pages = [
+        ("1h", "?window=1h"),
+        ("24h", "?window=24h"),
+        ("7d", "?window=7d"),
+        ("30d", "?window=30d"),
+        ("30d, tenant-07", "?window=30d&tenant=tenant-07"),
+        ("30d, tool get_todo", "?window=30d&tool=get_todo"),
+        ("30d, client-137", "?window=30d&client_id=client-137"),
+    ]
+    results = []
+    for name, query in pages:
+        times = []
+        queries, slowest, status = 0, [], 0
+        for attempt in range(3):
+            with CaptureQueriesContext(connection) as ctx:
+                t0 = time.perf_counter()
+                resp = client.get("/admin/audit/overview/" + query)
+                times.append((time.perf_counter() - t0) * 1000)
+            status = resp.status_code
+            if attempt == 0:
+                queries = len(ctx.captured_queries)
+                slowest = sorted(
+                    ctx.captured_queries, key=lambda q: float(q.get("time") or 0), reverse=True
+                )[:3]
+        results.append(
+            {
+                "state": label,
+                "page": f"overview {name}",
+                "status": status,
+                "first_ms": round(times[0], 1),
+                "median_ms": round(statistics.median(times), 1),
+                "queries": queries,
+                "slowest_sql": [
+                    {"ms": round(float(q.get("time") or 0) * 1000, 1), "sql": q["sql"][:400]}
+                    for q in slowest
+                ],
+            }
+        )
+    return results

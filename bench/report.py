@@ -105,6 +105,24 @@ def print_table(result: dict[str, Any]) -> None:
                 f"  admin {a['page']:<40} {a['status']} first {a['first_ms']:>7.1f} ms  "
                 f"median {a['median_ms']:>7.1f} ms  {a['queries']:>2} queries"
             )
+        for o in audit.get("overview", []):
+            print(
+                f"  {o['page']:<30} ({o['state']:<8}) {o['status']} "
+                f"first {o['first_ms']:>7.1f} ms  median {o['median_ms']:>7.1f} ms  "
+                f"{o['queries']:>2} queries"
+            )
+        sealing = audit.get("sealing")
+        if sealing:
+            s, v = sealing["seal"], sealing["verify"]
+            print(
+                f"  audit_seal: {s['rows_sealed']} rows in {s['seals']} seals, {s['wall_s']} s "
+                f"({s['rows_per_s']} rows/s, peak RSS {s['peak_rss_mib']} MiB; seal table "
+                f"{s['seal_table_mib']} MiB, rollup {s['rollup_rows']} rows)"
+            )
+            print(
+                f"  audit_verify: {v['rows']} rows in {v['wall_s']} s ({v['rows_per_s']} rows/s, "
+                f"peak RSS {v['peak_rss_mib']} MiB)"
+            )
         for e in audit.get("export", []):
             print(
                 f"  audit_export --format {e['format']:<5} {e['wall_s']:>6.1f} s  "

@@ -17,7 +17,8 @@ One command (see bench/README.md for how to read the output):
    rate-limit round trips, audit insert, thread hops);
 6. profiles ours under ``get_todo`` load with py-spy (1 worker, 2026-07-28 by default);
 7. audit at scale: 1,000,000 ``AuditEvent`` rows by COPY, then the admin changelist (default
-   page, each filter, searches, date drill-down), ``audit_export`` (time, peak RSS) and
+   page, each filter, searches, date drill-down), the overview before and after sealing,
+   ``audit_seal`` and ``audit_verify`` (rows/s), ``audit_export`` (time, peak RSS) and
    ``audit_prune`` of half of them;
 8. prints a table and writes ``bench/results/<timestamp>.json`` and ``bench/results/latest.json``.
 
@@ -44,7 +45,16 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from auditscale import seed_audit_rows, time_admin, time_export, time_prune
+from auditscale import (
+    drop_seal_key,
+    seal_key,
+    seed_audit_rows,
+    time_admin,
+    time_export,
+    time_overview,
+    time_prune,
+    time_seal,
+)
 from common import (
     CHILDREN,
     CLIENT_ID,
@@ -269,10 +279,20 @@ def main(argv: list[str] | None = None) -> int:
                 audit["seed"] = seed_audit_rows(args.audit_rows)
                 log(f"seeded in {audit['seed']['copy_s']} s; timing the admin")
                 audit["admin"] = time_admin(audit["seed"]["known"])
-                log("timing audit_export")
-                audit["export"] = time_export({**ORIG_ENV, **env}, args.export_formats)
-                log("timing audit_prune")
-                audit["prune"] = time_prune({**ORIG_ENV, **env}, args.audit_rows)
+                log("timing the overview before sealing (every figure from the table)")
+                audit["overview"] = time_overview("unsealed")
+                sealed_env = seal_key({**ORIG_ENV, **env})
+                try:
+                    log("timing audit_seal and audit_verify over every row")
+                    audit["sealing"] = time_seal(sealed_env)
+                    log("timing the overview after sealing (whole days from the rollup)")
+                    audit["overview"] += time_overview("sealed")
+                    log("timing audit_export")
+                    audit["export"] = time_export(sealed_env, args.export_formats)
+                    log("timing audit_prune")
+                    audit["prune"] = time_prune(sealed_env, args.audit_rows)
+                finally:
+                    drop_seal_key()
         result["meta"]["status"] = "ok"
     except SystemExit as exc:
         result["meta"]["status"] = f"interrupted ({exc.code})"

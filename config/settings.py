@@ -59,6 +59,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_ratelimit",
+    # django-ninja's own static files: /api/docs serves Swagger UI from here, not from a CDN.
+    "ninja",
     "mcpauth",
     "audit",
     "todos",
@@ -227,3 +229,7 @@ SCALEKIT_RESOURCE_ID = os.environ.get("SCALEKIT_RESOURCE_ID", "")
 # --- audit (see audit/conf.py) -----------------------------------------------------------------
 AUDIT_RETENTION_DAYS = int(os.environ.get("AUDIT_RETENTION_DAYS", "90"))
 AUDIT_RECORD_ALL_METHODS = env_bool("AUDIT_RECORD_ALL_METHODS", True)
+# The Ed25519 key that signs audit seals (never SECRET_KEY); see the README's Audit section.
+AUDIT_SEAL_KEY_PATH = os.environ.get("AUDIT_SEAL_KEY_PATH", "")
+AUDIT_SEAL_VERIFY_KEYS = env_list("AUDIT_SEAL_VERIFY_KEYS")
+AUDIT_SETTLE_SECONDS = float(os.environ.get("AUDIT_SETTLE_SECONDS", "10"))

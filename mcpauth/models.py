@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.contrib.auth.models import Permission
@@ -44,7 +45,10 @@ ConfigManager = models.Manager.from_queryset(ConfigQuerySet)
 
 
 class Tenant(models.Model):
-    """One customer organisation. ``external_id`` is the IdP's id (e.g. Scalekit ``oid``)."""
+    """One customer organisation. ``external_id`` is the IdP's id (e.g. Scalekit ``oid``).
+
+    ``external_id`` cannot change once audit rows name it: they would no longer point at it.
+    """
 
     external_id = models.CharField(max_length=255, unique=True)
     name = models.CharField(max_length=255, blank=True)
@@ -61,15 +65,64 @@ class Tenant(models.Model):
     def __str__(self) -> str:
         return self.name or self.external_id
 
+    def has_audit_rows(self, external_id: str | None = None) -> bool:
+        from audit.models import AuditEvent  # audit imports nothing from here at import time
+
+        return AuditEvent.objects.filter(tenant=external_id or self.external_id).exists()
+
+    def clean(self) -> None:
+        if self.pk is None:
+            return
+        stored = Tenant.objects.filter(pk=self.pk).values_list("external_id", flat=True).first()
+        if stored is not None and stored != self.external_id and self.has_audit_rows(stored):
+            raise ValidationError(
+                {
+                    "external_id": "This tenant's external id is named by audit rows and can no "
+                    "longer change. Create a new tenant instead."
+                }
+            )
+
+
+#: RFC 6749 §3.3 scope-token: printable ASCII except space, '"' and '\'.
+_SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+SCOPE_MAX_LENGTH = 200
+
+
+def scope_problem(scope: object) -> str | None:
+    """Why ``scope`` cannot be a mapping's scope, or ``None`` when it is fine.
+
+    The one rule for every entry point: :meth:`ScopeMapping.clean` (the admin, the commands)
+    and the ``scopes import`` document check.
+    """
+    if not isinstance(scope, str):
+        return "a scope must be a string"
+    if not scope:
+        return "a scope must not be empty"
+    if any(ch.isspace() for ch in scope):
+        return f"scope {scope!r} contains whitespace"
+    if len(scope) > SCOPE_MAX_LENGTH:
+        return f"scope {scope[:40]!r}... is longer than {SCOPE_MAX_LENGTH} characters"
+    if not _SCOPE_TOKEN_RE.fullmatch(scope):
+        return (
+            f"scope {scope!r} may only contain printable ASCII without quotes or backslashes "
+            "(RFC 6749 scope-token)"
+        )
+    if "*" in scope[:-1]:
+        return f"scope {scope!r}: '*' is only allowed as the last character"
+    if scope == "*":
+        return "a bare '*' would match every token scope; use a prefix such as 'todo:*'"
+    return None
+
 
 class ScopeMapping(models.Model):
     """An OAuth scope and the Django permissions it grants.
 
     ``scope`` may end in ``*`` to match a family: ``todo:*`` grants to ``todo:read`` and
-    ``todo:write``; ``mcp:tools:*`` to ``mcp:tools:todos`` and so on.
+    ``todo:write``; ``mcp:tools:*`` to ``mcp:tools:todos`` and so on. A bare ``*`` (every token
+    scope) is refused by :meth:`clean`, which the admin and the ``scopes`` command both call.
     """
 
-    scope = models.CharField(max_length=200, unique=True)
+    scope = models.CharField(max_length=SCOPE_MAX_LENGTH, unique=True)
     description = models.CharField(max_length=255, blank=True)
     permissions = models.ManyToManyField(Permission, blank=True, related_name="+")
 
@@ -80,6 +133,11 @@ class ScopeMapping(models.Model):
 
     def __str__(self) -> str:
         return self.scope
+
+    def clean(self) -> None:
+        problem = scope_problem(self.scope)
+        if problem:
+            raise ValidationError({"scope": problem[0].upper() + problem[1:] + "."})
 
 
 class ClientBinding(models.Model):

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from audit.export import EXPORT_FIELDS
 from audit.models import AuditEvent, Outcome
+from audit.sealing import seal_pending
 from audit.timeparse import parse_age, parse_instant
 
 pytestmark = pytest.mark.django_db
@@ -47,29 +48,34 @@ def run(name: str, *args: str, **kwargs: Any) -> tuple[str, str]:
 # --- audit_prune -------------------------------------------------------------------------------
 
 
-def test_prune_dry_run_counts_and_deletes_nothing():
-    make(3, age=timedelta(days=100), prefix="old")
-    make(2, age=timedelta(days=1), prefix="new")
-    out, _ = run("audit_prune", "--dry-run")
-    assert "would delete 3 audit event(s)" in out
-    assert AuditEvent.objects.count() == 5
+def sealed(n: int, *, age: timedelta, prefix: str = "r") -> list[AuditEvent]:
+    rows = make(n, age=age, prefix=prefix)
+    seal_pending(block_rows=n)
+    return rows
 
 
-def test_prune_with_yes_deletes_rows_past_the_default_retention():
-    make(3, age=timedelta(days=91), prefix="old")
-    make(2, age=timedelta(days=89), prefix="new")
+# (Whole-block retention, the chain after pruning and the trigger: tests/test_audit_sealing.py.)
+
+
+def test_prune_with_yes_deletes_blocks_past_the_default_retention():
+    sealed(3, age=timedelta(days=91), prefix="old")
+    sealed(2, age=timedelta(days=89), prefix="new")
     out, _ = run("audit_prune", "--yes")
     assert "Deleted 3 audit event(s)" in out
-    assert sorted(AuditEvent.objects.values_list("request_id", flat=True)) == ["new0", "new1"]
+    assert sorted(
+        AuditEvent.objects.filter(method="tools/call").values_list("request_id", flat=True)
+    ) == ["new0", "new1"]
 
 
 @override_settings(AUDIT_RETENTION_DAYS=5)
 def test_prune_default_age_follows_the_setting():
-    make(1, age=timedelta(days=6), prefix="old")
-    make(1, age=timedelta(days=4), prefix="new")
+    sealed(1, age=timedelta(days=6), prefix="old")
+    sealed(1, age=timedelta(days=4), prefix="new")
     out, _ = run("audit_prune", "--yes")
     assert "Deleted 1 audit event(s)" in out
-    assert list(AuditEvent.objects.values_list("request_id", flat=True)) == ["new0"]
+    assert list(
+        AuditEvent.objects.filter(method="tools/call").values_list("request_id", flat=True)
+    ) == ["new0"]
 
 
 @pytest.mark.parametrize(
@@ -77,33 +83,18 @@ def test_prune_default_age_follows_the_setting():
     [("12h", {"h0"}), ("2d", {"h0", "d0"}), ("1w", {"h0", "d0"}), ("90D", {"h0", "d0", "w0"})],
 )
 def test_prune_older_than_units(age, kept):
-    make(1, age=timedelta(hours=1), prefix="h")
-    make(1, age=timedelta(hours=13), prefix="d")
-    make(1, age=timedelta(days=8), prefix="w")
+    sealed(1, age=timedelta(days=8), prefix="w")
+    sealed(1, age=timedelta(hours=13), prefix="d")
+    sealed(1, age=timedelta(hours=1), prefix="h")
     run("audit_prune", "--older-than", age, "--yes")
-    remaining = set(AuditEvent.objects.values_list("request_id", flat=True))
+    remaining = set(
+        AuditEvent.objects.filter(method="tools/call").values_list("request_id", flat=True)
+    )
     assert remaining == kept
 
 
-def test_prune_in_batches_reports_progress():
-    make(7, age=timedelta(days=200), prefix="old")
-    make(1, age=timedelta(days=1), prefix="new")
-    out, _ = run("audit_prune", "--older-than", "30d", "--batch-size", "3", "--yes")
-    lines = out.splitlines()
-    assert lines[:3] == ["deleted 3/7", "deleted 6/7", "deleted 7/7"]
-    assert "Deleted 7 audit event(s)" in lines[3]
-    assert list(AuditEvent.objects.values_list("request_id", flat=True)) == ["new0"]
-
-
-def test_prune_batch_size_equal_to_row_count():
-    make(4, age=timedelta(days=200))
-    out, _ = run("audit_prune", "--batch-size", "4", "--yes")
-    assert out.splitlines()[0] == "deleted 4/4"
-    assert not AuditEvent.objects.exists()
-
-
 def test_prune_with_nothing_to_delete():
-    make(2, age=timedelta(days=1))
+    sealed(2, age=timedelta(days=1))
     out, _ = run("audit_prune", "--yes")
     assert "Nothing to delete" in out
     assert AuditEvent.objects.count() == 2
@@ -127,31 +118,28 @@ def test_prune_rejects_bad_batch_sizes(size):
 
 
 def test_prune_refuses_without_yes_when_not_a_terminal():
-    make(2, age=timedelta(days=400))
+    sealed(2, age=timedelta(days=400))
+    sealed(1, age=timedelta(days=1))
     with pytest.raises(CommandError, match="--yes"):
         run("audit_prune", stdin=io.StringIO("y\n"))
-    assert AuditEvent.objects.count() == 2
+    assert AuditEvent.objects.count() == 3
 
 
 def test_prune_asks_on_a_terminal():
-    make(2, age=timedelta(days=400))
+    sealed(2, age=timedelta(days=400))
+    sealed(1, age=timedelta(days=1))
     out, _ = run("audit_prune", stdin=FakeTTY("y\n"))
-    assert "Delete 2 audit event(s)" in out and "[y/N]" in out
-    assert not AuditEvent.objects.exists()
+    assert "Delete 2 audit event(s) in 1 sealed block(s)" in out and "[y/N]" in out
+    assert AuditEvent.objects.filter(method="tools/call").count() == 1
 
 
 @pytest.mark.parametrize("answer", ["n\n", "\n", ""])
 def test_prune_aborts_unless_the_operator_agrees(answer):
-    make(2, age=timedelta(days=400))
+    sealed(2, age=timedelta(days=400))
+    sealed(1, age=timedelta(days=1))
     with pytest.raises(CommandError, match="Aborted"):
         run("audit_prune", stdin=FakeTTY(answer))
-    assert AuditEvent.objects.count() == 2
-
-
-def test_prune_dry_run_needs_no_confirmation():
-    make(1, age=timedelta(days=400))
-    out, _ = run("audit_prune", "--dry-run", stdin=io.StringIO(""))
-    assert "would delete 1" in out
+    assert AuditEvent.objects.count() == 3
 
 
 # --- audit_export ------------------------------------------------------------------------------
@@ -195,11 +183,17 @@ def rows() -> None:
 
 
 def ids_csv(text: str) -> list[str]:
-    return [row["request_id"] for row in csv.DictReader(io.StringIO(text))]
+    """The exported calls' request ids (earlier exports' own audit rows left out)."""
+    return [
+        row["request_id"]
+        for row in csv.DictReader(io.StringIO(text))
+        if row["method"] != "audit/export"
+    ]
 
 
 def ids_jsonl(text: str) -> list[str]:
-    return [json.loads(line)["request_id"] for line in text.splitlines()]
+    items = [json.loads(line) for line in text.splitlines()]
+    return [item["request_id"] for item in items if item["method"] != "audit/export"]
 
 
 def test_export_csv_to_stdout(rows):
@@ -297,7 +291,26 @@ def test_export_progress_only_on_a_terminal(rows, monkeypatch):
     tty_err = FakeTTY()
     call_command("audit_export", stdout=io.StringIO(), stderr=tty_err)
     assert "\r3 rows…" in tty_err.getvalue()
-    assert "Exported 3" in tty_err.getvalue()
+    assert "Exported 4" in tty_err.getvalue()  # the 3 rows and the first export's own row
+
+
+def test_each_export_is_audited_with_its_filter_and_row_count(rows, monkeypatch):
+    monkeypatch.setattr("getpass.getuser", lambda: "ops")
+    run("audit_export", "--format", "jsonl", "--tenant", "acme", "--since", "2025-01-01")
+    row = AuditEvent.objects.get(method="audit/export")
+    assert (row.actor, row.outcome, row.status) == ("cli:ops", "ok", 0)
+    assert row.arguments == {
+        "format": "jsonl",
+        "filters": [["since", "2025-01-01"], ["tenant", "acme"]],
+        "rows": 2,
+        "completed": True,
+    }
+
+
+def test_a_failed_export_is_audited_as_incomplete(rows, tmp_path: Path):
+    with pytest.raises(CommandError):
+        run("audit_export", "--output", str(tmp_path / "missing" / "audit.csv"))
+    assert AuditEvent.objects.get(method="audit/export").arguments["completed"] is False
 
 
 # --- time parsing ------------------------------------------------------------------------------

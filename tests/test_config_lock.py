@@ -126,5 +126,10 @@ def test_uv_lock_check_passes_and_catches_a_changed_pyproject(tmp_path):
     )
     stale = uv_lock_check(tmp_path)
     assert stale.returncode != 0
-    assert "needs to be updated" in stale.stderr
+    # With uv's index cache warm, uv re-resolves and reports the stale lock; on a fresh machine
+    # (only the wheels `make install` fetched are cached) the offline re-resolution itself fails.
+    # Either way the check refuses the changed pyproject.toml, which is what CI relies on.
+    assert "needs to be updated" in stale.stderr or "network was disabled" in stale.stderr, (
+        stale.stderr
+    )
     assert (tmp_path / "uv.lock").read_bytes() == (ROOT / "uv.lock").read_bytes()  # untouched

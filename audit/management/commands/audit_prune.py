@@ -1,8 +1,11 @@
-"""``manage.py audit_prune``: delete audit events older than the retention period, in batches.
+"""``manage.py audit_prune``: delete audit rows past the retention period, whole sealed blocks.
 
-Each batch selects up to ``--batch-size`` ids (oldest ids first) of rows created before the
-cutoff and deletes exactly those rows in one short statement, so no long lock is held and the
-server keeps writing audit rows meanwhile. Safe to interrupt and re-run.
+A block (one seal and its rows) goes when its newest row is older than the cutoff, oldest block
+first and never the newest seal, so the rows kept are still one verifiable chain from the first
+kept block (see :mod:`audit.retention`). Rows not sealed yet are never deleted: run
+``audit_seal`` first. Each block is its own short transaction, so the server keeps writing
+meanwhile, and an interrupted run can simply be run again. The run itself is audited
+(``audit/prune``).
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from audit.conf import get_settings
+from audit.config import cli_actor, record_prune
 from audit.models import AuditEvent
+from audit.retention import PruneReport, prunable_blocks, prune
 from audit.timeparse import AGE_HELP, before, parse_age
 
 
 class Command(BaseCommand):
     help = (
-        "Delete audit events older than --older-than (default: AUDIT_RETENTION_DAYS days), in "
-        "batches. Asks for confirmation on a terminal; pass --yes in scripts."
+        "Delete audit events older than --older-than (default: AUDIT_RETENTION_DAYS days), "
+        "whole sealed blocks at a time. Asks for confirmation on a terminal; pass --yes in "
+        "scripts."
     )
     stealth_options = ("stdin",)
 
@@ -29,7 +35,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--older-than",
             metavar="AGE",
-            help=f"Delete rows created more than AGE ago: {AGE_HELP}. "
+            help=f"Delete blocks whose rows were all created more than AGE ago: {AGE_HELP}. "
             "Default: AUDIT_RETENTION_DAYS days.",
         )
         parser.add_argument(
@@ -41,7 +47,7 @@ class Command(BaseCommand):
             type=int,
             default=5000,
             metavar="N",
-            help="Rows deleted per statement (default 5000).",
+            help="Ids per DELETE statement within a block (default 5000).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -56,13 +62,17 @@ class Command(BaseCommand):
         if not 1 <= batch_size <= 100_000:
             raise CommandError("--batch-size must be between 1 and 100000.")
 
-        old = AuditEvent.objects.filter(created_at__lt=cutoff)
         when = f"{cutoff:%Y-%m-%d %H:%M:%S %Z}"
+        blocks = prunable_blocks(cutoff)
+        total = sum(b.row_count for b in blocks)
+        last_id = blocks[-1].last_id if blocks else 0
+        kept_old = AuditEvent.objects.filter(id__gt=last_id, created_at__lt=cutoff).count()
         if options["dry_run"]:
-            total = old.count()
             self.stdout.write(
-                f"Dry run: would delete {total} audit event(s) created before {when}."
+                f"Dry run: would delete {total} audit event(s) in {len(blocks)} sealed "
+                f"block(s), all created before {when}."
             )
+            self._kept(kept_old)
             return
         stdin: TextIO = options["stdin"] if options.get("stdin") is not None else sys.stdin
         if not options["yes"] and not stdin.isatty():
@@ -70,29 +80,47 @@ class Command(BaseCommand):
                 "Refusing to delete audit events without confirmation: stdin is not a "
                 "terminal. Pass --yes (or --dry-run to only count)."
             )
-        total = old.count()
-        if total == 0:
-            self.stdout.write(f"Nothing to delete: no audit events created before {when}.")
+        if not blocks:
+            self.stdout.write(f"Nothing to delete: no sealed block older than {when}.")
+            self._kept(kept_old)
             return
         if not options["yes"]:
             self.stdout.write(
-                f"Delete {total} audit event(s) created before {when}? [y/N] ", ending=""
+                f"Delete {total} audit event(s) in {len(blocks)} sealed block(s), created "
+                f"before {when}? [y/N] ",
+                ending="",
             )
             self.stdout.flush()
             if stdin.readline().strip().lower() not in ("y", "yes"):
                 raise CommandError("Aborted; nothing deleted.")
 
-        deleted = 0
-        while True:
-            ids = list(old.order_by("id").values_list("id", flat=True)[:batch_size])
-            if not ids:
-                break
-            # QuerySet.delete(), not Model.delete() (which append-only rows refuse).
-            count, _ = AuditEvent.objects.filter(pk__in=ids).delete()
-            deleted += count
-            self.stdout.write(f"deleted {deleted}/{total}")
-            if len(ids) < batch_size:
-                break
+        def progress(report: PruneReport) -> None:
+            self.stdout.write(f"deleted {report.rows}/{total}")
+
+        report = prune(cutoff, batch_size=batch_size, progress=progress)
+        if report.blocks:
+            record_prune(
+                actor=cli_actor(),
+                details={
+                    "older_than": raw_age,
+                    "cutoff": cutoff.isoformat(),
+                    "blocks": report.blocks,
+                    "rows": report.rows,
+                    "first_id": report.first_id,
+                    "last_id": report.last_id,
+                },
+            )
         self.stdout.write(
-            self.style.SUCCESS(f"Deleted {deleted} audit event(s) created before {when}.")
+            self.style.SUCCESS(
+                f"Deleted {report.rows} audit event(s) in {report.blocks} sealed block(s), "
+                f"created before {when}."
+            )
         )
+        self._kept(kept_old)
+
+    def _kept(self, count: int) -> None:
+        if count:
+            self.stdout.write(
+                f"Kept {count} older row(s) that are not in a prunable sealed block yet (not "
+                "sealed, or sealed with newer rows); run audit_seal first."
+            )

@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.db.models import Count
 
+from audit.config import cli_actor, record_change
 from mcpauth.conf import parse_rate
 from mcpauth.management.commands.scopes import EPILOG, confirm, format_table, stdin_of
 from mcpauth.models import ClientBinding, ClientPolicy, Tenant
@@ -38,6 +39,33 @@ def _tenant(external_id: str, hint: str = "") -> Tenant:
             f"Unknown tenant {external_id!r}; see 'manage.py clients tenants'{hint}."
         )
     return tenant
+
+
+def _audit(
+    model: type[Any], action: str, target: str, changes: dict[str, Any], *, tenant: str = ""
+) -> None:
+    """Audit a change (``config/<object>.<action>``, actor ``cli:<user>``), in its transaction."""
+    client_id = target if model is not Tenant else ""
+    record_change(
+        model,
+        action,
+        target=target,
+        actor=cli_actor(),
+        changes=changes,
+        tenant=tenant,
+        client_id=client_id,
+    )
+
+
+def _policy_values(policy: ClientPolicy | None) -> dict[str, Any]:
+    if policy is None:
+        return {}
+    return {"mode": str(policy.mode), "rate": policy.rate, "note": policy.note}
+
+
+def _policy_changes(before: ClientPolicy | None, after: ClientPolicy | None) -> dict[str, Any]:
+    old, new = _policy_values(before), _policy_values(after)
+    return {k: [old.get(k), new.get(k)] for k in {**old, **new} if old.get(k) != new.get(k)}
 
 
 def _policy_label(policy: ClientPolicy | None) -> str:
@@ -189,9 +217,23 @@ class Command(BaseCommand):
                 )
                 existing.tenant = tenant
                 existing.save(update_fields=["tenant"])
+                _audit(
+                    ClientBinding,
+                    "update",
+                    client_id,
+                    {"tenant": [old, external_id]},
+                    tenant=external_id,
+                )
                 self.stdout.write(f"Moved {client_id} from tenant {old} to {external_id}.")
             else:
                 ClientBinding.objects.create(client_id=client_id, tenant=tenant)
+                _audit(
+                    ClientBinding,
+                    "create",
+                    client_id,
+                    {"tenant": [None, external_id]},
+                    tenant=external_id,
+                )
                 self.stdout.write(f"Bound {client_id} to tenant {external_id}.")
         if tenant.suspended:
             self.stdout.write(f"Warning: tenant {external_id} is suspended.")
@@ -208,7 +250,10 @@ class Command(BaseCommand):
             "a tenant claim will be refused.",
             yes=options["yes"],
         )
-        binding.delete()
+        with transaction.atomic():
+            binding.delete()
+            old = binding.tenant.external_id
+            _audit(ClientBinding, "delete", client_id, {"tenant": [old, None]}, tenant=old)
         self.stdout.write(f"Unbound {client_id} (was tenant {binding.tenant.external_id}).")
 
     def _policy(self, options: dict[str, Any]) -> None:
@@ -222,7 +267,9 @@ class Command(BaseCommand):
             if existing is None:
                 self.stdout.write(f"No change: {client_id} already uses the default policy.")
                 return
-            existing.delete()
+            with transaction.atomic():
+                existing.delete()
+                _audit(ClientPolicy, "delete", client_id, _policy_changes(existing, None))
             self.stdout.write(f"Policy for {client_id}: default (was {before}).")
             return
         rate = ""
@@ -247,6 +294,7 @@ class Command(BaseCommand):
         ):
             self.stdout.write(f"No change: {client_id} already has policy {before}.")
             return
+        old_values = _policy_values(existing)
         policy = existing or ClientPolicy(client_id=client_id)
         policy.mode = mode
         policy.rate = rate
@@ -256,7 +304,14 @@ class Command(BaseCommand):
             policy.full_clean()
         except ValidationError as exc:
             raise CommandError(f"Invalid policy: {'; '.join(exc.messages)}") from None
-        policy.save()
+        with transaction.atomic():
+            policy.save()
+            changes = {
+                k: [old_values.get(k), v]
+                for k, v in _policy_values(policy).items()
+                if old_values.get(k) != v
+            }
+            _audit(ClientPolicy, "update" if existing else "create", client_id, changes)
         self.stdout.write(f"Policy for {client_id}: {_policy_label(policy)} (was {before}).")
 
     def _tenants(self, *, as_json: bool) -> None:
@@ -288,6 +343,14 @@ class Command(BaseCommand):
         if tenant.suspended == suspended:
             self.stdout.write(f"No change: tenant {external_id} is already {state}.")
             return
-        tenant.suspended = suspended
-        tenant.save(update_fields=["suspended"])
+        with transaction.atomic():
+            tenant.suspended = suspended
+            tenant.save(update_fields=["suspended"])
+            _audit(
+                Tenant,
+                "suspend" if suspended else "unsuspend",
+                external_id,
+                {"suspended": [not suspended, suspended]},
+                tenant=external_id,
+            )
         self.stdout.write(f"Tenant {external_id} is now {state}.")

@@ -7,7 +7,6 @@ servers pick them up within ``MCPAUTH_CACHE_TTL`` seconds.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,19 +14,18 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from django.contrib.auth.models import Permission
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from mcpauth.models import ScopeMapping
+from audit.config import cli_actor, record_change
+from mcpauth.models import ScopeMapping, scope_problem
 from mcpauth.scopes import perm_name, resolve_permissions
 
 EXPORT_VERSION = 1
-SCOPE_MAX_LENGTH: int = getattr(ScopeMapping._meta.get_field("scope"), "max_length", 200)
 DESCRIPTION_MAX_LENGTH: int = getattr(
     ScopeMapping._meta.get_field("description"), "max_length", 255
 )
-#: RFC 6749 §3.3 scope-token: printable ASCII except space, '"' and '\'.
-_SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _PERM_HINT = "Permissions are written app_label.codename, e.g. todos.view_todo."
 EPILOG = (
     "Changes apply to this process at once; running servers pick them up within "
@@ -67,33 +65,26 @@ def stdin_of(options: dict[str, Any]) -> TextIO:
 # --- validation ----------------------------------------------------------------------------
 
 
-def scope_problem(scope: object) -> str | None:
-    """Why ``scope`` cannot be a mapping's scope, or ``None`` when it is fine."""
-    if not isinstance(scope, str):
-        return "a scope must be a string"
-    if not scope:
-        return "a scope must not be empty"
-    if any(ch.isspace() for ch in scope):
-        return f"scope {scope!r} contains whitespace"
-    if len(scope) > SCOPE_MAX_LENGTH:
-        return f"scope {scope[:40]!r}... is longer than {SCOPE_MAX_LENGTH} characters"
-    if not _SCOPE_TOKEN_RE.fullmatch(scope):
-        return (
-            f"scope {scope!r} may only contain printable ASCII without quotes or backslashes "
-            "(RFC 6749 scope-token)"
-        )
-    if "*" in scope[:-1]:
-        return f"scope {scope!r}: '*' is only allowed as the last character"
-    if scope == "*":
-        return "a bare '*' would match every token scope; use a prefix such as 'todo:*'"
-    return None
-
-
 def validate_scope(scope: str) -> str:
-    problem = scope_problem(scope)
-    if problem:
-        raise CommandError(f"Invalid scope: {problem}.")
+    """The model's own validation (``ScopeMapping.clean``), as a CommandError."""
+    try:
+        ScopeMapping(scope=scope).clean()
+    except ValidationError as exc:
+        raise CommandError(f"Invalid scope: {'; '.join(exc.messages)}") from None
     return scope
+
+
+def full_clean(mapping: ScopeMapping) -> None:
+    """The model's validation (``clean()`` included) before a new mapping is saved."""
+    try:
+        mapping.full_clean(exclude=["permissions"])
+    except ValidationError as exc:
+        raise CommandError(f"Invalid scope: {'; '.join(exc.messages)}") from None
+
+
+def audit_scope(scope: str, action: str, changes: dict[str, Any]) -> None:
+    """Audit a change to the scope map (``config/scope_mapping.<action>``, actor ``cli:…``)."""
+    record_change(ScopeMapping, action, target=scope, actor=cli_actor(), changes=changes)
 
 
 def resolve_all(names: list[str]) -> dict[str, Permission]:
@@ -264,16 +255,27 @@ def plan_import(
 def apply_import(changes: list[Change], perms: dict[str, Permission]) -> None:
     with transaction.atomic():
         for change in changes:
+            before = sorted(set(change.wanted) - set(change.added) | set(change.removed))
             if change.kind == "delete":
                 for mapping in ScopeMapping.objects.filter(scope=change.scope):
                     mapping.delete()
+                audit_scope(change.scope, "delete", {"permissions": [change.removed, []]})
                 continue
-            mapping, _ = ScopeMapping.objects.get_or_create(scope=change.scope)
+            found = ScopeMapping.objects.filter(scope=change.scope).first()
+            if found is None:
+                found = ScopeMapping(scope=change.scope)
+                full_clean(found)
+                found.save()
+            mapping = found
+            audited: dict[str, Any] = {}
             if change.description is not None:
                 mapping.description = change.description[1]
                 mapping.save(update_fields=["description"])
+                audited["description"] = list(change.description)
             if change.added or change.removed:
                 mapping.permissions.set([perms[n] for n in change.wanted])
+                audited["permissions"] = [before, change.wanted]
+            audit_scope(change.scope, change.kind, audited)
 
 
 # --- the command ---------------------------------------------------------------------------
@@ -380,15 +382,20 @@ class Command(BaseCommand):
             raise CommandError(f"--description is longer than {DESCRIPTION_MAX_LENGTH} characters.")
         perms = resolve_all(names)
         with transaction.atomic():
-            mapping, created = ScopeMapping.objects.get_or_create(
-                scope=scope, defaults={"description": description or ""}
-            )
-            if created:
+            mapping = ScopeMapping.objects.filter(scope=scope).first()
+            created = mapping is None
+            if mapping is None:
+                mapping = ScopeMapping(scope=scope, description=description or "")
+                full_clean(mapping)
+                mapping.save()
                 self.stdout.write(f"Created scope {scope}.")
-            elif description is not None and description != mapping.description:
-                mapping.description = description
-                mapping.save(update_fields=["description"])
-                self.stdout.write(f"Updated description of {scope}.")
+                old_description = mapping.description
+            else:
+                old_description = mapping.description
+                if description is not None and description != mapping.description:
+                    mapping.description = description
+                    mapping.save(update_fields=["description"])
+                    self.stdout.write(f"Updated description of {scope}.")
             have = {perm_name(p) for p in mapping.permissions.select_related("content_type")}
             new = sorted(set(perms) - have)
             if new:
@@ -397,6 +404,13 @@ class Command(BaseCommand):
             already = sorted(set(perms) & have)
             if already:
                 self.stdout.write(f"Already granted to {scope}: {', '.join(already)}")
+            changes: dict[str, Any] = {}
+            if new or created:
+                changes["permissions"] = [sorted(have), sorted(have | set(new))]
+            if mapping.description != old_description or (created and mapping.description):
+                changes["description"] = ["" if created else old_description, mapping.description]
+            if changes:
+                audit_scope(scope, "create" if created else "update", changes)
         if scope.endswith("*"):
             self.stdout.write(
                 f"Note: this wildcard mapping applies to every token scope starting with "
@@ -416,7 +430,12 @@ class Command(BaseCommand):
                 f"Delete scope mapping {scope!r} and everything it grants?",
                 yes=options["yes"],
             )
-            mapping.delete()
+            with transaction.atomic():
+                had = sorted(
+                    perm_name(p) for p in mapping.permissions.select_related("content_type")
+                )
+                mapping.delete()
+                audit_scope(scope, "delete", {"permissions": [had, []]})
             self.stdout.write(f"Deleted scope {scope}.")
             return
         perms = resolve_all(names)
@@ -425,6 +444,9 @@ class Command(BaseCommand):
             gone = sorted(set(perms) & have)
             if gone:
                 mapping.permissions.remove(*(perms[n] for n in gone))
+                audit_scope(
+                    scope, "update", {"permissions": [sorted(have), sorted(have - set(gone))]}
+                )
                 self.stdout.write(f"Revoked from {scope}: {', '.join(gone)}")
         missing = sorted(set(perms) - have)
         if missing:
