@@ -46,7 +46,8 @@ DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES2
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
 
 
-def _split(value: Any) -> tuple[str, ...]:
+def split_list(value: Any) -> tuple[str, ...]:
+    """A setting given as a list, or as one string of comma- or space-separated items."""
     if not value:
         return ()
     if isinstance(value, str):
@@ -166,12 +167,12 @@ def _build() -> MCPAuthSettings:
     debug = bool(getattr(s, "DEBUG", False))
     base_url = str(getattr(s, "BASE_URL", "http://127.0.0.1:8000")).rstrip("/")
     resource = f"{base_url}/mcp"
-    extra_audiences = _split(getattr(s, "MCPAUTH_AUDIENCE", ""))
+    extra_audiences = split_list(getattr(s, "MCPAUTH_AUDIENCE", ""))
     sk_env = str(getattr(s, "SCALEKIT_ENVIRONMENT_URL", "") or "").rstrip("/")
     sk_resource = str(getattr(s, "SCALEKIT_RESOURCE_ID", "") or "")
-    issuer_setting = _split(getattr(s, "MCPAUTH_ISSUER", ""))
+    issuer_setting = split_list(getattr(s, "MCPAUTH_ISSUER", ""))
     jwks_url = str(getattr(s, "MCPAUTH_JWKS_URL", "") or "")
-    auth_servers = _split(getattr(s, "MCPAUTH_AUTHORIZATION_SERVERS", ""))
+    auth_servers = split_list(getattr(s, "MCPAUTH_AUTHORIZATION_SERVERS", ""))
     var_dir = Path(getattr(s, "VAR_DIR", Path(s.BASE_DIR) / "var"))
 
     preset: Preset
@@ -197,7 +198,7 @@ def _build() -> MCPAuthSettings:
 
     algorithms = tuple(
         a
-        for a in _split(getattr(s, "MCPAUTH_ALGORITHMS", "")) or DEFAULT_ALGORITHMS
+        for a in split_list(getattr(s, "MCPAUTH_ALGORITHMS", "")) or DEFAULT_ALGORITHMS
         if a in SAFE_ALGORITHMS
     )
     hosts = tuple(getattr(s, "ALLOWED_HOSTS", ()) or ())
@@ -224,7 +225,7 @@ def _build() -> MCPAuthSettings:
         instructions=str(
             getattr(s, "MCPAUTH_INSTRUCTIONS", "Every call is authorised per tool and audited.")
         ),
-        base_scopes=_split(getattr(s, "MCPAUTH_BASE_SCOPES", "")),
+        base_scopes=split_list(getattr(s, "MCPAUTH_BASE_SCOPES", "")),
         rate_limit=str(getattr(s, "MCPAUTH_RATE_LIMIT", "120/m")),
         scope_rate_limits=dict(getattr(s, "MCPAUTH_SCOPE_RATE_LIMITS", {}) or {}),
         rate_limit_cache=str(getattr(s, "RATELIMIT_USE_CACHE", "ratelimit")),
@@ -232,7 +233,7 @@ def _build() -> MCPAuthSettings:
         unauthenticated_rate_limit=str(getattr(s, "MCPAUTH_UNAUTHENTICATED_RATE_LIMIT", "30/m")),
         trusted_proxies=int(getattr(s, "MCPAUTH_TRUSTED_PROXIES", 0)),
         allowed_hosts=hosts,
-        allowed_origins=_split(getattr(s, "MCPAUTH_ALLOWED_ORIGINS", ())),
+        allowed_origins=split_list(getattr(s, "MCPAUTH_ALLOWED_ORIGINS", ())),
         loopback_origins_any_port=bool(getattr(s, "MCPAUTH_LOOPBACK_ORIGINS_ANY_PORT", False)),
         max_body_bytes=int(getattr(s, "MCPAUTH_MAX_BODY_BYTES", 1_048_576)),
         max_json_depth=int(getattr(s, "MCPAUTH_MAX_JSON_DEPTH", 32)),

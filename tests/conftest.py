@@ -312,11 +312,15 @@ class LiveServer:
     def url(self) -> str:
         return f"{self.base}/mcp"
 
-    def start(self) -> None:
+    def application(self) -> Any:
+        """The ASGI app to serve (subclasses wrap it)."""
         from config.asgi import build_application
 
+        return build_application()
+
+    def start(self) -> None:
         config = uvicorn.Config(
-            build_application(),
+            self.application(),
             host="127.0.0.1",
             port=self.port,
             lifespan="on",

@@ -14,11 +14,49 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx2
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def serving(
+    proc: subprocess.Popen[bytes], base: str, log: IO[bytes], *, what: str, seconds: float
+) -> Iterator[str]:
+    """Wait (at most ``seconds``) until ``base``/health answers 200; yield ``base``; stop ``proc``.
+
+    ``log`` is the file the process writes its output to, shown when it fails to come up.
+    """
+
+    def output() -> str:
+        # pread: the child shares this file's offset, which a seek would move under it
+        log.flush()
+        fd = log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited early:\n{output()}")
+            try:
+                if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not become live:\n{output()}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 @contextmanager
@@ -54,29 +92,10 @@ def uvicorn_process(
     # Output goes to a file, not a pipe: an unread pipe fills up and blocks the server.
     log = open(output, "w+b") if output is not None else tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"server exited early:\n{log.read().decode(errors='replace')}")
-            try:
-                if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not become live")
-            time.sleep(0.2)
-        yield base
+        with serving(proc, f"http://127.0.0.1:{port}", log, what="server", seconds=30) as base:
+            yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
         log.close()
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -20,7 +18,6 @@ from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.utils import timezone
@@ -60,27 +57,10 @@ sync_api = pytest.importorskip("playwright.sync_api")
 class StaticLiveServer(LiveServer):
     """The composed ASGI app, plus the admin's static files (the suite runs with DEBUG off)."""
 
-    def start(self) -> None:
+    def application(self) -> Any:
         from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
-        from config.asgi import build_application
-
-        config = uvicorn.Config(
-            ASGIStaticFilesHandler(build_application()),
-            host="127.0.0.1",
-            port=self.port,
-            lifespan="on",
-            log_level="warning",
-            access_log=False,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
+        return ASGIStaticFilesHandler(super().application())
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from mcpauth.observability import metrics
 from tests.conftest import MCP_ACCEPT, call_tool, free_port
-from tests.servers import ROOT
+from tests.servers import ROOT, serving
 from tests.test_mcpauth_metrics import calls_per_process, scrape, server_env, value
 
 DEPLOY = ROOT / "deploy"
@@ -41,28 +40,8 @@ def gunicorn_process(port: int, env: dict[str, str], output: Path) -> Iterator[s
     cmd = [sys.executable, "-m", "gunicorn", "-c", str(DEPLOY / "gunicorn.conf.py")]
     with output.open("w+b") as log:
         proc = subprocess.Popen(cmd, cwd="/", env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 40
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"gunicorn exited early:\n{output.read_text()}")
-                try:
-                    if httpx2.get(f"{base}/health", timeout=1).status_code == 200:
-                        break
-                except httpx2.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not become live:\n{output.read_text()}")
-                time.sleep(0.2)
+        with serving(proc, f"http://127.0.0.1:{port}", log, what="gunicorn", seconds=40) as base:
             yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
 
 
 def stale_counter(directory: Path, pid: int, count: float) -> None:

@@ -20,20 +20,14 @@ from django.conf import settings as dj_settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from mcpauth.conf import split_list
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
 )
 LOG_FORMATS = ("text", "json")
-
-
-def _split(value: Any) -> tuple[str, ...]:
-    if not value:
-        return ()
-    if isinstance(value, str):
-        return tuple(v for v in value.replace(",", " ").split() if v)
-    return tuple(str(v) for v in value)
 
 
 def parse_networks(values: tuple[str, ...]) -> tuple[tuple[IPNetwork, ...], tuple[str, ...]]:
@@ -73,11 +67,13 @@ class ObservabilitySettings:
 @lru_cache(maxsize=1)
 def get_settings() -> ObservabilitySettings:
     s = dj_settings
-    networks, invalid = parse_networks(_split(getattr(s, "METRICS_ALLOWED_IPS", ())))
+    networks, invalid = parse_networks(split_list(getattr(s, "METRICS_ALLOWED_IPS", ())))
     exporters: tuple[str, ...] = ()
     if not getattr(s, "OTEL_SDK_DISABLED", False):
         exporters = tuple(
-            e.lower() for e in _split(getattr(s, "OTEL_TRACES_EXPORTER", "")) if e.lower() != "none"
+            e.lower()
+            for e in split_list(getattr(s, "OTEL_TRACES_EXPORTER", ""))
+            if e.lower() != "none"
         )
     return ObservabilitySettings(
         log_format=str(getattr(s, "LOG_FORMAT", "text") or "text").lower(),
