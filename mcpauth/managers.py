@@ -6,7 +6,8 @@
   queryset comes from ``Model.objects.for_principal(principal)`` (services, which receive the
   ``Principal``) or ``Model.objects.current()`` (the caller of the running tool), and is
   filtered to that principal's tenant; ``create()``/``bulk_create()``/``get_or_create()`` on it
-  stamp the tenant. Forgetting the principal raises
+  stamp the tenant, and ``update()``/``update_or_create()`` (and their async forms) refuse to
+  set another one. Forgetting the principal raises
   :class:`~mcpauth.exceptions.NoPrincipal` instead of reading every tenant's rows:
   ``Model.objects.filter(...)``, ``.all()``, ``.get()``, ``.create()`` all raise.
 * ``all_tenants``, a plain manager and the model's default manager, for what is legitimately
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound=models.Model)
 
+_TENANT_FIELDS = ("tenant", "tenant_id")
+
 
 def _tenant_id(principal: Principal | None) -> int:
     tenant = getattr(principal, "tenant", None)
@@ -65,15 +68,41 @@ class TenantQuerySet(models.QuerySet[M]):
             raise NoPrincipal("A tenant-confined query needs the caller's Principal.")
         return self._tenant_id
 
-    def _stamp(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def _refuse_other_tenant(self, values: dict[str, Any] | None) -> int:
+        """The confined tenant; raises when ``values`` would set the row's tenant to another."""
         tenant_id = self._confined()
-        for key in ("tenant", "tenant_id"):
-            given = kwargs.pop(key, None)
-            given_id = getattr(given, "pk", given)
-            if given is not None and given_id != tenant_id:
-                raise NoPrincipal("A tenant-confined queryset cannot write another tenant's row.")
+        for key in _TENANT_FIELDS:
+            if values and key in values:
+                given = values[key]
+                if getattr(given, "pk", given) != tenant_id:  # another tenant, an F(), None ...
+                    raise NoPrincipal(
+                        "A tenant-confined queryset cannot write another tenant's row."
+                    )
+        return tenant_id
+
+    def _stamp(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        tenant_id = self._refuse_other_tenant(kwargs)
+        for key in _TENANT_FIELDS:
+            kwargs.pop(key, None)
         kwargs["tenant_id"] = tenant_id
         return kwargs
+
+    def update(self, **kwargs: Any) -> int:
+        # aupdate() runs this too (Django: sync_to_async(self.update))
+        self._refuse_other_tenant(kwargs)
+        return super().update(**kwargs)
+
+    def update_or_create(
+        self,
+        defaults: Any = None,
+        create_defaults: Any = None,
+        **kwargs: Any,
+    ) -> tuple[M, bool]:
+        # aupdate_or_create() runs this too; the create half goes through create() above
+        for values in (defaults, create_defaults, kwargs):
+            if isinstance(values, dict):
+                self._refuse_other_tenant(values)
+        return super().update_or_create(defaults, create_defaults, **kwargs)
 
     def create(self, **kwargs: Any) -> M:
         return super().create(**self._stamp(kwargs))
@@ -127,8 +156,11 @@ class TenantManager(models.Manager[M]):
         self, build: Callable[[TenantQuerySet[M], Params], QuerySet[Any]], fields: Iterable[str]
     ) -> TenantStatement:
         """A prepared ``UPDATE`` of ``fields`` (their values are run-time parameters)."""
+        fields = tuple(fields)
+        if set(fields) & set(_TENANT_FIELDS):
+            raise ValueError("A tenant-confined UPDATE cannot set the tenant.")
         return TenantStatement(
-            PreparedUpdate(self.model, lambda p: build(self._confined_template(), p), tuple(fields))
+            PreparedUpdate(self.model, lambda p: build(self._confined_template(), p), fields)
         )
 
     def prepare_delete(

@@ -265,13 +265,19 @@ async def admit_on_loop(ctx: CallContext, raw: str | None) -> bool:
                 token = verify(raw)
             with step("mcp.tenant_scope"):
                 principal = principal_for(token)
-            ratelimit.rate_for(principal)  # the policy is cached, or CacheMiss
+            # the policy is cached, or CacheMiss; counted with this very rate below, so a cache
+            # cleared meanwhile (a config change) cannot turn the count into a CacheMiss
+            rate = ratelimit.rate_for(principal)
     except (CacheMiss, MCPAuthError, SynchronousOnlyOperation):
         return False
     ctx.token = token
-    ctx.principal = principal
-    with cache_only(), step("mcp.rate_limit"):
-        ctx.usage = await ratelimit.ahit(principal)  # refusals from here on are final
+    ctx.principal = principal  # a refusal of the count below is recorded with the caller
+    try:
+        with cache_only(), step("mcp.rate_limit"):
+            # refusals from here on are final; a CacheMiss comes before anything is counted
+            ctx.usage = await ratelimit.ahit(principal, rate)
+    except CacheMiss:
+        return False  # admit() in a thread decides again (and sets the caller again)
     if ctx.method == "tools/call" and ctx.parse_error is None:
         spec = registry[ctx.tool]
         if not principal.has_perms(spec.permissions):

@@ -200,13 +200,16 @@ def hit(principal: Principal) -> Usage | None:
     return _usage("mcpauth.client", principal.client_id, rate, increment=True, policy=policy)
 
 
-async def ahit(principal: Principal) -> Usage | None:
+async def ahit(
+    principal: Principal, rated: tuple[str | None, str] | None = None
+) -> Usage | None:
     """:func:`hit` on the event loop: the same count and outcome, counted by the async client.
 
-    Only for what needs no blocking I/O: inside ``cache_only()`` a policy not in the cache, or a
-    counting cache that is neither Redis nor in-process, raises ``CacheMiss``.
+    ``rated`` is :func:`rate_for`'s answer when the caller already has it. Only for what needs
+    no blocking I/O: inside ``cache_only()`` a policy not in the cache, or a counting cache that
+    is neither Redis nor in-process, raises ``CacheMiss`` (always before anything is counted).
     """
-    rate, policy = rate_for(principal)
+    rate, policy = rated if rated is not None else rate_for(principal)
     if rate is None:
         return None
     group, value = "mcpauth.client", principal.client_id

@@ -51,6 +51,7 @@ from mcp.server.connection import Connection
 from mcp.server.runner import modern_error_data, serve_one
 from mcp.server.streamable_http import check_accept_headers
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp.shared.dispatcher import CallOptions
 from mcp.shared.exceptions import NoBackChannelError
 from mcp.shared.inbound import (
@@ -101,6 +102,14 @@ def _content_type_is_json(scope: Scope) -> bool:
     """The legacy transport's rule (``_check_content_type``)."""
     value = header(scope, b"content-type") or ""
     return any(part.strip() == "application/json" for part in value.split(";")[0].split(","))
+
+
+#: The 2026-07-28 entry's own check (``handle_modern_request`` refuses other POSTs with 400).
+_MODERN_SECURITY = TransportSecurityMiddleware()
+
+
+def _modern_content_type_is_json(scope: Scope) -> bool:
+    return _MODERN_SECURITY._validate_content_type(header(scope, b"content-type"))
 
 
 @dataclass
@@ -173,7 +182,9 @@ class Transport:
         has_json, _ = check_accept_headers(Request(scope))
         if not has_json:
             return False
-        return not is_handshake_era(scope) or _content_type_is_json(scope)
+        if is_handshake_era(scope):
+            return _content_type_is_json(scope)
+        return _modern_content_type_is_json(scope)
 
     async def serve(self, call: CallContext, scope: Scope, body: bytes, send: Send) -> None:
         replayed = False

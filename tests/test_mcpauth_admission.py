@@ -81,3 +81,29 @@ def test_an_expired_cached_token_is_refused(
     resp = post(live, token, call_tool("list_todos"))
     assert resp.status_code == 401 and 'error="invalid_token"' in resp.headers["www-authenticate"]
     assert thread_admissions == ["tools/call", "tools/call"]  # a refusal goes to the thread
+
+
+def test_a_policy_cache_cleared_during_admission_is_no_500(
+    live: LiveServer, mint: Minter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config change clears the policy cache between the loop's check and its count (another
+    thread's revocation check does that): the call is still admitted, counted once."""
+    import mcpauth.ratelimit
+
+    token = mint(client_id=client_id_with_room("cleared-mid-admission"))
+    assert post(live, token, call_tool("list_todos")).status_code == 200  # warm every cache
+    original = mcpauth.ratelimit.rate_for
+
+    def then_cleared(principal: Any) -> Any:
+        rated = original(principal)
+        mcpauth.ratelimit.clear_policies()  # as a concurrent config change would
+        return rated
+
+    monkeypatch.setattr(mcpauth.ratelimit, "rate_for", then_cleared)
+    first = post(live, token, call_tool("list_todos"))
+    second = post(live, token, call_tool("list_todos"))
+    assert (first.status_code, second.status_code) == (200, 200), first.text
+    assert first.json()["result"]["isError"] is False
+    used = int(first.headers["x-ratelimit-remaining"]) - int(second.headers["x-ratelimit-remaining"])
+    assert used == 1
+    assert AuditEvent.objects.filter(outcome="ok").count() == 3

@@ -260,6 +260,44 @@ def test_confined_queryset_reads_and_writes_only_its_tenant() -> None:
 
 
 @pytest.mark.django_db
+def test_confined_queryset_cannot_move_a_row_to_another_tenant() -> None:
+    from django.db.models import F
+
+    acme, globex = (Tenant.objects.create(external_id=n) for n in ("acme", "globex"))
+    p = principal(acme)
+    mine = Todo.objects.for_principal(p).create(title="mine", created_by="s")
+    rows = Todo.objects.for_principal(p).filter(pk=mine.pk)
+    for attempt in (
+        lambda: rows.update(tenant=globex),
+        lambda: rows.update(tenant_id=globex.pk),
+        lambda: rows.update(tenant_id=F("tenant_id") + 1),
+        lambda: rows.update_or_create(pk=mine.pk, defaults={"tenant": globex}),
+        lambda: rows.update_or_create(title="new", create_defaults={"tenant_id": globex.pk}),
+        lambda: Todo.objects.prepare_update(lambda qs, q: qs, ["tenant_id"]),
+    ):
+        with pytest.raises((NoPrincipal, ValueError)):
+            attempt()
+    assert Todo.all_tenants.get().tenant == acme  # nothing moved
+    # the tenant's own id is allowed (a no-op), and ordinary updates work
+    assert rows.update(tenant=acme, title="renamed") == 1
+    assert rows.update_or_create(pk=mine.pk, defaults={"done": True})[0].done is True
+    assert Todo.all_tenants.filter(tenant=globex).count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_confined_queryset_async_updates_are_guarded_too() -> None:
+    acme = await Tenant.objects.acreate(external_id="acme")
+    globex = await Tenant.objects.acreate(external_id="globex")
+    rows = Todo.objects.for_principal(principal(acme))
+    mine = await rows.acreate(title="mine", created_by="s")
+    with pytest.raises(NoPrincipal):
+        await rows.filter(pk=mine.pk).aupdate(tenant=globex)
+    with pytest.raises(NoPrincipal):
+        await rows.aupdate_or_create(pk=mine.pk, defaults={"tenant": globex})
+    assert (await Todo.all_tenants.aget()).tenant_id == acme.pk
+
+
+@pytest.mark.django_db
 def test_current_uses_the_bound_call() -> None:
     acme = Tenant.objects.create(external_id="acme")
     call = CallContext(request_id="r", client_ip="127.0.0.1", user_agent="")

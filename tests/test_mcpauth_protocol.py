@@ -140,3 +140,36 @@ def test_get_and_delete_need_a_token_too(live, mint):
     assert httpx2.get(live.url, headers=MCP_ACCEPT).status_code == 401
     resp = httpx2.get(live.url, headers={**MCP_ACCEPT, "authorization": f"Bearer {mint()}"})
     assert resp.status_code == 405
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["single-exchange", "via-sdk"])
+def test_content_type_is_checked_as_the_sdk_checks_it_on_both_eras(live, mint, settings, fast):
+    """A POST that is not ``application/json`` is refused before any tool runs, on both eras and
+    on both transports, with the SDK's own answer (the 2026-07-28 entry: 400)."""
+    import json
+
+    settings.MCPAUTH_FAST_TRANSPORT = fast
+    modern = {
+        "mcp-protocol-version": "2026-07-28",
+        "mcp-method": "tools/call",
+        "mcp-name": "create_todo",
+    }
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    message = call_tool("create_todo", {"title": "never written"})
+    message["params"]["_meta"] = meta
+    body = json.dumps(message).encode()
+    refused = raw_post(live, mint(), body, **{"content-type": "text/plain"}, **modern)
+    assert refused.status_code == 400
+    legacy = json.dumps(call_tool("create_todo", {"title": "never written"})).encode()
+    refused_legacy = raw_post(live, mint(), legacy, **{"content-type": "text/plain"})
+    assert refused_legacy.status_code in (400, 415)
+    from todos.models import Todo
+
+    assert not Todo.all_tenants.filter(title="never written").exists()
+    ok = raw_post(
+        live, mint(), body, **{"content-type": "application/json; charset=utf-8"}, **modern
+    )
+    assert ok.status_code == 200 and ok.json()["result"]["isError"] is False
