@@ -200,9 +200,7 @@ def hit(principal: Principal) -> Usage | None:
     return _usage("mcpauth.client", principal.client_id, rate, increment=True, policy=policy)
 
 
-async def ahit(
-    principal: Principal, rated: tuple[str | None, str] | None = None
-) -> Usage | None:
+async def ahit(principal: Principal, rated: tuple[str | None, str] | None = None) -> Usage | None:
     """:func:`hit` on the event loop: the same count and outcome, counted by the async client.
 
     ``rated`` is :func:`rate_for`'s answer when the caller already has it. Only for what needs
