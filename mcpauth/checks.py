@@ -8,6 +8,7 @@
 * ``mcpauth.E006`` two tools share one name;
 * ``mcpauth.E007`` a tool's permission is not of the form ``app_label.codename``;
 * ``mcpauth.E008`` a tool is declared both ``read_only`` and ``destructive``;
+* ``mcpauth.E009`` a tool's name is longer than ``MAX_TOOL_NAME`` (100) characters;
 * ``mcpauth.W010`` the rate-limit cache is not shared between workers while ``DEBUG`` is off;
 * ``mcpauth.W011`` ``ALLOWED_HOSTS`` contains ``*``, which disables DNS-rebinding protection;
 * ``mcpauth.W012`` the development issuer is active.
@@ -22,7 +23,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 from mcpauth.conf import get_settings, parse_rate
-from mcpauth.registry import ToolRegistry, registry
+from mcpauth.registry import MAX_TOOL_NAME, ToolRegistry, registry
 
 _SHARED_CACHES = ("redis", "memcached", "db.DatabaseCache")
 
@@ -108,7 +109,7 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
 
 
 def tool_messages(tools: ToolRegistry) -> list[checks.CheckMessage]:
-    """Problems with the registered tools (``E006``-``E008``)."""
+    """Problems with the registered tools (``E006``-``E009``)."""
     messages: list[checks.CheckMessage] = []
     for first, second in tools.duplicates:
         messages.append(
@@ -139,6 +140,15 @@ def tool_messages(tools: ToolRegistry) -> list[checks.CheckMessage]:
                     "destructive.",
                     hint="A read-only tool changes nothing: drop one of the two.",
                     id="mcpauth.E008",
+                )
+            )
+        if len(spec.name) > MAX_TOOL_NAME:
+            messages.append(
+                checks.Error(
+                    f"MCP tool {spec.name[:40]!r}... ({spec.module}) has a name of "
+                    f"{len(spec.name)} characters; at most {MAX_TOOL_NAME} are allowed.",
+                    hint="Give it a shorter name: @tool(name=...).",
+                    id="mcpauth.E009",
                 )
             )
     return messages

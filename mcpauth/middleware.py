@@ -53,7 +53,7 @@ from mcpauth.exceptions import (
 from mcpauth.localcache import CacheMiss, cache_only
 from mcpauth.observability import request as observe
 from mcpauth.observability.tracing import step
-from mcpauth.registry import registry
+from mcpauth.registry import MAX_TOOL_NAME, registry
 from mcpauth.tokens import Principal, principal_for, verify
 from mcpauth.transport import Transport, protocol_version
 from mcpauth.types import Message, Receive, Scope, Send, header_values
@@ -123,10 +123,12 @@ def parse_envelope(ctx: CallContext, body: bytes, conf: MCPAuthSettings) -> None
         if not isinstance(params, dict) or not isinstance(params.get("name"), str):
             ctx.parse_error = InvalidRequest("tools/call needs params.name.")
             return
-        ctx.tool = params["name"][:100]
+        name = params["name"]
+        ctx.tool = name[:MAX_TOOL_NAME]  # what the audit row can hold
         args = params.get("arguments", {})
         ctx.arguments = args
-        if ctx.tool not in registry:
+        # no registered name is longer (mcpauth.E009): a longer one is unknown, never a prefix
+        if len(name) > MAX_TOOL_NAME or name not in registry:
             ctx.parse_error = UnknownTool(f"Unknown tool: {ctx.tool!r}.")
 
 

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The longest tool name (the audit row's ``tool`` column; ``mcpauth.E009`` enforces it).
+MAX_TOOL_NAME = 100
+
 
 @dataclass(frozen=True)
 class ToolSpec:

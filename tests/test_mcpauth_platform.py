@@ -153,8 +153,15 @@ def test_duplicate_names_and_bad_permissions_are_check_errors() -> None:
     local.register(
         ToolSpec(name="both", fn=second, permissions=(), read_only=True, destructive=True)
     )
+    local.register(ToolSpec(name="x" * 101, fn=first, permissions=(), module="one.mcp"))
+    local.register(ToolSpec(name="y" * 100, fn=first, permissions=(), module="one.mcp"))  # fits
     messages = checks.tool_messages(local)
-    assert sorted(m.id for m in messages) == ["mcpauth.E006", "mcpauth.E007", "mcpauth.E008"]
+    assert sorted(m.id for m in messages) == [
+        "mcpauth.E006",
+        "mcpauth.E007",
+        "mcpauth.E008",
+        "mcpauth.E009",
+    ]
     assert all(m.is_serious() and m.hint for m in messages)
     e006 = next(m for m in messages if m.id == "mcpauth.E006")
     assert "one.mcp.first" in e006.msg and "two.mcp.second" in e006.msg
