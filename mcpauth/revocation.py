@@ -64,7 +64,9 @@ def _bump_now() -> None:
         try:
             cache.incr(VERSION_KEY)
         except ValueError:
-            if not cache.add(VERSION_KEY, 1, timeout=None):
+            # a new counter (first change, or Redis lost the key) starts from the clock, not
+            # from 1: a worker that last saw an earlier counter's value must not see it again
+            if not cache.add(VERSION_KEY, time.time_ns() // 1000, timeout=None):
                 cache.incr(VERSION_KEY)
     except Exception:
         # the change itself stands; other workers then see it within MCPAUTH_CACHE_TTL
