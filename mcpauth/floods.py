@@ -79,6 +79,14 @@ def throttled(ip: str) -> Throttle | None:
 def _over_budget(ip: str, exc: RateLimited) -> Verdict:
     with _lock:
         if len(_throttles) >= MAX_TRACKED:
+            # bounded memory, but no refusal leaves the trail: what the dropped throttles
+            # suppressed so far is summarised at the next sweep
+            now = _now()
+            _ended.extend(
+                Summary(key, t.suppressed, t.started, now)
+                for key, t in _throttles.items()
+                if t.suppressed
+            )
             _throttles.clear()
         retry = int(exc.retry_after or 1)
         previous = _throttles.get(_key(ip))

@@ -1,0 +1,30 @@
+"""The per-IP refusal budget's bookkeeping (mcpauth.floods), in process."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from mcpauth import floods
+
+
+def fresh_ip() -> str:
+    return f"198.51.100.{uuid.uuid4().int % 250 + 1}-{uuid.uuid4().hex[:6]}"  # unique per test
+
+
+@pytest.mark.django_db
+def test_throttles_dropped_for_room_still_get_their_summary(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.MCPAUTH_UNAUTHENTICATED_RATE_LIMIT = "1/m"
+    monkeypatch.setattr(floods, "MAX_TRACKED", 2)
+    a, b, c = fresh_ip(), fresh_ip(), fresh_ip()
+    verdicts = {ip: [floods.charge(ip).value for _ in range(3)] for ip in (a, b)}
+    assert verdicts == {ip: ["record", "start", "suppress"] for ip in (a, b)}
+    assert [floods.charge(c).value for _ in range(2)] == ["record", "start"]  # table full
+    monkeypatch.setattr(floods, "_swept_at", float("-inf"))
+    summaries = {s.ip: s.suppressed for s in floods.due_summaries()}
+    assert summaries == {a: 1, b: 1}  # nothing they suppressed is lost
+    assert floods.throttled(c) is not None and floods.throttled(a) is None
