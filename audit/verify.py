@@ -12,6 +12,10 @@ For every seal from the starting one, in id order:
 A difference in (4) is named by row: *changed* (same id, other content), *deleted* (indexed,
 gone) or *inserted* (in the range, not indexed). No row may exist below the first seal either.
 Rows past the last seal are not sealed yet: counted, not judged.
+
+The chain alone cannot show that its newest seals (with their rows) were removed: whoever can
+write SQL can cut the tail and let the sealer sign what follows. ``expect_head`` closes that: a
+chain head recorded outside the database (``audit_seal`` prints it) must still be in the chain.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ class VerifyReport:
     pruned_before: bool = False
     unsealed: int = 0
     problems: list[Problem] = field(default_factory=list)
+    #: ``seal_hash`` of the newest seal now in the chain
+    head: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -156,13 +162,32 @@ def start_seal(since: datetime | None, using: str) -> AuditSeal | None:
 def verify(
     *,
     since: datetime | None = None,
+    expect_head: str | None = None,
     using: str | None = None,
     progress: Callable[[VerifyReport], None] | None = None,
 ) -> VerifyReport:
-    """Check the chain from the first seal (or the first one with rows at/after ``since``)."""
+    """Check the chain from the first seal (or the first one with rows at/after ``since``).
+
+    With ``expect_head`` (a ``seal_hash`` recorded earlier, outside the database), that seal
+    must still be in the chain, and genuine: otherwise seals were removed.
+    """
     using = using or router.db_for_read(AuditSeal)
     public = keys.verify_keys()
     report = VerifyReport()
+    head = AuditSeal.objects.using(using).order_by("first_id").last()
+    report.head = head.seal_hash if head is not None else None
+    if expect_head is not None:
+        anchored = AuditSeal.objects.using(using).filter(seal_hash=expect_head).first()
+        if anchored is None:
+            report.problems.append(
+                Problem(
+                    None,
+                    f"the recorded chain head {expect_head[:16]} is no longer in the chain "
+                    "(seals were removed)",
+                )
+            )
+        else:
+            report.problems.extend(_seal_problems(anchored, None, public))
     first = start_seal(since, using)
     seals = AuditSeal.objects.using(using).order_by("first_id")
     if first is None:

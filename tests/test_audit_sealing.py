@@ -291,6 +291,34 @@ def test_verify_notices_a_removed_seal():
     assert problems()[0] == f"{where}: does not link to seal {s1.pk} (prev_hash mismatch)"
 
 
+def test_a_recorded_chain_head_catches_the_newest_seals_removed_with_their_rows():
+    """Security review: cutting the tail (newest seals and their rows) leaves a chain that is
+    valid on its own, and re-inserted rows would be sealed anew; only a head recorded outside
+    the database shows it."""
+    make(9)
+    sealed = run("audit_seal", "--block-rows", "3")
+    head = sealed.split("chain head ")[1].split(".")[0]
+    s1, s2, s3 = AuditSeal.objects.order_by("first_id")
+    assert head == s3.seal_hash and f"Chain head: {head}" in run("audit_verify")
+    assert "intact" in run("audit_verify", "--expect-head", head)
+    tamper("DELETE FROM audit_auditevent WHERE id >= %s", [s3.first_id])
+    tamper("DELETE FROM audit_auditseal WHERE id = %s", [s3.pk])
+    assert verify().ok  # the shortened chain is consistent in itself
+    with pytest.raises(CommandError) as caught:
+        run("audit_verify", "--expect-head", head)
+    assert caught.value.returncode == 1
+    assert f"recorded chain head {head[:16]} is no longer in the chain" in str(caught.value)
+    # all of it gone: without a head "no seals yet", with one, tampering
+    tamper("DELETE FROM audit_auditevent")
+    tamper("DELETE FROM audit_auditseal")
+    assert "No seals to check yet" in run("audit_verify")
+    with pytest.raises(CommandError, match="no longer in the chain"):
+        run("audit_verify", "--expect-head", head)
+    with pytest.raises(CommandError) as bad:
+        run("audit_verify", "--expect-head", "not-a-hash")
+    assert bad.value.returncode == 2
+
+
 def test_verify_refuses_an_unknown_signing_key(settings, tmp_path):
     make(2)
     seal_pending()

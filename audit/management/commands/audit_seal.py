@@ -100,7 +100,7 @@ class Command(BaseCommand):
             first, last = report.seals[0], report.seals[-1]
             self.stdout.write(
                 f"Sealed {report.rows} row(s) in {len(report.seals)} block(s): ids "
-                f"{first.first_id}-{last.last_id}; chain head {last.seal_hash[:16]}."
+                f"{first.first_id}-{last.last_id}; chain head {last.seal_hash}."
             )
         elif not quiet:
             self.stdout.write("Nothing to seal.")

@@ -7,6 +7,7 @@ not run (no key, bad options).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -35,6 +36,13 @@ class Command(BaseCommand):
             "to the seal before): an ISO 8601 date or date-time (naive = UTC) or a relative "
             f"age ({AGE_HELP}).",
         )
+        parser.add_argument(
+            "--expect-head",
+            metavar="HASH",
+            help="A chain head recorded earlier outside the database (audit_seal prints it): "
+            "exit 1 unless that seal is still in the chain, which catches the newest seals "
+            "being removed with their rows.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         since = None
@@ -43,8 +51,14 @@ class Command(BaseCommand):
                 since = parse_instant(options["since"], now=timezone.now())
             except ValueError as exc:
                 raise CommandError(f"--since: {exc}", returncode=EXIT_CANNOT_VERIFY) from None
+        expect_head = options["expect_head"]
+        if expect_head is not None and not re.fullmatch(r"[0-9a-f]{64}", expect_head):
+            raise CommandError(
+                "--expect-head: a seal hash is 64 lowercase hex characters.",
+                returncode=EXIT_CANNOT_VERIFY,
+            )
         try:
-            report = verify(since=since, progress=self._progress)
+            report = verify(since=since, expect_head=expect_head, progress=self._progress)
         except keys.SealKeyError as exc:
             raise CommandError(str(exc), returncode=EXIT_CANNOT_VERIFY) from None
         self._done(report)
@@ -71,6 +85,8 @@ class Command(BaseCommand):
                 )
         if report.unsealed:
             self.stdout.write(f"{report.unsealed} newer row(s) are not sealed yet.")
+        if report.head is not None:
+            self.stdout.write(f"Chain head: {report.head}")
         if report.ok:
             self.stdout.write(self.style.SUCCESS("The audit trail is intact."))
             return
