@@ -68,6 +68,12 @@ class AppendOnlyQuerySet(models.QuerySet):
     def update_or_create(self, *args: Any, **kwargs: Any) -> NoReturn:
         _refuse("QuerySet.update_or_create()")
 
+    def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> Any:
+        # an upsert (INSERT ... ON CONFLICT DO UPDATE) rewrites the rows it collides with
+        if kwargs.get("update_conflicts") or (len(args) >= 3 and args[2]):
+            _refuse("QuerySet.bulk_create(update_conflicts=True)")
+        return super().bulk_create(objs, *args, **kwargs)
+
 
 class AppendOnlyModel(models.Model):
     """Abstract base: ``save()`` inserts or raises; ``delete()`` raises."""

@@ -78,6 +78,12 @@ def test_every_orm_path_that_rewrites_or_removes_rows_raises():
         AuditEvent.objects.filter(pk=first.pk).update(tool="changed")
     with pytest.raises(AppendOnlyError):
         AuditEvent.objects.all().delete()
+    upsert = AuditEvent(pk=second.pk, request_id="r1", outcome=Outcome.OK, arguments={"x": 1})
+    with pytest.raises(AppendOnlyError):
+        AuditEvent.objects.bulk_create(
+            [upsert], update_conflicts=True, unique_fields=["id"], update_fields=["arguments"]
+        )
+    assert AuditEvent.objects.get(pk=second.pk).arguments != {"x": 1}
     with pytest.raises(AppendOnlyError):
         AuditEvent.objects.bulk_update([first], ["tool"])
     with pytest.raises(AppendOnlyError):
