@@ -112,3 +112,21 @@ def test_access_fields_never_break_the_line(formatter):
     setattr(record, FIELDS_ATTR, {"client_id": 'evil\n"client"=x', "tool": ""})
     line = formatter.format(record)
     assert "\n" not in line
+
+
+def test_a_path_with_a_newline_cannot_forge_an_access_line(caplog):
+    from mcpauth.observability import logs
+
+    caplog.set_level(logging.INFO, logger="mcpauth.access")
+    forged = "/x\n2026-01-01 00:00:00,000 INFO mcpauth.access POST /admin/login/ 302"
+    fields = {**dict.fromkeys(logs.ACCESS_FIELDS), "http_method": "GET", "path": forged}
+    logs.access({**fields, "method": "", "status": 404})
+    (record,) = [r for r in caplog.records if r.name == "mcpauth.access"]
+    text = TextFormatter().format(record)
+    assert "\n" not in text
+    assert text.split(" request_id=")[0].endswith(
+        r"GET /x\n2026-01-01 00:00:00,000 INFO "
+        r"mcpauth.access POST /admin/login/ 302 - 404"
+    )
+    message = json.loads(JSONFormatter().format(record))["message"]
+    assert "\n" not in message and message.startswith(r"GET /x\n2026-01-01")

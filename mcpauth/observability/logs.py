@@ -85,6 +85,13 @@ def _text_value(value: Any) -> str:
     return text
 
 
+def _one_line(value: Any) -> str:
+    """``value`` for the message part of a line: control characters escaped (``\\n``), so a
+    request path cannot start a forged line of its own."""
+    text = str(value)
+    return text if text.isprintable() else json.dumps(text)[1:-1]
+
+
 class TextFormatter(logging.Formatter):
     """``2026-11-30 12:00:00,123 INFO logger message key=value ...`` (readable, one line)."""
 
@@ -113,7 +120,11 @@ def access(fields: Mapping[str, Any]) -> None:
         __file__,
         0,
         "%s %s %s %s",
-        (fields["http_method"], fields["path"], fields["method"] or "-", fields["status"]),
+        tuple(
+            _one_line(v)
+            for v in (fields["http_method"], fields["path"], fields["method"] or "-")
+        )
+        + (fields["status"],),
         None,
         extra={FIELDS_ATTR: fields},
     )
