@@ -120,11 +120,12 @@ def access(fields: Mapping[str, Any]) -> None:
         __file__,
         0,
         "%s %s %s %s",
-        tuple(
-            _one_line(v)
-            for v in (fields["http_method"], fields["path"], fields["method"] or "-")
-        )
-        + (fields["status"],),
+        (
+            _one_line(fields["http_method"]),
+            _one_line(fields["path"]),
+            _one_line(fields["method"] or "-"),
+            fields["status"],
+        ),
         None,
         extra={FIELDS_ATTR: fields},
     )
