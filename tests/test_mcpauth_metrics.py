@@ -157,7 +157,11 @@ def test_bearer_token_opens_it(client, settings):
 @pytest.mark.django_db
 def test_trusted_proxies_use_the_forwarded_address(client, settings):
     settings.MCPAUTH_TRUSTED_PROXIES = 1
-    assert get_metrics(client, "10.0.0.2", x_forwarded_for="127.0.0.1") == 200
+    # loopback by its forwarded address only: not this host's loopback (a forged header sent
+    # straight to the app port, or the proxy's own loopback)
+    assert get_metrics(client, "203.0.113.9", x_forwarded_for="127.0.0.1") == 403
+    assert get_metrics(client, "10.0.0.2", x_forwarded_for="127.0.0.1") == 403
+    assert get_metrics(client, "127.0.0.1", x_forwarded_for="127.0.0.1") == 200
     assert get_metrics(client, "127.0.0.1", x_forwarded_for="203.0.113.9") == 403
     settings.METRICS_ALLOWED_IPS = "203.0.113.0/24"
     assert get_metrics(client, "127.0.0.1", x_forwarded_for="203.0.113.9") == 200

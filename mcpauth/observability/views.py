@@ -62,7 +62,19 @@ def allowed(request: HttpRequest, conf: ObservabilitySettings) -> bool:
     if any(address in network for network in conf.metrics_networks):
         return True
     proxied = conf.trusted_proxies == 0 and any(request.META.get(h) for h in _FORWARDING)
-    return not proxied and any(address in network for network in LOOPBACK)
+    # loopback's default access needs the connection itself from loopback too: a forwarded
+    # address of 127.0.0.1 from anywhere else (a direct hit on the app port) is not loopback
+    return not proxied and _is_loopback(address) and _is_loopback(request.META.get("REMOTE_ADDR"))
+
+
+def _is_loopback(value: object) -> bool:
+    try:
+        address = ipaddress.ip_address(str(value))
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in LOOPBACK)
 
 
 @require_GET
