@@ -444,6 +444,30 @@ def test_prune_removes_whole_old_blocks_and_the_rest_still_verifies():
     prune_row = AuditEvent.objects.get(method="audit/prune")
     assert prune_row.actor.startswith("cli:") and prune_row.arguments["rows"] == 4
     assert prune_row.arguments["first_id"] == s1.first_id
+    assert prune_row.arguments["completed"] is True
+
+
+def test_a_prune_that_fails_midway_is_audited_with_what_it_deleted(monkeypatch):
+    from audit import retention
+
+    make(6, age=timedelta(days=100))
+    make(2, age=timedelta(days=1))
+    s1, *_ = seal_pending(block_rows=2).seals  # three old blocks, then a new one
+    original, calls = retention.prune_block, []
+
+    def fails_on_the_second(seal: Any, **kwargs: Any) -> int:
+        calls.append(seal.pk)
+        if len(calls) == 2:
+            raise DatabaseError("connection lost")
+        return original(seal, **kwargs)
+
+    monkeypatch.setattr(retention, "prune_block", fails_on_the_second)
+    with pytest.raises(CommandError, match=r"stopped after 2 audit event\(s\) in 1 block"):
+        run("audit_prune", "--yes")
+    prune_row = AuditEvent.objects.get(method="audit/prune")
+    assert prune_row.arguments["rows"] == 2 and prune_row.arguments["completed"] is False
+    assert prune_row.arguments["last_id"] == s1.last_id
+    assert verify().ok  # what is left is one unbroken chain
 
 
 def test_prune_never_splits_a_block_nor_takes_unsealed_rows():

@@ -14,6 +14,7 @@ import sys
 from typing import Any, TextIO
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 from django.utils import timezone
 
 from audit.conf import get_settings
@@ -94,22 +95,38 @@ class Command(BaseCommand):
             if stdin.readline().strip().lower() not in ("y", "yes"):
                 raise CommandError("Aborted; nothing deleted.")
 
+        done = PruneReport()
+
         def progress(report: PruneReport) -> None:
+            nonlocal done
+            done = report  # each block's deletion has committed by now
             self.stdout.write(f"deleted {report.rows}/{total}")
 
-        report = prune(cutoff, batch_size=batch_size, progress=progress)
-        if report.blocks:
-            record_prune(
-                actor=cli_actor(),
-                details={
-                    "older_than": raw_age,
-                    "cutoff": cutoff.isoformat(),
-                    "blocks": report.blocks,
-                    "rows": report.rows,
-                    "first_id": report.first_id,
-                    "last_id": report.last_id,
-                },
-            )
+        def audit_run(report: PruneReport, *, completed: bool) -> None:
+            if report.blocks:
+                record_prune(
+                    actor=cli_actor(),
+                    details={
+                        "older_than": raw_age,
+                        "cutoff": cutoff.isoformat(),
+                        "blocks": report.blocks,
+                        "rows": report.rows,
+                        "first_id": report.first_id,
+                        "last_id": report.last_id,
+                        "completed": completed,
+                    },
+                )
+
+        try:
+            report = prune(cutoff, batch_size=batch_size, progress=progress)
+        except DatabaseError as exc:
+            # the blocks deleted before the failure stay deleted: the run is audited all the same
+            audit_run(done, completed=False)
+            raise CommandError(
+                f"Pruning stopped after {done.rows} audit event(s) in {done.blocks} block(s): "
+                f"{exc.__class__.__name__}. Run audit_prune again to continue."
+            ) from exc
+        audit_run(report, completed=True)
         self.stdout.write(
             self.style.SUCCESS(
                 f"Deleted {report.rows} audit event(s) in {report.blocks} sealed block(s), "
