@@ -4,8 +4,9 @@
   ``[redacted]``; every string goes through :func:`scrub_text`; long or deep values are cut.
 * :func:`scrub_text` (free text: arguments' strings, error messages, user agents): JWTs, bearer
   credentials, ``key=value`` / ``key: value`` / ``"key": "value"`` pairs whose key is
-  sensitive (``api_key=…``, ``password: …``), and well-known key formats (``sk-…``, ``ghp_…``,
-  ``xoxb-…``, ``AKIA…``) are replaced.
+  sensitive (``api_key=…``, ``password: …``, also JSON-escaped), any ``Authorization:`` value,
+  the password in ``scheme://user:password@host``, PEM private keys, and well-known key formats
+  (``sk-…``, ``ghp_…``, ``xoxb-…``, ``AKIA…``) are replaced; keys of arguments too.
 * :func:`identifier` (method, tool, ids): control characters become U+FFFD, so a stored value
   can never start a new line or record in an export or a terminal.
 """
@@ -19,13 +20,26 @@ from audit.conf import get_settings
 
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
 _BEARER_RE = re.compile(r"(?i)\b(?P<scheme>bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
-#: ``api_key=…``, ``password: …``, ``"client_secret": "…"``: the key is kept, the value goes.
+#: ``Authorization: <any scheme> <credentials>`` (``Token …``, ``Digest …``, ``ApiKey …``)
+_AUTHORIZATION_RE = re.compile(
+    r"(?i)\b(?P<head>(?:proxy-)?authorization\s*[:=]\s*)(?!bearer |basic |\[redacted)"
+    r"(?P<value>[A-Za-z][A-Za-z0-9-]*\s+[^\s,;]+|[^\s,;]+)"
+)
+#: ``scheme://user:password@host``: the password goes
+_URL_CREDENTIALS_RE = re.compile(r"(?i)\b(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@")
+#: PEM private keys (also cut short, without their END line)
+_PRIVATE_KEY_RE = re.compile(
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
+    re.DOTALL,
+)
+#: ``api_key=…``, ``password: …``, ``"client_secret": "…"`` (also JSON escaped inside a string,
+#: ``{\"password\": \"…\"}``): the key is kept, the value goes.
 _PAIR_RE = re.compile(
     r"""(?ix)
-    (?P<key>["']?[a-z0-9_.-]*(?:api[_-]?key|apikey|passw(?:or)?d|secret|token|credential
-        |private[_-]?key|session|cookie)[a-z0-9_.-]*["']?)
+    (?P<key>\\?["']?[a-z0-9_.-]*(?:api[_-]?key|apikey|passw(?:or)?d|pwd|secret|token|credential
+        |private[_-]?key|session|cookie)[a-z0-9_.-]*\\?["']?)
     (?P<sep>\s*[:=]\s*)
-    (?P<value>"[^"]*"|'[^']*'|(?!\[redacted)[^\s,;&"'}\]]+)
+    (?P<value>\\"(?:(?!\\").)*\\"|"[^"]*"|'[^']*'|(?!\[redacted)[^\s,;&"'}\]\\]+)
     """
 )
 #: Credentials recognisable by their own shape, wherever they appear.
@@ -53,15 +67,20 @@ def identifier(text: str) -> str:
 
 
 def _pair(match: re.Match[str]) -> str:
-    quote = match["value"][0] if match["value"][0] in "\"'" else ""
+    value = match["value"]
+    quote = '\\"' if value.startswith('\\"') else value[0] if value[0] in "\"'" else ""
     return f"{match['key']}{match['sep']}{quote}{REDACTED}{quote}"
 
 
 def scrub_text(text: str) -> str:
     """Remove anything token- or secret-shaped from free text (and NULs)."""
     text = _JWT_RE.sub("[redacted-jwt]", clean(text))
+    if "PRIVATE KEY-----" in text:
+        text = _PRIVATE_KEY_RE.sub("[redacted-private-key]", text)
     text = _BEARER_RE.sub(lambda m: f"{m['scheme']} {REDACTED}", text)
     if "=" in text or ":" in text:
+        text = _AUTHORIZATION_RE.sub(lambda m: f"{m['head']}{REDACTED}", text)
+        text = _URL_CREDENTIALS_RE.sub(lambda m: f"{m['head']}{REDACTED}@", text)
         text = _PAIR_RE.sub(_pair, text)
     return _KEY_SHAPES_RE.sub("[redacted-key]", text)
 
@@ -76,7 +95,7 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
             if i >= conf.max_items:
                 out["…"] = f"[{len(value) - i} more keys]"
                 break
-            skey = clean(str(key)[:100])
+            skey = scrub_text(str(key)[:100])  # a key can be a secret too
             if any(s in skey.lower() for s in conf.sensitive_keys):
                 out[skey] = REDACTED
             else:

@@ -159,10 +159,31 @@ def test_after_id_without_follow_exports_the_rest():
         ("ghp_abcdefghijklmnopqrstuvwxyz0123", "[redacted-key]"),
         ("AKIAIOSFODNN7EXAMPLE", "[redacted-key]"),
         ("Mozilla/5.0 (X11; Linux x86_64) at 10:30", "Mozilla/5.0 (X11; Linux x86_64) at 10:30"),
+        # the security review's misses
+        ("Authorization: Token 0123456789abcdef0123", "Authorization: [redacted]"),
+        ("db postgres://app:S3cretPw@db:5432/x", "db postgres://app:[redacted]@db:5432/x"),
+        (
+            "k -----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY----- .",
+            "k [redacted-private-key] .",
+        ),
+        ("-----BEGIN RSA PRIVATE KEY-----\nMIIEcut short", "[redacted-private-key]"),
+        ("pwd=hunter2&x=1", "pwd=[redacted]&x=1"),
+        ('{\\"password\\": \\"hunter2\\"}', '{\\"password\\": \\"[redacted]\\"}'),
+        ("https://example.com/a:b", "https://example.com/a:b"),
+        ("token validation failed", "token validation failed"),
     ],
 )
 def test_secret_shaped_text_is_scrubbed(text, expected):
     assert scrub_text(text) == expected
+
+
+def test_a_secret_shaped_argument_name_is_scrubbed_too():
+    from audit.redaction import redact
+
+    assert redact({"sk-abcdefghijklmnopqrstuvwx": 1, "title": "ok"}) == {
+        "[redacted-key]": 1,
+        "title": "ok",
+    }
 
 
 def test_secrets_in_free_text_never_reach_the_table():
