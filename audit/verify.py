@@ -4,7 +4,8 @@ For every seal from the starting one, in id order:
 
 1. its header hashes to ``seal_hash`` and carries a valid Ed25519 signature by a known key;
 2. ``prev_hash`` is the previous seal's ``seal_hash`` and its range starts right after the
-   previous one's (the first seal of a pruned chain is the anchor: nothing before it is left);
+   previous one's (the first seal of a pruned chain is the anchor: nothing before it is left,
+   and an ``audit/prune`` row must record deleting the rows up to it);
 3. its index (id runs and digest prefixes) matches ``index_hash``;
 4. the rows now in its id range are exactly the indexed ones, each with the same digest, and
    together they give ``rows_hash``.
@@ -198,6 +199,14 @@ def verify(
     prev = seals.filter(first_id__lt=first.first_id).last()
     if prev is None:
         report.pruned_before = first.prev_hash != GENESIS
+        if report.pruned_before and not _prune_recorded(first, using):
+            report.problems.append(
+                Problem(
+                    first.pk,
+                    f"the chain starts at seal {first.pk} (rows from {first.first_id}), but no "
+                    "audit/prune run records deleting the rows before it",
+                )
+            )
         below = (
             AuditEvent.objects.using(using)
             .filter(id__lt=first.first_id)
@@ -228,6 +237,19 @@ def verify(
     last_id = report.last_seal.last_id if report.last_seal is not None else 0
     report.unsealed = AuditEvent.objects.using(using).filter(id__gt=last_id).count()
     return report
+
+
+def _prune_recorded(first: AuditSeal, using: str) -> bool:
+    """Whether an ``audit/prune`` row says the rows just below ``first`` were pruned.
+
+    Each run records the last id it deleted; the newest run's row survives until a later run,
+    which records the new start. Removing the oldest blocks any other way leaves no such row.
+    """
+    return (
+        AuditEvent.objects.using(using)
+        .filter(method="audit/prune", arguments__last_id=first.first_id - 1)
+        .exists()
+    )
 
 
 def _iter_from(seals: Any, first: AuditSeal) -> Iterator[AuditSeal]:

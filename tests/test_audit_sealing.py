@@ -470,6 +470,31 @@ def test_a_prune_that_fails_midway_is_audited_with_what_it_deleted(monkeypatch):
     assert verify().ok  # what is left is one unbroken chain
 
 
+def test_removing_the_oldest_blocks_without_audit_prune_is_not_mistaken_for_retention():
+    make(4, age=timedelta(days=100))
+    make(2, age=timedelta(days=1))
+    s1, s2, _ = seal_pending(block_rows=2).seals
+    tamper("DELETE FROM audit_auditevent WHERE id <= %s", [s1.last_id])
+    tamper("DELETE FROM audit_auditseal WHERE id = %s", [s1.pk])
+    assert problems() == [
+        f"the chain starts at seal {s2.pk} (rows from {s2.first_id}), but no audit/prune run "
+        "records deleting the rows before it"
+    ]
+
+
+def test_successive_prune_runs_each_leave_the_record_of_the_current_start():
+    make(2, age=timedelta(days=200))
+    make(2, age=timedelta(days=100))
+    make(2, age=timedelta(days=1))
+    seal_pending(block_rows=2)
+    run("audit_prune", "--yes", "--older-than", "150d")
+    assert verify().ok
+    run("audit_prune", "--yes", "--older-than", "50d")
+    report = verify()
+    assert report.ok and report.pruned_before and report.rows == 2
+    assert AuditEvent.objects.filter(method="audit/prune").count() == 2
+
+
 def test_prune_never_splits_a_block_nor_takes_unsealed_rows():
     make(3, age=timedelta(days=100))
     make(1, age=timedelta(days=1))
