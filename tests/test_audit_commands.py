@@ -284,6 +284,25 @@ def test_export_to_an_unwritable_path(rows, tmp_path: Path):
         run("audit_export", "--output", str(tmp_path / "missing" / "audit.csv"))
 
 
+def test_a_failed_export_keeps_the_earlier_file_and_leaves_no_partial_one(
+    rows, tmp_path: Path, monkeypatch
+):
+    target = tmp_path / "audit.csv"
+    run("audit_export", "--output", str(target))
+    earlier = target.read_bytes()
+    assert earlier.count(b"\r\n") >= 4 and (target.stat().st_mode & 0o777) == 0o600
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        yield "id,created_at\r\n"
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("audit.export.stream", broken)
+    with pytest.raises(CommandError, match="No space left on device"):
+        run("audit_export", "--output", str(target))
+    assert target.read_bytes() == earlier
+    assert [p.name for p in tmp_path.iterdir()] == ["audit.csv"]
+
+
 def test_export_progress_only_on_a_terminal(rows, monkeypatch):
     monkeypatch.setattr("audit.management.commands.audit_export.PROGRESS_EVERY", 1)
     _, err = run("audit_export")

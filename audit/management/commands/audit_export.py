@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
@@ -234,18 +235,23 @@ class Command(BaseCommand):
             raise CommandError(f"{flag}: {exc}") from None
 
     def _to_file(self, path: str, chunks: Iterator[str]) -> None:
+        """Write to a temporary file beside ``path``, renamed over it only when complete: a
+        failed export leaves neither a truncated file nor a lost earlier one."""
+        directory = os.path.dirname(os.path.abspath(path))
         try:
-            handle: TextIO = open(path, "w", encoding="utf-8", newline="")
+            fd, partial = tempfile.mkstemp(prefix=".audit-export-", dir=directory)
         except OSError as exc:
             raise CommandError(f"Cannot write {path}: {exc.strerror or exc}") from None
         try:
-            with handle:
+            with open(fd, "w", encoding="utf-8", newline="") as handle:
                 for chunk in chunks:
                     handle.write(chunk)
-        except BaseException:
-            # Leave no truncated export behind that could pass for a complete one.
+            os.replace(partial, path)
+        except BaseException as exc:
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.unlink(partial)
+            if isinstance(exc, OSError):
+                raise CommandError(f"Cannot write {path}: {exc.strerror or exc}") from None
             raise
 
 
