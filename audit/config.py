@@ -126,7 +126,7 @@ def record_export(
 
 
 def record_prune(*, actor: str, details: Mapping[str, Any]) -> int:
-    """Audit one retention run that deleted rows: ``method`` ``audit/prune``."""
+    """Audit one pruned block (written in its deletion's transaction): ``audit/prune``."""
     return _record("audit/prune", actor=actor, arguments=dict(details))
 
 

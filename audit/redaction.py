@@ -26,7 +26,9 @@ _AUTHORIZATION_RE = re.compile(
     r"(?P<value>[A-Za-z][A-Za-z0-9-]*\s+[^\s,;]+|[^\s,;]+)"
 )
 #: ``scheme://user:password@host``: the password goes
-_URL_CREDENTIALS_RE = re.compile(r"(?i)\b(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]+:)[^/\s@]+@")
+_URL_CREDENTIALS_RE = re.compile(
+    r"(?i)(?<![a-z0-9+.-])(?P<head>[a-z][a-z0-9+.-]*://[^/\s:@]*:)[^\s/]*@"
+)
 #: PEM private keys (also cut short, without their END line)
 _PRIVATE_KEY_RE = re.compile(
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)",
@@ -36,10 +38,11 @@ _PRIVATE_KEY_RE = re.compile(
 #: ``{\"password\": \"…\"}``): the key is kept, the value goes.
 _PAIR_RE = re.compile(
     r"""(?ix)
+    (?<![a-z0-9_.-])   # a key starts where a word does (keeps long runs linear)
     (?P<key>\\?["']?[a-z0-9_.-]*(?:api[_-]?key|apikey|passw(?:or)?d|pwd|secret|token|credential
         |private[_-]?key|session|cookie)[a-z0-9_.-]*\\?["']?)
     (?P<sep>\s*[:=]\s*)
-    (?P<value>\\"(?:(?!\\").)*\\"|"[^"]*"|'[^']*'|(?!\[redacted)[^\s,;&"'}\]\\]+)
+    (?P<value>\\"(?:(?!\\").)*\\"|"[^"]*"|'[^']*'|(?!\[redacted)[^\s,;&"'}\]]+)
     """
 )
 #: Credentials recognisable by their own shape, wherever they appear.
@@ -72,8 +75,15 @@ def _pair(match: re.Match[str]) -> str:
     return f"{match['key']}{match['sep']}{quote}{REDACTED}{quote}"
 
 
+#: Free text longer than this is cut before it is scrubbed (callers store far less), which
+#: bounds the patterns' work on hostile input.
+SCRUB_LIMIT = 4096
+
+
 def scrub_text(text: str) -> str:
     """Remove anything token- or secret-shaped from free text (and NULs)."""
+    if len(text) > SCRUB_LIMIT:
+        text = text[:SCRUB_LIMIT]
     text = _JWT_RE.sub("[redacted-jwt]", clean(text))
     if "PRIVATE KEY-----" in text:
         text = _PRIVATE_KEY_RE.sub("[redacted-private-key]", text)
@@ -96,6 +106,8 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
                 out["…"] = f"[{len(value) - i} more keys]"
                 break
             skey = scrub_text(str(key)[:100])  # a key can be a secret too
+            while skey in out:  # two names scrubbed alike: keep both values
+                skey += "'"
             if any(s in skey.lower() for s in conf.sensitive_keys):
                 out[skey] = REDACTED
             else:
@@ -107,9 +119,9 @@ def redact(value: Any, *, _depth: int = 0) -> Any:
             items.append(f"[{len(value) - conf.max_items} more items]")
         return items
     if isinstance(value, str):
-        text = scrub_text(value)
-        if len(text) > conf.max_value_chars:
-            return text[: conf.max_value_chars] + f"…[truncated {len(text)} chars]"
+        text = scrub_text(value[: conf.max_value_chars * 4])  # more than is kept; bounded work
+        if len(value) > conf.max_value_chars or len(text) > conf.max_value_chars:
+            return text[: conf.max_value_chars] + f"…[truncated {len(value)} chars]"
         return text
     if value is None or isinstance(value, bool | int | float):
         return value

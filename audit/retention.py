@@ -78,8 +78,18 @@ def _delete_ids(using: str, table: str, first_id: int, last_id: int) -> int:
         return int(cursor.rowcount)
 
 
-def prune_block(seal: AuditSeal, *, batch_size: int, using: str | None = None) -> int:
-    """Delete one sealed block (rows, seal, rollup counts) in one transaction; rows deleted."""
+def prune_block(
+    seal: AuditSeal,
+    *,
+    batch_size: int,
+    using: str | None = None,
+    audit: Callable[[AuditSeal, int], None] | None = None,
+) -> int:
+    """Delete one sealed block (rows, seal, rollup counts) in one transaction; rows deleted.
+
+    ``audit(seal, rows)`` writes the block's ``audit/prune`` row in that same transaction, so a
+    block is never gone without its record (``audit_verify`` relies on it).
+    """
     using = using or router.db_for_write(AuditEvent)
     with retention_transaction(using):
         counts = rollup.counts_of_ids(seal.first_id, seal.last_id, using=using)
@@ -92,6 +102,8 @@ def prune_block(seal: AuditSeal, *, batch_size: int, using: str | None = None) -
         _delete_ids(using, AuditSeal._meta.db_table, int(seal.pk), int(seal.pk))
         # Not ``-counts``: a Counter's unary minus keeps only the negative entries.
         rollup.add(Counter({key: -n for key, n in counts.items()}), using=using)
+        if audit is not None:
+            audit(seal, deleted)
     return deleted
 
 
@@ -101,11 +113,12 @@ def prune(
     batch_size: int = 5000,
     using: str | None = None,
     progress: Callable[[PruneReport], None] | None = None,
+    audit: Callable[[AuditSeal, int], None] | None = None,
 ) -> PruneReport:
     """Delete every prunable block (see :func:`prunable_blocks`), oldest first."""
     report = PruneReport()
     for seal in prunable_blocks(cutoff, using=using):
-        report.rows += prune_block(seal, batch_size=batch_size, using=using)
+        report.rows += prune_block(seal, batch_size=batch_size, using=using, audit=audit)
         report.blocks += 1
         report.first_id = seal.first_id if report.first_id is None else report.first_id
         report.last_id = seal.last_id

@@ -354,3 +354,28 @@ def test_parse_instant():
     for bad in ("", "tomorrow", "2025-02-30", "31/01/2025"):
         with pytest.raises(ValueError):
             parse_instant(bad)
+
+
+def test_export_to_a_pipe_is_written_straight_through(rows, tmp_path: Path):
+    import os
+    import threading
+
+    fifo = tmp_path / "export.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    run("audit_export", "--format", "jsonl", "--output", str(fifo))
+    reader.join(timeout=30)
+    lines = received[0].decode().splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["id"] for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.fifo"]  # no temporary file
+
+
+def test_export_through_a_symlink_replaces_the_target_not_the_link(rows, tmp_path: Path):
+    target = tmp_path / "real.csv"
+    target.write_text("old")
+    link = tmp_path / "latest.csv"
+    link.symlink_to(target)
+    run("audit_export", "--output", str(link))
+    assert link.is_symlink() and target.read_text().startswith("id,")

@@ -441,10 +441,11 @@ def test_prune_removes_whole_old_blocks_and_the_rest_still_verifies():
     # The rollup lost exactly the pruned rows; the run itself was audited.
     calls = AuditRollup.objects.filter(kind="call").values_list("calls", flat=True)
     assert sum(calls) == 2
-    prune_row = AuditEvent.objects.get(method="audit/prune")
-    assert prune_row.actor.startswith("cli:") and prune_row.arguments["rows"] == 4
-    assert prune_row.arguments["first_id"] == s1.first_id
-    assert prune_row.arguments["completed"] is True
+    prune_rows = list(AuditEvent.objects.filter(method="audit/prune").order_by("id"))
+    assert [r.arguments["rows"] for r in prune_rows] == [2, 2]  # one per block
+    assert all(r.actor.startswith("cli:") for r in prune_rows)
+    assert prune_rows[0].arguments["first_id"] == s1.first_id
+    assert prune_rows[1].arguments["last_id"] == s3.first_id - 1
 
 
 def test_a_prune_that_fails_midway_is_audited_with_what_it_deleted(monkeypatch):
@@ -464,10 +465,28 @@ def test_a_prune_that_fails_midway_is_audited_with_what_it_deleted(monkeypatch):
     monkeypatch.setattr(retention, "prune_block", fails_on_the_second)
     with pytest.raises(CommandError, match=r"stopped after 2 audit event\(s\) in 1 block"):
         run("audit_prune", "--yes")
-    prune_row = AuditEvent.objects.get(method="audit/prune")
-    assert prune_row.arguments["rows"] == 2 and prune_row.arguments["completed"] is False
-    assert prune_row.arguments["last_id"] == s1.last_id
-    assert verify().ok  # what is left is one unbroken chain
+    prune_row = AuditEvent.objects.get(method="audit/prune")  # the one block that went
+    assert prune_row.arguments["rows"] == 2 and prune_row.arguments["last_id"] == s1.last_id
+    assert verify().ok  # what is left is one unbroken chain, its start recorded
+
+
+def test_a_block_is_never_gone_without_its_prune_row(monkeypatch):
+    """The record is written in the block's own transaction: if it cannot be written (here:
+    the recorder fails), the block stays too."""
+    from audit.management.commands import audit_prune
+
+    make(4, age=timedelta(days=100))
+    make(2, age=timedelta(days=1))
+    seal_pending(block_rows=2)
+
+    def fails(**kwargs: Any) -> int:
+        raise DatabaseError("the audit insert failed")
+
+    monkeypatch.setattr(audit_prune, "record_prune", fails)
+    with pytest.raises(CommandError, match=r"stopped after 0 audit event"):
+        run("audit_prune", "--yes")
+    assert AuditSeal.objects.count() == 3 and AuditEvent.objects.count() == 6
+    assert verify().ok
 
 
 def test_removing_the_oldest_blocks_without_audit_prune_is_not_mistaken_for_retention():
@@ -492,7 +511,7 @@ def test_successive_prune_runs_each_leave_the_record_of_the_current_start():
     run("audit_prune", "--yes", "--older-than", "50d")
     report = verify()
     assert report.ok and report.pruned_before and report.rows == 2
-    assert AuditEvent.objects.filter(method="audit/prune").count() == 2
+    assert AuditEvent.objects.filter(method="audit/prune").count() == 2  # a block each
 
 
 def test_prune_never_splits_a_block_nor_takes_unsealed_rows():

@@ -170,6 +170,14 @@ def test_after_id_without_follow_exports_the_rest():
         ("pwd=hunter2&x=1", "pwd=[redacted]&x=1"),
         ('{\\"password\\": \\"hunter2\\"}', '{\\"password\\": \\"[redacted]\\"}'),
         ("https://example.com/a:b", "https://example.com/a:b"),
+        ("password=P@ss\\w0rd!", "password=[redacted]"),
+        ("pwd=C:\\Users\\bob", "pwd=[redacted]"),
+        ("redis://:secretpw@host:6379/0", "redis://:[redacted]@host:6379/0"),
+        ("postgres://user:p@ss@host/db", "postgres://user:[redacted]@host/db"),
+        (
+            "see http://host:8080/path and user@example.com",
+            "see http://host:8080/path and user@example.com",
+        ),
         ("token validation failed", "token validation failed"),
     ],
 )
@@ -184,6 +192,17 @@ def test_a_secret_shaped_argument_name_is_scrubbed_too():
         "[redacted-key]": 1,
         "title": "ok",
     }
+    # two names that scrub alike keep both values
+    both = redact({"sk-" + "A" * 20: "one", "sk-" + "B" * 20: "two"})
+    assert sorted(both.values()) == ["one", "two"]
+
+
+def test_hostile_long_text_is_cut_before_it_is_scrubbed():
+    from audit.redaction import SCRUB_LIMIT, redact
+
+    for hostile in ("a+" * 500_000 + ":", "x" * 1_000_000 + "=", "password=" * 100_000):
+        assert len(scrub_text(hostile)) <= SCRUB_LIMIT
+        assert redact(hostile).endswith(f"…[truncated {len(hostile)} chars]")
 
 
 def test_secrets_in_free_text_never_reach_the_table():

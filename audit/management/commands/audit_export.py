@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
@@ -235,24 +236,37 @@ class Command(BaseCommand):
             raise CommandError(f"{flag}: {exc}") from None
 
     def _to_file(self, path: str, chunks: Iterator[str]) -> None:
-        """Write to a temporary file beside ``path``, renamed over it only when complete: a
-        failed export leaves neither a truncated file nor a lost earlier one."""
-        directory = os.path.dirname(os.path.abspath(path))
+        """Write a regular file through a temporary file beside it, renamed over it only when
+        complete: a failed export leaves neither a truncated file nor a lost earlier one. A
+        pipe or device (``/dev/stdout``, ``>(gzip …)``, a FIFO) is written straight through."""
+        real = os.path.realpath(path)  # a symlinked target is written through, not replaced
         try:
-            fd, partial = tempfile.mkstemp(prefix=".audit-export-", dir=directory)
+            special = os.path.exists(real) and not stat.S_ISREG(os.stat(real).st_mode)
+        except OSError as exc:
+            raise CommandError(f"Cannot write {path}: {exc.strerror or exc}") from None
+        if special:
+            self._write(path, lambda: open(path, "w", encoding="utf-8", newline=""), chunks)
+            return
+        try:
+            fd, partial = tempfile.mkstemp(prefix=".audit-export-", dir=os.path.dirname(real))
         except OSError as exc:
             raise CommandError(f"Cannot write {path}: {exc.strerror or exc}") from None
         try:
-            with open(fd, "w", encoding="utf-8", newline="") as handle:
-                for chunk in chunks:
-                    handle.write(chunk)
-            os.replace(partial, path)
-        except BaseException as exc:
+            self._write(path, lambda: open(fd, "w", encoding="utf-8", newline=""), chunks)
+            os.replace(partial, real)
+        except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(partial)
-            if isinstance(exc, OSError):
-                raise CommandError(f"Cannot write {path}: {exc.strerror or exc}") from None
             raise
+
+    @staticmethod
+    def _write(path: str, opener: Callable[[], TextIO], chunks: Iterator[str]) -> None:
+        try:
+            with opener() as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+        except OSError as exc:
+            raise CommandError(f"Cannot write {path}: {exc.strerror or exc}") from None
 
 
 class _Counter:

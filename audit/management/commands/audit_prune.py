@@ -4,8 +4,8 @@ A block (one seal and its rows) goes when its newest row is older than the cutof
 first and never the newest seal, so the rows kept are still one verifiable chain from the first
 kept block (see :mod:`audit.retention`). Rows not sealed yet are never deleted: run
 ``audit_seal`` first. Each block is its own short transaction, so the server keeps writing
-meanwhile, and an interrupted run can simply be run again. The run itself is audited
-(``audit/prune``).
+meanwhile, and an interrupted run can simply be run again. Each block deleted is audited
+(``audit/prune``) in the transaction that deletes it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from audit.conf import get_settings
 from audit.config import cli_actor, record_prune
-from audit.models import AuditEvent
+from audit.models import AuditEvent, AuditSeal
 from audit.retention import PruneReport, prunable_blocks, prune
 from audit.timeparse import AGE_HELP, before, parse_age
 
@@ -102,31 +102,29 @@ class Command(BaseCommand):
             done = report  # each block's deletion has committed by now
             self.stdout.write(f"deleted {report.rows}/{total}")
 
-        def audit_run(report: PruneReport, *, completed: bool) -> None:
-            if report.blocks:
-                record_prune(
-                    actor=cli_actor(),
-                    details={
-                        "older_than": raw_age,
-                        "cutoff": cutoff.isoformat(),
-                        "blocks": report.blocks,
-                        "rows": report.rows,
-                        "first_id": report.first_id,
-                        "last_id": report.last_id,
-                        "completed": completed,
-                    },
-                )
+        actor = cli_actor()
+
+        def audit_block(seal: AuditSeal, rows: int) -> None:
+            # committed with the block's deletion: a block is never gone without its row
+            record_prune(
+                actor=actor,
+                details={
+                    "older_than": raw_age,
+                    "cutoff": cutoff.isoformat(),
+                    "seal": seal.pk,
+                    "rows": rows,
+                    "first_id": seal.first_id,
+                    "last_id": seal.last_id,
+                },
+            )
 
         try:
-            report = prune(cutoff, batch_size=batch_size, progress=progress)
+            report = prune(cutoff, batch_size=batch_size, progress=progress, audit=audit_block)
         except DatabaseError as exc:
-            # the blocks deleted before the failure stay deleted: the run is audited all the same
-            audit_run(done, completed=False)
             raise CommandError(
-                f"Pruning stopped after {done.rows} audit event(s) in {done.blocks} block(s): "
-                f"{exc.__class__.__name__}. Run audit_prune again to continue."
+                f"Pruning stopped after {done.rows} audit event(s) in {done.blocks} block(s) "
+                f"(each recorded): {exc.__class__.__name__}. Run audit_prune again to continue."
             ) from exc
-        audit_run(report, completed=True)
         self.stdout.write(
             self.style.SUCCESS(
                 f"Deleted {report.rows} audit event(s) in {report.blocks} sealed block(s), "
