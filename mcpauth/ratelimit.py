@@ -21,7 +21,9 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
+from django.core.signals import setting_changed
 from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django_ratelimit import core as rl_core
 from django_ratelimit.core import get_usage
 
@@ -114,12 +116,28 @@ def _counted(count: int, limit: int, window: int) -> dict[str, Any]:
     }
 
 
+#: ``_redis()``'s answer, per process: Django's cache handler would build a new cache object in
+#: every request's async context, and ``RedisCache`` shares its client and pools anyway.
+_counting_cache: list[RedisCache | None] = []
+
+
 def _redis() -> RedisCache | None:
     """The rate-limit cache when one Redis round trip can count (else ``get_usage`` does)."""
+    if _counting_cache:
+        return _counting_cache[0]
     cache = caches[get_settings().rate_limit_cache]
-    if not isinstance(cache, RedisCache) or not getattr(settings, "RATELIMIT_ENABLE", True):
-        return None
-    return cache
+    found = (
+        cache
+        if isinstance(cache, RedisCache) and getattr(settings, "RATELIMIT_ENABLE", True)
+        else None
+    )
+    _counting_cache[:] = [found]
+    return found
+
+
+@receiver(setting_changed)
+def _forget_counting_cache(**_: Any) -> None:
+    _counting_cache.clear()
 
 
 def _count_in_redis(group: str, value: str, rate: str) -> dict[str, Any] | None:
