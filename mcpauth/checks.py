@@ -11,20 +11,28 @@
 * ``mcpauth.E009`` a tool's name is longer than ``MAX_TOOL_NAME`` (100) characters;
 * ``mcpauth.W010`` the rate-limit cache is not shared between workers while ``DEBUG`` is off;
 * ``mcpauth.W011`` ``ALLOWED_HOSTS`` contains ``*``, which disables DNS-rebinding protection;
-* ``mcpauth.W012`` the development issuer is active.
+* ``mcpauth.W012`` the development issuer is active;
+* ``mcpauth.E030`` (database check) a ``TenantOwned`` table lacks its row-level security or a
+  composite tenant key (``manage.py check --database default``);
+* ``mcpauth.E031`` ``MCPAUTH_TENANT_DB_ROLE`` is not a plain role name;
+* ``mcpauth.W032`` row-level security is turned off on PostgreSQL.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
 
+from mcpauth import rls
 from mcpauth.conf import get_settings, parse_rate
 from mcpauth.registry import MAX_TOOL_NAME, ToolRegistry, registry
 
+_ROLE_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SHARED_CACHES = ("redis", "memcached", "db.DatabaseCache")
 
 
@@ -105,6 +113,42 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
                 id="mcpauth.W012",
             )
         )
+    if not _ROLE_RE.fullmatch(conf.tenant_db_role):
+        messages.append(
+            checks.Error(
+                f"MCPAUTH_TENANT_DB_ROLE {conf.tenant_db_role[:70]!r} is not a plain role name.",
+                hint="Use lowercase letters, digits and underscores, e.g. 'mcpauth_tenant'.",
+                id="mcpauth.E031",
+            )
+        )
+    uses_postgres = any(connections[alias].vendor == "postgresql" for alias in settings.DATABASES)
+    if uses_postgres and not conf.row_level_security:
+        messages.append(
+            checks.Warning(
+                "MCPAUTH_ROW_LEVEL_SECURITY is off: tenant isolation rests on the ORM alone.",
+                hint="Remove MCPAUTH_ROW_LEVEL_SECURITY=False and run migrate.",
+                id="mcpauth.W032",
+            )
+        )
+    return messages
+
+
+@checks.register("mcpauth", checks.Tags.database)
+def check_row_level_security(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """E030: every ``TenantOwned`` table is guarded by the database (run with ``--database``)."""
+    messages: list[checks.CheckMessage] = []
+    for alias in databases or ():
+        for problem in rls.problems(alias):
+            messages.append(
+                checks.Error(
+                    f"Database {alias!r}: {problem}.",
+                    hint="Run 'manage.py migrate' (it installs the policies and keys). For rows "
+                    "that reference another tenant's rows, fix or delete them, then migrate.",
+                    id="mcpauth.E030",
+                )
+            )
     return messages
 
 

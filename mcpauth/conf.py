@@ -142,6 +142,10 @@ class MCPAuthSettings:
     #: request through the SDK's session manager.
     fast_transport: bool = True
     dev_key_path: Path = Path("var/dev-issuer-key.pem")
+    #: PostgreSQL: confine governed bodies with row-level security (``mcpauth.rls``).
+    row_level_security: bool = True
+    #: PostgreSQL: the restricted role governed bodies run as (created by ``migrate``).
+    tenant_db_role: str = "mcpauth_tenant"
 
     @cached_property
     def allowed_origin_keys(self) -> frozenset[OriginKey]:
@@ -239,6 +243,8 @@ def _build() -> MCPAuthSettings:
         max_json_depth=int(getattr(s, "MCPAUTH_MAX_JSON_DEPTH", 32)),
         fast_transport=bool(getattr(s, "MCPAUTH_FAST_TRANSPORT", True)),
         dev_key_path=Path(getattr(s, "MCPAUTH_DEV_KEY_PATH", var_dir / "dev-issuer-key.pem")),
+        row_level_security=bool(getattr(s, "MCPAUTH_ROW_LEVEL_SECURITY", True)),
+        tenant_db_role=str(getattr(s, "MCPAUTH_TENANT_DB_ROLE", "mcpauth_tenant")),
     )
 
 

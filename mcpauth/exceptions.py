@@ -206,5 +206,15 @@ class NoPrincipal(RuntimeError):
     tenant-confined queryset). Fails closed: there is never an implicit principal."""
 
 
+class CrossTenantAccess(NoPrincipal, ServiceError):
+    """Code inside a governed call reached for another tenant's rows (a write that would move
+    or overwrite a row, a relation to a row of another tenant, a query for another principal).
+
+    Raised inside a tool it is a tool error with outcome ``denied``; the message names no
+    value."""
+
+    outcome: ClassVar[str] = "denied"
+
+
 class AuditWriteFailed(Exception):
     """The call's audit row could not be written; the call is rolled back and answered 500."""

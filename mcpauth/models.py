@@ -11,10 +11,20 @@ from typing import Any
 from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models.signals import class_prepared
+from django.dispatch import receiver
 
 from mcpauth import revocation
 from mcpauth.conf import parse_rate
-from mcpauth.managers import TenantManager
+from mcpauth.exceptions import CrossTenantAccess
+from mcpauth.managers import (
+    ScopedManager,
+    TenantManager,
+    related_in_tenant,
+    tenant_dependents,
+    tenant_relations,
+)
+from mcpauth.tenant_scope import active_tenant
 
 
 class ConfigQuerySet(models.QuerySet[Any]):
@@ -194,18 +204,102 @@ class TenantOwned(models.Model):
 
     ``Model.objects.for_principal(p)`` / ``.current()`` are the tenant's rows and nothing else;
     ``Model.objects`` without a principal raises ``NoPrincipal``. ``Model.all_tenants`` is the
-    unconfined default manager for the admin and commands. A subclass with its own ``Meta``
-    should extend ``TenantOwned.Meta``.
+    default and base manager: every tenant's rows for the admin and commands, only the body's
+    tenant's inside a governed call. A subclass with its own ``Meta`` should extend
+    ``TenantOwned.Meta``.
+
+    Inside a governed call an instance cannot be saved into, moved to or pointed at another
+    tenant, nor deleted when it is not the caller's (:class:`CrossTenantAccess`); a new
+    instance without a tenant gets the caller's. :meth:`clean` (admin, commands) refuses
+    relations to another tenant's rows. On PostgreSQL the database enforces the same
+    (``mcpauth.rls``).
     """
 
     tenant = models.ForeignKey(
         Tenant, on_delete=models.CASCADE, related_name="%(app_label)s_%(class)s_set"
     )
+    #: Marks tenant-owned models for ``mcpauth.managers`` and ``mcpauth.rls``.
+    mcpauth_tenant_owned = True
 
-    # all_tenants first: the default manager (admin, dumpdata, related objects) is unconfined.
-    all_tenants = models.Manager()
+    # all_tenants first: the default manager (admin, dumpdata, related objects) is unconfined
+    # outside governed calls.
+    all_tenants = ScopedManager()
     objects = TenantManager()  # type: ignore[var-annotated]
 
     class Meta:
         abstract = True
         default_manager_name = "all_tenants"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        scope = active_tenant()
+        if scope is not None:
+            if self.tenant_id is None:
+                self.tenant_id = scope
+            elif self.tenant_id != scope:
+                raise CrossTenantAccess("This object belongs to another tenant.")
+            for field in tenant_relations(type(self)):
+                if not self._relation_in_tenant(field, scope):
+                    raise CrossTenantAccess(
+                        f"{field.name}: no such {field.related_model._meta.verbose_name} in "
+                        "your tenant."
+                    )
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        scope = active_tenant()
+        if scope is not None:
+            if self.tenant_id not in (None, scope):
+                raise CrossTenantAccess("This object belongs to another tenant.")
+            if not type(self).all_tenants.filter(pk=self.pk).exists():
+                raise self.DoesNotExist(f"{self._meta.object_name} matching query does not exist.")
+        return super().delete(*args, **kwargs)
+
+    def _relation_in_tenant(self, field: models.ForeignKey, tenant_id: int | None) -> bool:
+        if field.is_cached(self):
+            related = field.get_cached_value(self)
+            if related is not None and getattr(related, "tenant_id", None) == tenant_id:
+                return True
+        return related_in_tenant(field, getattr(self, field.attname), tenant_id)
+
+    def _do_update(self, base_qs: Any, using: Any, pk_val: Any, *args: Any, **kwargs: Any) -> bool:
+        updated = bool(super()._do_update(base_qs, using, pk_val, *args, **kwargs))
+        if not updated and not self._state.adding and active_tenant() is not None:
+            # Django would INSERT a row with this primary key: inside a governed call that is
+            # an object of another tenant (or one deleted meanwhile), never a new row.
+            raise CrossTenantAccess("This object does not exist in your tenant.")
+        return updated
+
+    def clean(self) -> None:
+        super().clean()
+        errors: dict[str, str] = {}
+        for field in tenant_relations(type(self)):
+            if not self._relation_in_tenant(field, self.tenant_id):
+                errors[field.name] = (
+                    f"This {field.related_model._meta.verbose_name} belongs to another tenant."
+                )
+        if self.pk is not None and self.tenant_id is not None:
+            stored = type(self)._base_manager.filter(pk=self.pk).values_list("tenant_id", flat=True)
+            before = stored.first()
+            if before is not None and before != self.tenant_id:
+                for rel in tenant_dependents(type(self)):
+                    if rel.related_model._base_manager.filter(**{rel.field.name: self}).exists():
+                        errors["tenant"] = (
+                            f"Rows of {rel.related_model._meta.verbose_name_plural} refer to "
+                            "this object in its current tenant; move or delete them first."
+                        )
+                        break
+        if errors:
+            raise ValidationError(errors)
+
+
+@receiver(class_prepared, dispatch_uid="mcpauth-tenant-owned-managers")
+def _confine_django_paths(sender: type[models.Model], **_: Any) -> None:
+    """Every ``TenantOwned`` model's default and base manager is ``all_tenants``.
+
+    Set on the class, not through ``Meta``, so a subclass whose ``Meta`` forgets to extend
+    ``TenantOwned.Meta`` still gets them (related objects, ``save()``'s ``UPDATE``, the deletion
+    collector use the base manager), and no app needs a migration for it.
+    """
+    if issubclass(sender, TenantOwned) and not sender._meta.abstract:
+        sender._meta.default_manager_name = "all_tenants"
+        sender._meta.base_manager_name = "all_tenants"

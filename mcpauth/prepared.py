@@ -222,20 +222,66 @@ class PreparedUpdate(PreparedQuery):
         return _Compiled(sql, tuple(params), (), ())
 
 
+class Values:
+    """``v.name`` → the run-time value ``name`` (a builder run with real values)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._values[name]
+
+
 class PreparedDelete(PreparedQuery):
-    """A raw ``DELETE … WHERE <the builder's filter>``, only where Django would fast-delete."""
+    """A raw ``DELETE … WHERE <the builder's filter>`` where Django would fast-delete.
+
+    A model with delete signals or cascades (another app's foreign key to it, say) is deleted
+    through ``QuerySet.delete()`` instead, on the queryset ``fallback(values)`` returns; without
+    a fallback it is refused.
+    """
 
     kind = "delete"
 
+    def __init__(
+        self,
+        model: type[Model],
+        build: Callable[[Params], Any],
+        *,
+        fallback: Callable[[dict[str, Any]], QuerySet[Any]] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(model, build, **kw)
+        self._fallback = fallback
+        self._fast_by_alias: dict[str, bool] = {}
+
+    def _fast(self, alias: str) -> bool:
+        """Whether Django would fast-delete (decided once per alias, like the compiled SQL)."""
+        fast = self._fast_by_alias.get(alias)
+        if fast is None:
+            qs = self._queryset(alias)
+            fast = self._fast_by_alias[alias] = bool(
+                Collector(using=alias, origin=qs).can_fast_delete(qs)
+            )
+        return fast
+
     def _compile(self, alias: str) -> _Compiled:
-        qs = self._queryset(alias)
-        if not Collector(using=alias, origin=qs).can_fast_delete(qs):
+        if not self._fast(alias):
             raise TypeError(
                 f"{self.model.__name__} has delete signals or cascades: use QuerySet.delete()"
             )
-        query = qs.query.chain(DeleteQuery)
+        query = self._queryset(alias).query.chain(DeleteQuery)
         sql, params = query.get_compiler(alias).as_sql()
         return _Compiled(sql, tuple(params), (), ())
+
+    def run(self, **values: Any) -> int:
+        if self._fallback is not None:
+            alias = router.db_for_write(self.model)
+            if not self._fast(alias):
+                _, per_model = self._fallback(values).using(alias).delete()
+                return int(per_model.get(self.model._meta.label, 0))
+        return super().run(**values)
 
 
 class PreparedInsert(PreparedQuery):

@@ -41,14 +41,18 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.core.exceptions import ObjectDoesNotExist
+from django.db import DatabaseError, transaction
+from django.http import Http404
 from fastmcp.exceptions import ToolError
 
 from audit.models import Outcome
+from mcpauth import rls
 from mcpauth.context import CallContext, current_call, refresh_connections
-from mcpauth.exceptions import AuditWriteFailed, ServiceError
+from mcpauth.exceptions import AuditWriteFailed, CrossTenantAccess, NoPrincipal, ServiceError
 from mcpauth.observability.request import record_call
 from mcpauth.observability.tracing import step
+from mcpauth.tenant_scope import confined
 
 if TYPE_CHECKING:
     from fastmcp.tools.base import Tool, ToolResult
@@ -91,6 +95,16 @@ def _record_failure(call: CallContext, outcome: str, code: str, message: str) ->
 
 def _failure(exc: BaseException, stage: str) -> tuple[str, str, str, BaseException]:
     """``(outcome, error_code, audit message, exception to raise)`` for a failed call."""
+    if isinstance(exc, DatabaseError) and rls.cross_tenant_violation(exc):
+        # The database refused a row of another tenant (policy or composite key); the
+        # transaction was rolled back. Reported like the ORM's own refusal.
+        exc = CrossTenantAccess("The database refused a row of another tenant.")
+        stage = _Stage.BODY
+    elif stage == _Stage.BODY and isinstance(exc, ObjectDoesNotExist | Http404):
+        # Model.DoesNotExist, get_object_or_404: inside a governed call that includes every
+        # other tenant's rows, so the answer names nothing.
+        message = "Not found."
+        return Outcome.TOOL_ERROR, type(exc).__name__, message, ToolError(message)
     if stage == _Stage.SERIALIZE:
         # FastMCP's own ToolError ("Could not serialize the return value ..."): re-raised as
         # is, so the reply is the one plain FastMCP would give.
@@ -101,6 +115,18 @@ def _failure(exc: BaseException, stage: str) -> tuple[str, str, str, BaseExcepti
     if isinstance(exc, ToolError):
         return Outcome.TOOL_ERROR, type(exc).__name__, str(exc), exc
     return Outcome.SERVER_ERROR, type(exc).__name__, INTERNAL_MESSAGE, exc
+
+
+def _tenant_of(call: CallContext) -> int:
+    """The admitted caller's tenant: a governed body never runs without one."""
+    if call.principal is None:
+        raise NoPrincipal("A governed body cannot run without an admitted principal.")
+    return call.principal.tenant.id
+
+
+def _prepare_connection() -> None:
+    refresh_connections()
+    rls.ensure()
 
 
 class GovernedTool:
@@ -139,7 +165,15 @@ class GovernedTool:
     def _run_sync(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = current_call()
         call.tool_ran = True
-        call.refresh_db()
+        with confined(_tenant_of(call)):
+            call.refresh_db()
+            # Switched before the transaction opens, so a rollback cannot undo the switch.
+            rls.ensure()
+            return self._run_sync_confined(call, args, kwargs)
+
+    def _run_sync_confined(
+        self, call: CallContext, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         stage = _Stage.BODY
         atomic = nullcontext() if self.spec.read_only else transaction.atomic()
         try:
@@ -167,18 +201,20 @@ class GovernedTool:
     async def _run_async(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = current_call()
         call.tool_ran = True
-        # Django's async ORM runs on asgiref's thread-sensitive thread: refresh it there.
-        await sync_to_async(refresh_connections)()
         stage = _Stage.BODY
         try:
-            with step("mcp.tool", self._span_attributes):
-                raw = self.spec.fn(*args, **kwargs)
-                if inspect.isasyncgen(raw):
-                    raw = [item async for item in raw]
-                else:
-                    raw = await raw
-            stage = _Stage.SERIALIZE
-            result = self._convert(raw)
+            with confined(_tenant_of(call)):
+                # Django's async ORM runs on asgiref's thread-sensitive thread: refresh and
+                # switch it there.
+                await sync_to_async(_prepare_connection)()
+                with step("mcp.tool", self._span_attributes):
+                    raw = self.spec.fn(*args, **kwargs)
+                    if inspect.isasyncgen(raw):
+                        raw = [item async for item in raw]
+                    else:
+                        raw = await raw
+                stage = _Stage.SERIALIZE
+                result = self._convert(raw)
         except Exception as exc:
             outcome, code, message, raised = _failure(exc, stage)
             await sync_to_async(self._record_in_thread, thread_sensitive=False)(

@@ -1,0 +1,339 @@
+"""PostgreSQL row-level security for every ``TenantOwned`` table: the database confines tenants.
+
+**The policy.** Each ``TenantOwned`` table gets row-level security (enabled and forced) with
+two policies:
+
+* ``mcpauth_all_roles``, permissive, for every role: rows are visible and writable;
+* ``mcpauth_tenant_only``, restrictive, for the restricted role ``MCPAUTH_TENANT_DB_ROLE``
+  (default ``mcpauth_tenant``): only rows whose tenant is the transaction's
+  ``mcpauth.tenant_id`` setting, for reading and for writing. A session in that role without
+  the setting fails every query on those tables instead of seeing anything.
+
+**The switch.** While a governed body runs (``mcpauth.tenant_scope.confined``), every query on a
+PostgreSQL connection runs as the restricted role with the tenant set: :func:`ensure` switches
+the connection before the body (outside its transaction, so a rollback cannot undo the switch)
+and an execute wrapper installed on every connection re-checks before each statement, so ORM
+queries, ``raw()`` and ``connection.cursor().execute()`` all see the admitted tenant's rows and
+nothing else. Outside a body the connection runs as the role it logged in as: the admin,
+commands and migrations see every tenant, which is the explicit, visible bypass (the
+``all_tenants`` manager in code, the login role in the database).
+
+**Foreign keys.** A foreign key from one ``TenantOwned`` model to another gets a second,
+composite constraint ``(fk, tenant_id) → (target, tenant_id)``, so a row can only point at a row
+of its own tenant, whatever wrote it. Foreign-key checks bypass row-level security in
+PostgreSQL; this constraint is what stops a row from referencing another tenant's row.
+
+Everything is (re)installed after ``migrate`` (``post_migrate``), idempotently, for every
+installed ``TenantOwned`` model: an app gets it by subclassing ``TenantOwned``, nothing else.
+``mcpauth.E030`` (a database check: ``manage.py check --database default``) reports a table
+whose policy or constraint is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.apps import apps
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Model
+
+from mcpauth.conf import get_settings
+from mcpauth.managers import is_tenant_owned, tenant_relations
+from mcpauth.tenant_scope import active_tenant
+
+log = logging.getLogger(__name__)
+
+#: The setting (GUC) that holds the confined tenant's primary key.
+TENANT_SETTING = "mcpauth.tenant_id"
+POLICY_ALL = "mcpauth_all_roles"
+POLICY_TENANT = "mcpauth_tenant_only"
+#: Prefix of the composite tenant constraints (a foreign key's and its target's unique key).
+CONSTRAINT_PREFIX = "mcpauth_tf_"
+UNIQUE_PREFIX = "mcpauth_tu_"
+
+#: A connection's confinement state is unknown (new pooled connection, or switched inside a
+#: transaction that may still roll back): the next statement switches it again.
+_UNKNOWN: Any = object()
+_STATE = "_mcpauth_rls_tenant"
+
+
+def is_enabled(connection: BaseDatabaseWrapper) -> bool:
+    return connection.vendor == "postgresql" and get_settings().row_level_security
+
+
+def tenant_owned_models() -> list[type[Model]]:
+    """Every installed concrete, managed ``TenantOwned`` model."""
+    return [
+        m for m in apps.get_models() if is_tenant_owned(m) and m._meta.managed and not m._meta.proxy
+    ]
+
+
+def _name(prefix: str, *parts: str) -> str:
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    return f"{prefix}{digest}"
+
+
+# --- switching a connection --------------------------------------------------------------------
+
+
+def _switch_sql(connection: BaseDatabaseWrapper, tenant_id: int | None) -> tuple[str, list[str]]:
+    sql = "SELECT set_config('role', %s, false), set_config(%s, %s, false)"
+    if tenant_id is None:
+        # Back to the login role (or the role Django assumes on connect).
+        role = connection.settings_dict.get("OPTIONS", {}).get("assume_role") or "none"
+        return sql, [role, TENANT_SETTING, ""]
+    return sql, [get_settings().tenant_db_role, TENANT_SETTING, str(tenant_id)]
+
+
+def _switch(connection: BaseDatabaseWrapper, cursor: Any, tenant_id: int | None) -> None:
+    sql, params = _switch_sql(connection, tenant_id)
+    with connection.wrap_database_errors:
+        cursor.cursor.execute(sql, params)  # the DB-API cursor: not through the wrappers again
+    # A switch made inside a transaction is undone if it rolls back: trust it only until then.
+    setattr(connection, _STATE, _UNKNOWN if connection.in_atomic_block else tenant_id)
+
+
+def _wrapper(
+    execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]
+) -> Any:
+    connection = context["connection"]
+    want = active_tenant()
+    if getattr(connection, _STATE, _UNKNOWN) != want:
+        _switch(connection, context["cursor"], want)
+    return execute(sql, params, many, context)
+
+
+def install_wrapper(connection: BaseDatabaseWrapper, **_: Any) -> None:
+    """``connection_created``: every PostgreSQL connection checks its confinement per query."""
+    if not is_enabled(connection):
+        return
+    if _wrapper not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_wrapper)
+    pooled = bool(connection.settings_dict.get("OPTIONS", {}).get("pool"))
+    # A new session runs as its login role; a pooled one may carry a previous user's switch.
+    setattr(connection, _STATE, _UNKNOWN if pooled else None)
+
+
+def ensure(using: str = DEFAULT_DB_ALIAS) -> None:
+    """Switch ``using``'s connection to the running body's tenant (or back) now.
+
+    Called by the tool runner before the body's transaction opens, so the switch is not part of
+    that transaction; the execute wrapper would otherwise make it at the body's first query.
+    """
+    connection = connections[using]
+    if not is_enabled(connection):
+        return
+    want = active_tenant()
+    if connection.connection is None:
+        connection.ensure_connection()
+    if getattr(connection, _STATE, _UNKNOWN) == want:
+        return
+    with connection.cursor() as cursor:
+        # The wrapper itself makes the switch before this statement reaches the database.
+        cursor.execute("SELECT 1")
+
+
+# --- installing policies and constraints -----------------------------------------------------
+
+
+def _ensure_role(cursor: Any, role: str) -> None:
+    cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    (is_super,) = cursor.fetchone()
+    cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+    if cursor.fetchone() is None:
+        quoted = '"' + role.replace('"', '""') + '"'
+        # Two processes may race to create it (parallel test databases): the loser moves on.
+        cursor.execute(
+            "DO $$ BEGIN CREATE ROLE "
+            + quoted
+            + " NOLOGIN NOBYPASSRLS; EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
+    if not is_super:
+        cursor.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", [role])
+        if not cursor.fetchone()[0]:
+            cursor.execute(f'GRANT "{role}" TO CURRENT_USER')
+
+
+def _policy_sql(table: str, column: str, role: str) -> list[str]:
+    check = f"{column} = current_setting('{TENANT_SETTING}')::bigint"
+    return [
+        f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY",
+        f"DROP POLICY IF EXISTS {POLICY_ALL} ON {table}",
+        f"CREATE POLICY {POLICY_ALL} ON {table} AS PERMISSIVE TO PUBLIC "
+        "USING (true) WITH CHECK (true)",
+        f"DROP POLICY IF EXISTS {POLICY_TENANT} ON {table}",
+        f'CREATE POLICY {POLICY_TENANT} ON {table} AS RESTRICTIVE TO "{role}" '
+        f"USING ({check}) WITH CHECK ({check})",
+    ]
+
+
+def expected_constraints() -> list[tuple[str, str, str]]:
+    """``(table, constraint name, ADD CONSTRAINT clause)`` for every composite tenant key."""
+    out: list[tuple[str, str, str]] = []
+    seen_unique: set[str] = set()
+    for model in tenant_owned_models():
+        for fk in tenant_relations(model):
+            target = fk.related_model._meta
+            target_col = fk.target_field.column
+            target_tenant = target.get_field("tenant").column
+            unique = _name(UNIQUE_PREFIX, target.db_table, target_col)
+            if unique not in seen_unique:
+                seen_unique.add(unique)
+                out.append((target.db_table, unique, f'UNIQUE ("{target_col}", "{target_tenant}")'))
+            name = _name(CONSTRAINT_PREFIX, model._meta.db_table, fk.column)
+            own_tenant = model._meta.get_field("tenant").column
+            out.append(
+                (
+                    model._meta.db_table,
+                    name,
+                    f'FOREIGN KEY ("{fk.column}", "{own_tenant}") REFERENCES '
+                    f'"{target.db_table}" ("{target_col}", "{target_tenant}") '
+                    "DEFERRABLE INITIALLY DEFERRED NOT VALID",
+                )
+            )
+    return out
+
+
+def install(using: str = DEFAULT_DB_ALIAS, *, stdout: Any = None) -> list[str]:
+    """Install the role, grants, policies and composite keys on ``using``; idempotent.
+
+    Returns what could not be done completely (an existing row that breaks a composite key:
+    the constraint still guards new writes, and ``mcpauth.E030`` names it until fixed).
+    """
+    connection = connections[using]
+    if not is_enabled(connection):
+        return []
+    conf = get_settings()
+    role = conf.tenant_db_role
+    problems: list[str] = []
+    qn = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        _ensure_role(cursor, role)
+        cursor.execute("SELECT current_schema()")
+        schema = qn(cursor.fetchone()[0])
+        for sql in (
+            f'GRANT USAGE ON SCHEMA {schema} TO "{role}"',
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO "{role}"',
+            f'GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO "{role}"',
+        ):
+            cursor.execute(sql)
+        for model in tenant_owned_models():
+            table = qn(model._meta.db_table)
+            column = qn(model._meta.get_field("tenant").column)
+            for sql in _policy_sql(table, column, role):
+                cursor.execute(sql)
+        cursor.execute(
+            "SELECT conname, convalidated FROM pg_constraint WHERE conname LIKE %s",
+            [CONSTRAINT_PREFIX.replace("_", r"\_") + "%%"],
+        )
+        existing = dict(cursor.fetchall())
+        cursor.execute(
+            "SELECT conname FROM pg_constraint WHERE conname LIKE %s",
+            [UNIQUE_PREFIX.replace("_", r"\_") + "%%"],
+        )
+        existing.update({name: True for (name,) in cursor.fetchall()})
+        for table, name, clause in expected_constraints():
+            if name not in existing:
+                cursor.execute(f"ALTER TABLE {qn(table)} ADD CONSTRAINT {name} {clause}")
+                existing[name] = not name.startswith(CONSTRAINT_PREFIX)
+            if not existing[name]:
+                try:
+                    with connection.cursor() as validate, _savepoint(connection):
+                        validate.execute(f"ALTER TABLE {qn(table)} VALIDATE CONSTRAINT {name}")
+                except Exception as exc:  # existing rows point at another tenant's rows
+                    problems.append(
+                        f"{table}.{name}: existing rows reference another tenant's rows ({exc})"
+                    )
+    for problem in problems:
+        log.warning("tenant constraint not validated: %s", problem)
+        if stdout is not None:
+            stdout.write(f"  mcpauth: tenant constraint not validated: {problem}\n")
+    return problems
+
+
+class _savepoint:
+    """A savepoint around one statement that may fail (a no-op outside a transaction)."""
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        self.connection = connection
+        self.sid: str | None = None
+
+    def __enter__(self) -> None:
+        if self.connection.in_atomic_block:
+            self.sid = self.connection.savepoint()
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if self.sid is None:
+            return
+        if exc_type is None:
+            self.connection.savepoint_commit(self.sid)
+        else:
+            self.connection.savepoint_rollback(self.sid)
+
+
+def post_migrate(using: str = DEFAULT_DB_ALIAS, verbosity: int = 1, **_: Any) -> None:
+    """``post_migrate`` (sent once per app; installs once, after mcpauth's)."""
+    install(using)
+
+
+def problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
+    """What is missing on ``using``: tables without the policies, composite keys not in place."""
+    connection = connections[using]
+    if not is_enabled(connection):
+        return []
+    found: list[str] = []
+    tables = {m._meta.db_table: m for m in tenant_owned_models()}
+    if not tables:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, "
+            "array(SELECT polname FROM pg_policy p WHERE p.polrelid = c.oid) "
+            "FROM pg_class c WHERE c.relkind = 'r' AND c.relname = ANY(%s) "
+            "AND c.relnamespace = current_schema()::regnamespace",
+            [list(tables)],
+        )
+        state = {row[0]: row[1:] for row in cursor.fetchall()}
+        for table in tables:
+            enabled, forced, policies = state.get(table, (False, False, []))
+            if not (enabled and forced and {POLICY_ALL, POLICY_TENANT} <= set(policies)):
+                found.append(f"table {table} has no tenant row-level security")
+        cursor.execute(
+            "SELECT conname, convalidated FROM pg_constraint WHERE conname LIKE 'mcpauth\\_t%%'"
+        )
+        constraints = dict(cursor.fetchall())
+    for table, name, _clause in expected_constraints():
+        if name not in constraints:
+            found.append(f"table {table} lacks the composite tenant constraint {name}")
+        elif not constraints[name]:
+            found.append(
+                f"table {table}: constraint {name} is not validated (existing rows reference "
+                "another tenant's rows)"
+            )
+    return found
+
+
+def cross_tenant_violation(exc: BaseException) -> bool:
+    """True when a database error is a tenant policy or composite-key refusal."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        diag = getattr(current, "diag", None)
+        name = getattr(diag, "constraint_name", None) or ""
+        if name.startswith(CONSTRAINT_PREFIX):
+            return True
+        text = str(current)
+        if "row-level security policy" in text and POLICY_TENANT in text:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def connections_in_use() -> Iterable[BaseDatabaseWrapper]:
+    return connections.all(initialized_only=True)
