@@ -98,6 +98,8 @@ def micro_figures(token: str, scale: float = 1.0) -> dict[str, Any]:
         lambda: services.get_todo(principal, todo_id), n(3000)
     )
 
+    out.update(isolation_figures(principal, todo_id, n))
+
     def audit_write() -> None:
         record(
             outcome="ok",
@@ -163,6 +165,60 @@ def micro_figures(token: str, scale: float = 1.0) -> dict[str, Any]:
             "mean_us": round(sum(samples) / k / 1000, 2),
             "p99_us": round(samples[int(k * 0.99)] / 1000, 2),
         }
+    return out
+
+
+def isolation_figures(principal: Any, todo_id: str, n: Callable[[int], int]) -> dict[str, Any]:
+    """What tenant isolation adds to a governed call (issue 16's budget: 50 µs).
+
+    A governed body binds the tenant (a context variable), ``rls.ensure()`` checks the
+    connection (no query when it already serves that tenant), and every statement passes the
+    execute wrapper and PostgreSQL's policy. Switching the connection to another tenant costs
+    one ``set_config`` round trip; a worker thread that serves one tenant after another pays it
+    once per change.
+    """
+    from django.db import connection
+
+    from mcpauth import rls
+    from mcpauth.models import Tenant
+    from mcpauth.tenant_scope import confined
+    from todos import services
+
+    tenant_id = principal.tenant.id
+    other = Tenant.objects.get_or_create(external_id="bench-other-tenant")[0].pk
+    out: dict[str, Any] = {}
+
+    def governed_get() -> None:
+        with confined(tenant_id):
+            rls.ensure()
+            services.get_todo(principal, todo_id)
+
+    def bind_and_ensure() -> None:
+        with confined(tenant_id):
+            rls.ensure()
+
+    def switch() -> None:
+        for tenant in (other, tenant_id):
+            with confined(tenant):
+                rls.ensure()
+
+    rls.ensure()
+    out["isolation: service get_todo outside a body (login role, no policy)"] = _timeit(
+        lambda: services.get_todo(principal, todo_id), n(3000)
+    )
+    with confined(tenant_id):
+        rls.ensure()
+    out["isolation: service get_todo in a governed body, same tenant (no switch)"] = _timeit(
+        governed_get, n(3000)
+    )
+    out["isolation: bind tenant + ensure(), connection already switched"] = _timeit(
+        bind_and_ensure, n(20000)
+    )
+    out["isolation: switch to another tenant and back (2 set_config round trips)"] = _timeit(
+        switch, n(2000)
+    )
+    with connection.cursor() as cursor:  # back to the login role for what follows
+        cursor.execute("SELECT 1")
     return out
 
 
