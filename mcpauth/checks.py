@@ -12,10 +12,10 @@
 * ``mcpauth.W010`` the rate-limit cache is not shared between workers while ``DEBUG`` is off;
 * ``mcpauth.W011`` ``ALLOWED_HOSTS`` contains ``*``, which disables DNS-rebinding protection;
 * ``mcpauth.W012`` the development issuer is active;
-* ``mcpauth.E030`` (database check) a ``TenantOwned`` table lacks its row-level security or a
+* ``mcpauth.E040`` (database check) a ``TenantOwned`` table lacks its row-level security or a
   composite tenant key (``manage.py check --database default``);
-* ``mcpauth.E031`` ``MCPAUTH_TENANT_DB_ROLE`` is not a plain role name;
-* ``mcpauth.W032`` row-level security is turned off on PostgreSQL.
+* ``mcpauth.E041`` ``MCPAUTH_TENANT_DB_ROLE`` is not a plain role name;
+* ``mcpauth.W042`` row-level security is turned off on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
             checks.Error(
                 f"MCPAUTH_TENANT_DB_ROLE {conf.tenant_db_role[:70]!r} is not a plain role name.",
                 hint="Use lowercase letters, digits and underscores, e.g. 'mcpauth_tenant'.",
-                id="mcpauth.E031",
+                id="mcpauth.E041",
             )
         )
     uses_postgres = any(connections[alias].vendor == "postgresql" for alias in settings.DATABASES)
@@ -127,7 +127,7 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
             checks.Warning(
                 "MCPAUTH_ROW_LEVEL_SECURITY is off: tenant isolation rests on the ORM alone.",
                 hint="Remove MCPAUTH_ROW_LEVEL_SECURITY=False and run migrate.",
-                id="mcpauth.W032",
+                id="mcpauth.W042",
             )
         )
     return messages
@@ -137,7 +137,7 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
 def check_row_level_security(
     app_configs: Any = None, databases: Any = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
-    """E030: every ``TenantOwned`` table is guarded by the database (run with ``--database``)."""
+    """E040: every ``TenantOwned`` table is guarded by the database (run with ``--database``)."""
     messages: list[checks.CheckMessage] = []
     for alias in databases or ():
         for problem in rls.problems(alias):
@@ -146,7 +146,7 @@ def check_row_level_security(
                     f"Database {alias!r}: {problem}.",
                     hint="Run 'manage.py migrate' (it installs the policies and keys). For rows "
                     "that reference another tenant's rows, fix or delete them, then migrate.",
-                    id="mcpauth.E030",
+                    id="mcpauth.E040",
                 )
             )
     return messages

@@ -25,7 +25,7 @@ PostgreSQL; this constraint is what stops a row from referencing another tenant'
 
 Everything is (re)installed after ``migrate`` (``post_migrate``), idempotently, for every
 installed ``TenantOwned`` model: an app gets it by subclassing ``TenantOwned``, nothing else.
-``mcpauth.E030`` (a database check: ``manage.py check --database default``) reports a table
+``mcpauth.E040`` (a database check: ``manage.py check --database default``) reports a table
 whose policy or constraint is missing.
 """
 
@@ -59,6 +59,7 @@ UNIQUE_PREFIX = "mcpauth_tu_"
 #: transaction that may still roll back): the next statement switches it again.
 _UNKNOWN: Any = object()
 _STATE = "_mcpauth_rls_tenant"
+_TRANSACTION_CONTROL = ("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK")
 
 
 def is_enabled(connection: BaseDatabaseWrapper) -> bool:
@@ -102,7 +103,8 @@ def _wrapper(
 ) -> Any:
     connection = context["connection"]
     want = active_tenant()
-    if getattr(connection, _STATE, _UNKNOWN) != want:
+    if getattr(connection, _STATE, _UNKNOWN) != want and not sql.startswith(_TRANSACTION_CONTROL):
+        # (savepoint statements touch no table, and must run in an aborted transaction)
         _switch(connection, context["cursor"], want)
     return execute(sql, params, many, context)
 
@@ -203,7 +205,7 @@ def install(using: str = DEFAULT_DB_ALIAS, *, stdout: Any = None) -> list[str]:
     """Install the role, grants, policies and composite keys on ``using``; idempotent.
 
     Returns what could not be done completely (an existing row that breaks a composite key:
-    the constraint still guards new writes, and ``mcpauth.E030`` names it until fixed).
+    the constraint still guards new writes, and ``mcpauth.E040`` names it until fixed).
     """
     connection = connections[using]
     if not is_enabled(connection):

@@ -1,7 +1,7 @@
 """The database's own line of tenant isolation (``mcpauth.rls``) and the ORM's (every database).
 
 PostgreSQL: policies and composite keys installed by ``migrate``, the per-statement switch to
-the restricted role, failing closed without a tenant, surviving rollbacks, ``mcpauth.E030``, and
+the restricted role, failing closed without a tenant, surviving rollbacks, ``mcpauth.E040``, and
 the switch's state across requests on 2 workers with a fresh connection per request.
 """
 
@@ -166,7 +166,7 @@ def test_e030_names_a_table_without_its_policy(db: None) -> None:
         cursor.execute(f"DROP POLICY {rls.POLICY_TENANT} ON hurried_comment")
     try:
         errors = checks.check_row_level_security(databases=["default"])
-        assert [e.id for e in errors] == ["mcpauth.E030"]
+        assert [e.id for e in errors] == ["mcpauth.E040"]
         assert "hurried_comment" in errors[0].msg
     finally:
         rls.install()
