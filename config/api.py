@@ -11,6 +11,7 @@ from django.db import connection
 from django.http import HttpRequest
 from ninja import NinjaAPI, Schema, Status
 
+from mcpauth import rls
 from mcpauth.conf import get_settings
 from mcpauth.tokens import keyset
 
@@ -66,6 +67,12 @@ def _jwks() -> None:
         raise RuntimeError("no signing keys available")
 
 
+def _tenant_isolation() -> None:
+    problems = rls.problems()
+    if problems:  # the names stay in the server log and manage.py check (mcpauth.W040)
+        raise RuntimeError(f"{len(problems)} tenant-owned tables or keys not guarded")
+
+
 def _run(fn: Callable[[], None]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
@@ -94,6 +101,7 @@ def ready(request: HttpRequest) -> Status[dict[str, Any]]:
         "cache": _run(_cache("default")),
         "ratelimit_cache": _run(_cache(get_settings().rate_limit_cache)),
         "jwks": _run(_jwks),
+        "tenant_isolation": _run(_tenant_isolation),
     }
     ok = all(c["ok"] for c in checks.values())
     return Status(200 if ok else 503, {"status": "ok" if ok else "unavailable", "checks": checks})

@@ -12,8 +12,9 @@
 * ``mcpauth.W010`` the rate-limit cache is not shared between workers while ``DEBUG`` is off;
 * ``mcpauth.W011`` ``ALLOWED_HOSTS`` contains ``*``, which disables DNS-rebinding protection;
 * ``mcpauth.W012`` the development issuer is active;
-* ``mcpauth.E040`` (database check) a ``TenantOwned`` table lacks its row-level security or a
-  composite tenant key (``manage.py check --database default``);
+* ``mcpauth.W040`` (database check) a ``TenantOwned`` table lacks its row-level security or a
+  composite tenant key (``manage.py check --database default``; a warning, so that ``migrate``,
+  which installs them, is not stopped by it; ``/health/ready`` answers 503 meanwhile);
 * ``mcpauth.E041`` ``MCPAUTH_TENANT_DB_ROLE`` is not a plain role name;
 * ``mcpauth.W042`` row-level security is turned off on PostgreSQL.
 """
@@ -137,16 +138,16 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
 def check_row_level_security(
     app_configs: Any = None, databases: Any = None, **kwargs: Any
 ) -> list[checks.CheckMessage]:
-    """E040: every ``TenantOwned`` table is guarded by the database (run with ``--database``)."""
+    """W040: every ``TenantOwned`` table is guarded by the database (run with ``--database``)."""
     messages: list[checks.CheckMessage] = []
     for alias in databases or ():
         for problem in rls.problems(alias):
             messages.append(
-                checks.Error(
+                checks.Warning(
                     f"Database {alias!r}: {problem}.",
                     hint="Run 'manage.py migrate' (it installs the policies and keys). For rows "
                     "that reference another tenant's rows, fix or delete them, then migrate.",
-                    id="mcpauth.E040",
+                    id="mcpauth.W040",
                 )
             )
     return messages

@@ -25,7 +25,7 @@ PostgreSQL; this constraint is what stops a row from referencing another tenant'
 
 Everything is (re)installed after ``migrate`` (``post_migrate``), idempotently, for every
 installed ``TenantOwned`` model: an app gets it by subclassing ``TenantOwned``, nothing else.
-``mcpauth.E040`` (a database check: ``manage.py check --database default``) reports a table
+``mcpauth.W040`` (a database check: ``manage.py check --database default``) reports a table
 whose policy or constraint is missing.
 """
 
@@ -205,7 +205,7 @@ def install(using: str = DEFAULT_DB_ALIAS, *, stdout: Any = None) -> list[str]:
     """Install the role, grants, policies and composite keys on ``using``; idempotent.
 
     Returns what could not be done completely (an existing row that breaks a composite key:
-    the constraint still guards new writes, and ``mcpauth.E040`` names it until fixed).
+    the constraint still guards new writes, and ``mcpauth.W040`` names it until fixed).
     """
     connection = connections[using]
     if not is_enabled(connection):

@@ -14,7 +14,13 @@ def test_health_and_ready(live):
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"database", "cache", "ratelimit_cache", "jwks"}
+    assert set(body["checks"]) == {
+        "database",
+        "cache",
+        "ratelimit_cache",
+        "jwks",
+        "tenant_isolation",
+    }
     assert all(c["ok"] and c["latency_ms"] >= 0 for c in body["checks"].values())
 
 

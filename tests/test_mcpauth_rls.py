@@ -1,7 +1,7 @@
 """The database's own line of tenant isolation (``mcpauth.rls``) and the ORM's (every database).
 
 PostgreSQL: policies and composite keys installed by ``migrate``, the per-statement switch to
-the restricted role, failing closed without a tenant, surviving rollbacks, ``mcpauth.E040``, and
+the restricted role, failing closed without a tenant, surviving rollbacks, ``mcpauth.W040``, and
 the switch's state across requests on 2 workers with a fresh connection per request.
 """
 
@@ -15,6 +15,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.test import Client as Client_
 from fastmcp import Client
 
 from mcpauth import checks, rls
@@ -54,7 +55,7 @@ def sql_titles() -> list[str]:
 
 
 def test_all_tenants_is_confined_inside_a_body_and_open_outside(two: Any) -> None:
-    acme, _, a, g = two
+    acme, _, _, g = two
     with confined(acme.pk):
         assert list(Todo.all_tenants.values_list("title", flat=True)) == ["a"]
         assert [t.title for t in Todo.all_tenants.raw("SELECT * FROM todos_todo")] == ["a"]
@@ -113,7 +114,7 @@ def test_hand_written_sql_is_confined_by_the_switch(two: Any) -> None:
 
 @postgres_only
 def test_a_rolled_back_switch_is_made_again(two: Any) -> None:
-    acme, globex, *_ = two
+    acme, *_ = two
     with confined(acme.pk):
         with pytest.raises(RuntimeError), transaction.atomic():
             assert sql_titles() == ["a"]  # the switch happens inside this savepoint ...
@@ -144,7 +145,7 @@ def test_the_restricted_role_without_a_tenant_fails_closed(two: Any) -> None:
         sid = connection.savepoint()
         with raw.cursor() as cursor:
             cursor.execute("SELECT set_config('role', %s, true)", [role])
-            with pytest.raises(Exception, match="mcpauth.tenant_id|bigint"):
+            with pytest.raises(Exception, match=r"mcpauth\.tenant_id|bigint"):
                 cursor.execute("SELECT count(*) FROM todos_todo")
         connection.savepoint_rollback(sid)
 
@@ -161,13 +162,16 @@ def test_the_database_refuses_cross_tenant_references_outside_a_call_too(two: An
 
 
 @postgres_only
-def test_e030_names_a_table_without_its_policy(db: None) -> None:
+def test_w040_names_a_table_without_its_policy(db: None) -> None:
     with connection.cursor() as cursor:
         cursor.execute(f"DROP POLICY {rls.POLICY_TENANT} ON hurried_comment")
     try:
         errors = checks.check_row_level_security(databases=["default"])
-        assert [e.id for e in errors] == ["mcpauth.E040"]
+        assert [e.id for e in errors] == ["mcpauth.W040"]
         assert "hurried_comment" in errors[0].msg
+        ready = Client_().get("/health/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["tenant_isolation"]["ok"] is False
     finally:
         rls.install()
     assert checks.check_row_level_security(databases=["default"]) == []
