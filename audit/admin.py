@@ -45,7 +45,7 @@ from django.utils.safestring import SafeString
 
 from audit import export
 from audit.admin_counting import EstimatedCountPaginator, date_hierarchy
-from audit.admin_mixins import VISIBLE_CHANGE_FORM
+from audit.admin_mixins import VisibleNamesMixin
 from audit.config import record_export, request_actor
 from audit.filters import (
     ClientFilter,
@@ -207,9 +207,8 @@ class AuditChangeList(ChangeList):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(VisibleNamesMixin):
     change_list_template = "admin/audit/auditevent/change_list.html"
-    change_form_template = VISIBLE_CHANGE_FORM
     list_display = (
         "when_column",
         "outcome_column",

@@ -24,8 +24,10 @@ write fails, the change does not persist.
 Subclasses say which columns a row gets (:meth:`AuditedModelAdmin.audit_columns`, e.g. the
 tenant) and what else it records (:meth:`AuditedModelAdmin.audit_details`, ids only).
 
-:class:`VisibleRelatedFieldListFilter` is the related-field filter with its choices shown by
-:func:`audit.display.visible`.
+:class:`VisibleNamesMixin` shows an object's name (``str(obj)``) by :mod:`audit.display` where
+the admin shows it: the change form's heading, page title and breadcrumbs, and the label of its
+action checkbox. :class:`VisibleRelatedFieldListFilter` is the related-field filter with its
+choices shown by :func:`audit.display.visible`.
 """
 
 from __future__ import annotations
@@ -35,14 +37,19 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from django import forms
 from django.contrib import admin
+from django.contrib.admin import helpers
 from django.db import models, router, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext
 
 from audit.config import record_data_change, request_actor
-from audit.display import visible
+from audit.display import visible, visible_text
 
 Snapshot = dict[str, Any]
 #: At most this many ids in the row of an action that changed none of the selected rows (the
@@ -50,6 +57,22 @@ Snapshot = dict[str, Any]
 MAX_IDS = 50
 #: The change form whose heading, page title and breadcrumbs show the object visibly.
 VISIBLE_CHANGE_FORM = "admin/audit/visible_change_form.html"
+
+
+class VisibleNamesMixin(admin.ModelAdmin):
+    """The object's name shown visibly in the change form and its action checkbox's label."""
+
+    change_form_template = VISIBLE_CHANGE_FORM
+
+    class Media:
+        css = {"all": ("audit/admin.css",)}
+
+    def action_checkbox(self, obj: Any) -> SafeString:
+        """Django's action checkbox, its ``aria-label`` naming the object visibly."""
+        label = gettext("Select this object for an action - {}")
+        attrs = {"class": "action-select", "aria-label": format_html(label, visible_text(obj))}
+        checkbox = forms.CheckboxInput(attrs, lambda value: False)
+        return checkbox.render(helpers.ACTION_CHECKBOX_NAME, str(obj.pk))
 
 
 class VisibleRelatedFieldListFilter(admin.RelatedFieldListFilter):
@@ -70,13 +93,8 @@ def _is_set(value: Any) -> bool:
     return value is not None and value != ""
 
 
-class AuditedModelAdmin(admin.ModelAdmin):
+class AuditedModelAdmin(VisibleNamesMixin):
     """Audits every admin change to this model's rows (see the module docstring)."""
-
-    change_form_template = VISIBLE_CHANGE_FORM
-
-    class Media:
-        css = {"all": ("audit/admin.css",)}
 
     # --- what a row says (for subclasses) --------------------------------------------------------
 

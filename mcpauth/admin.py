@@ -26,7 +26,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from audit.admin_mixins import VISIBLE_CHANGE_FORM
+from audit.admin_mixins import VisibleNamesMixin
 from audit.config import diff, record_change, request_actor
 from audit.display import visible
 from audit.models import AuditEvent
@@ -52,13 +52,8 @@ def _perm_name(perm: Permission) -> str:
     return f"{perm.content_type.app_label}.{perm.codename}"
 
 
-class AuditedAdmin(admin.ModelAdmin):
+class AuditedAdmin(VisibleNamesMixin):
     """Audits every add, change and delete as ``config/<object>.<action>``."""
-
-    change_form_template = VISIBLE_CHANGE_FORM
-
-    class Media:
-        css = {"all": ("audit/admin.css",)}
 
     #: The fields whose values an audit row records.
     audit_fields: tuple[str, ...] = ()
