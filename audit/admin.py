@@ -47,6 +47,7 @@ from audit import export
 from audit.admin_counting import EstimatedCountPaginator, date_hierarchy
 from audit.admin_mixins import VisibleNamesMixin
 from audit.config import record_export, request_actor
+from audit.display import reveal_hidden, reveal_hidden_text, visible, visible_text
 from audit.filters import (
     ClientFilter,
     KindFilter,
@@ -55,7 +56,6 @@ from audit.filters import (
     TimeRangeFilter,
     ToolFilter,
 )
-from audit.display import reveal_hidden, reveal_hidden_text, visible, visible_text
 from audit.models import AuditEvent, Outcome
 
 __all__ = ["AuditEventAdmin", "EstimatedCountPaginator", "OverviewAdmin"]

@@ -8,18 +8,19 @@ with the staff user as ``actor``:
   ``save_related``, so m2m fields and inlines count as part of the change); a save that changes
   nothing stored leaves no row;
 * the delete view (``delete``) and the built-in ``delete_selected`` action (``delete``, one row
-  per deleted object, with ``batch``: how many were deleted together);
+  per deleted object, with ``batch``: how many were deleted together; one row per object so
+  that each carries its own tenant and can be found by its id);
 * every other admin action (its own name, ``data/todos.todo.mark_done``): one row per selected
   object whose stored row it changed or removed; when it changed none of them, one row per
   distinct set of columns (per tenant) saying so, with the selected ids.
 
 A row holds the object's ``id``, the NAMES of the changed fields (``fields``; m2m fields
-included), inline changes as ids per model (``inlines``: ``[{"model", "added": [id],
-"changed": {id: [field]}, "deleted": [id]}]``) and, for a delete, what else the delete
-removed (``cascade``: ``[model label, count]`` pairs). Never a field value: domain data can be as
-sensitive as tool arguments. The rows are written in the transaction of the change (the admin's
-views run in one; ``delete_selected`` and the actions are wrapped in one here), so if the audit
-write fails, the change does not persist.
+included), inline changes as ids per model (``inlines``: ``[{"model", "added": [id], "changed":
+{id: [field]}, "deleted": [id]}]``) and, for a delete, what else the delete removed
+(``cascade``: ``[model label, count]`` pairs, :func:`cascade`). Never a field value: domain data
+can be as sensitive as tool arguments. The rows are written in the transaction of the change
+(the admin's views run in one; ``delete_selected`` and the actions are wrapped in one here), so
+if the audit write fails, the change does not persist.
 
 Subclasses say which columns a row gets (:meth:`AuditedModelAdmin.audit_columns`, e.g. the
 tenant) and what else it records (:meth:`AuditedModelAdmin.audit_details`, ids only).
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -42,6 +44,7 @@ from django.contrib import admin
 from django.contrib.admin import helpers
 from django.db import models, router, transaction
 from django.db.models import QuerySet
+from django.db.models.deletion import Collector
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.utils.html import format_html
@@ -80,9 +83,21 @@ class VisibleRelatedFieldListFilter(admin.RelatedFieldListFilter):
 
     def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
         return [
-            (pk, visible(label))
-            for pk, label in super().field_choices(field, request, model_admin)
+            (pk, visible(label)) for pk, label in super().field_choices(field, request, model_admin)
         ]
+
+
+def cascade(obj: models.Model) -> list[list[Any]]:
+    """What deleting ``obj`` also deletes: ``[[model label, count], ...]`` (read before it goes)."""
+    collector = Collector(using=router.db_for_write(type(obj)), origin=obj)
+    collector.collect([obj])
+    counts: Counter[str] = Counter()
+    for model, instances in collector.data.items():
+        counts[model._meta.label_lower] += len(instances)
+    for queryset in collector.fast_deletes:
+        counts[queryset.model._meta.label_lower] += queryset.count()
+    counts[obj._meta.label_lower] -= 1
+    return sorted([label, n] for label, n in counts.items() if n > 0)
 
 
 def _concrete(model: type[models.Model]) -> list[models.Field[Any, Any]]:
@@ -127,10 +142,7 @@ class AuditedModelAdmin(VisibleNamesMixin):
         pk_name = self.model._meta.pk.attname
         names = [pk_name, *(f.attname for f in _concrete(self.model))]
         rows = (
-            self.model._base_manager.using(self._db())
-            .filter(pk__in=pks)
-            .order_by()
-            .values(*names)
+            self.model._base_manager.using(self._db()).filter(pk__in=pks).order_by().values(*names)
         )
         return {row.pop(pk_name): row for row in rows}
 
@@ -197,47 +209,39 @@ class AuditedModelAdmin(VisibleNamesMixin):
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         with transaction.atomic(using=self._db()):
             pk = obj.pk
+            arguments = self._delete_arguments(obj)
             before = self._stored([pk]).get(pk, {})
-            _, counts = obj.delete()  # what ModelAdmin.delete_model does, keeping the counts
-            self._record_deletes(request, {pk: before}, counts, batch=False)
+            super().delete_model(request, obj)
+            self._record(request, "delete", arguments, before, {})
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         with transaction.atomic(using=self._db()):
-            pks = list(queryset.order_by().values_list("pk", flat=True))
-            before = self._stored(pks)
-            _, counts = queryset.delete()  # what ModelAdmin.delete_queryset does
-            self._record_deletes(request, before, counts, batch=True)
+            objs = list(queryset)
+            arguments = {obj.pk: self._delete_arguments(obj, batch=len(objs)) for obj in objs}
+            before = self._stored(arguments)
+            super().delete_queryset(request, queryset)
+            for pk, args in arguments.items():
+                self._record(request, "delete", args, before.get(pk, {}), {})
 
-    def _record_deletes(
-        self,
-        request: HttpRequest,
-        before: dict[Any, Snapshot],
-        counts: Mapping[str, int],
-        *,
-        batch: bool,
-    ) -> None:
-        own = self.model._meta.label
-        cascade = sorted([label.lower(), n] for label, n in counts.items() if label != own and n)
-        for pk, snapshot in before.items():
-            arguments: dict[str, Any] = {"id": str(pk)}
-            if batch:
-                arguments["batch"] = len(before)
-            if cascade:
-                arguments["cascade"] = cascade
-            self._record(request, "delete", arguments, snapshot, {})
+    def _delete_arguments(self, obj: Any, batch: int | None = None) -> dict[str, Any]:
+        arguments: dict[str, Any] = {"id": str(obj.pk)}
+        if batch is not None:
+            arguments["batch"] = batch
+        if also := cascade(obj):
+            arguments["cascade"] = also
+        return arguments
 
     # --- custom actions --------------------------------------------------------------------------
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
-        return {
-            name: (
-                self._atomic(func) if name == "delete_selected" else self._audited(func, name),
-                name,
-                desc,
-            )
-            for name, (func, _, desc) in actions.items()
-        }
+        actions: dict[str, Any] = {}
+        for name, entry in super().get_actions(request).items():
+            if entry is None:
+                continue
+            func, _, description = entry
+            wrap = self._atomic(func) if name == "delete_selected" else self._audited(func, name)
+            actions[name] = (wrap, name, description)
+        return actions
 
     def _atomic(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """``delete_selected`` in one transaction: its admin log entries, deletes and rows."""

@@ -1,11 +1,11 @@
-"""The trail audits itself: configuration and data changes, exports, written through ``record()``.
+"""The trail audits itself: configuration and data changes, exports, through ``record()``.
 
-One row per configuration change, ``method`` = ``config/<object>.<action>`` (``config/tenant.suspend``,
-``config/scope_mapping.update``, ``config/client_binding.delete``…) or ``audit/export`` /
-``audit/prune``, ``outcome`` ``ok``, ``actor`` the staff username (admin) or ``cli:<user>``
-(management commands), and what changed in ``arguments`` (``{"target": …, "changes": {field:
-[old, new]}}``). The admin writes these rows inside the transaction of the change itself, so a
-change and its audit row commit or roll back together; so do the commands.
+One row per configuration change, ``method`` = ``config/<object>.<action>``
+(``config/tenant.suspend``, ``config/scope_mapping.update``, ``config/client_binding.delete``…)
+or ``audit/export`` / ``audit/prune``, ``outcome`` ``ok``, ``actor`` the staff username (admin)
+or ``cli:<user>`` (management commands), and what changed in ``arguments`` (``{"target": …,
+"changes": {field: [old, new]}}``). The admin writes these rows inside the transaction of the
+change itself, so a change and its audit row commit or roll back together; so do the commands.
 
 Changes to an app's data in the admin (:class:`audit.admin_mixins.AuditedModelAdmin`) are
 ``data/<app_label>.<model_name>.<action>`` rows (:func:`record_data_change`): ``create``,
@@ -92,12 +92,19 @@ def record_change(
     request: HttpRequest | None = None,
     tenant: str = "",
     client_id: str = "",
+    cascade: list[list[Any]] | None = None,
 ) -> int:
-    """Audit one configuration change: ``method`` = ``config/<object>.<action>``."""
+    """Audit one configuration change: ``method`` = ``config/<object>.<action>``.
+
+    ``cascade``: for a delete, what else it deleted (``[[model label, count], ...]``), such as a
+    tenant's data.
+    """
     name = obj if isinstance(obj, str) else object_name(obj)
     arguments: dict[str, Any] = {"target": target}
     if changes:
         arguments["changes"] = dict(changes)
+    if cascade:
+        arguments["cascade"] = cascade
     return _record(
         f"config/{name}.{action}",
         actor=actor,

@@ -3,12 +3,12 @@
 An identifier (tenant external id and name, client id, subject, tool name, JSON-RPC method,
 issuer) is shown by :func:`visible`: printable ASCII as it is (HTML-escaped, exactly as before),
 every other character as a Python-style escape (``\\u0430``, ``\\U0001f600``) in a styled
-``<span class="mcp-esc mcp-esc-<kind>">`` whose ``title`` names each character. So ``аcme``
-(Cyrillic ``а``) reads ``\\u0430cme``, ``ａｃｍｅ`` reads ``\\uff41\\uff43\\uff4d\\uff45`` and a tool
-named ``\\u202eodot_eteled`` can no longer display as ``delete_todo``. The kinds are ``bidi``
-(direction controls: they reorder what follows), ``hidden`` (controls, zero-width and other
-format characters, spaces other than U+0020, combining marks, unassigned code points) and
-``other`` (any other non-ASCII character).
+``<span class="mcp-esc mcp-esc-<kind>">`` whose ``title`` names each character. So ``acme``
+spelt with a Cyrillic U+0430 reads ``\\u0430cme``, a full-width ``acme`` reads
+``\\uff41\\uff43\\uff4d\\uff45`` and a tool named ``\\u202eodot_eteled`` can no longer display
+as ``delete_todo``. The kinds are ``bidi`` (direction controls: they reorder what follows),
+``hidden`` (controls, zero-width and other format characters, spaces other than U+0020,
+combining marks, unassigned code points) and ``other`` (any other non-ASCII character).
 
 * :func:`visible_text` is the same without markup, for places that take text only (``title``
   attributes, ``<option>`` labels, ``<title>``).
@@ -30,7 +30,9 @@ from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
 #: Characters that change the direction of the text around them.
-BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
 #: Unicode categories that draw nothing (or nothing distinguishable) on their own.
 _HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp", "Mn", "Me"})
 _NOT_PRINTABLE_ASCII = re.compile(r"[^\x20-\x7e]+")
@@ -131,7 +133,7 @@ def visible(text: object) -> SafeString:
     value = "" if text is None else str(text)
     if not _NOT_PRINTABLE_ASCII.search(value):
         return escape(value)
-    out = []
+    out: list[str] = []
     for special, part in _runs(value, _NOT_PRINTABLE_ASCII):
         if special:
             out.extend(_span(k, chars) for k, chars in _by_kind(part))
@@ -162,7 +164,7 @@ def reveal_hidden(text: object) -> SafeString:
     value = "" if text is None else str(text)
     if not _FREE_TEXT_SPECIAL.search(value):
         return escape(value)
-    out = []
+    out: list[str] = []
     for special, part in _runs(value, _FREE_TEXT_SPECIAL):
         if not special:
             out.append(escape(part))

@@ -25,7 +25,6 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from audit.display import visible
-
 from audit.models import FAILURES, SELF_AUDIT_PREFIXES, AuditEvent, Outcome
 from audit.timeparse import parse_instant
 from mcpauth.models import Tenant

@@ -26,7 +26,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from audit.admin_mixins import VisibleNamesMixin
+from audit.admin_mixins import VisibleNamesMixin, cascade
 from audit.config import diff, record_change, request_actor
 from audit.display import visible
 from audit.models import AuditEvent
@@ -75,7 +75,14 @@ class AuditedAdmin(VisibleNamesMixin):
         """``tenant``/``client_id`` columns for the audit row, so filters find it."""
         return {}
 
-    def _record(self, request: HttpRequest, obj: Any, action: str, changes: dict[str, Any]) -> None:
+    def _record(
+        self,
+        request: HttpRequest,
+        obj: Any,
+        action: str,
+        changes: dict[str, Any],
+        cascade: list[list[Any]] | None = None,
+    ) -> None:
         record_change(
             obj,
             action,
@@ -83,6 +90,7 @@ class AuditedAdmin(VisibleNamesMixin):
             actor=request_actor(request),
             changes=changes,
             request=request,
+            cascade=cascade,
             **self.audit_context(obj),
         )
 
@@ -104,15 +112,20 @@ class AuditedAdmin(VisibleNamesMixin):
             return
         self._record(request, obj, self.audit_action(before, after, change), changes)
 
+    def _record_delete(self, request: HttpRequest, obj: Any) -> None:
+        """Before the delete: the row names what it also deletes (a tenant's data, say)."""
+        changes = diff(self.audit_snapshot(obj), {})
+        self._record(request, obj, "delete", changes, cascade=cascade(obj))
+
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         with transaction.atomic():
-            self._record(request, obj, "delete", diff(self.audit_snapshot(obj), {}))
+            self._record_delete(request, obj)
             super().delete_model(request, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         with transaction.atomic():
             for obj in queryset:
-                self._record(request, obj, "delete", diff(self.audit_snapshot(obj), {}))
+                self._record_delete(request, obj)
             super().delete_queryset(request, queryset)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db.models import ForeignKey
 from django.http import HttpRequest
@@ -44,6 +45,13 @@ class TenantListFilter(admin.RelatedFieldListFilter):
         ordering = self.field_admin_ordering(field, request, model_admin) or ["external_id"]
         tenants = Tenant.objects.order_by(*ordering).only("pk", "external_id", "name")
         return [(t.pk, visible(tenant_label(t))) for t in tenants]
+
+
+class TenantChoiceField(forms.ModelChoiceField):  # type: ignore[type-arg]
+    """Tenants in a ``<select>`` (text only): ``name (external_id)``, non-ASCII escaped."""
+
+    def label_from_instance(self, obj: Any) -> str:
+        return visible_text(tenant_label(obj))
 
 
 class TenantOwnedAdmin(AuditedModelAdmin):
@@ -102,7 +110,6 @@ class TenantOwnedAdmin(AuditedModelAdmin):
     def formfield_for_foreignkey(
         self, db_field: ForeignKey[Any, Any], request: HttpRequest, **kwargs: Any
     ) -> Any:
-        field = super().formfield_for_foreignkey(db_field, request, **kwargs)
-        if db_field.name == TENANT_FIELD and field is not None:
-            field.label_from_instance = lambda tenant: visible_text(tenant_label(tenant))
-        return field
+        if db_field.name == TENANT_FIELD:
+            kwargs.setdefault("form_class", TenantChoiceField)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)

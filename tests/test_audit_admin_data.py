@@ -264,13 +264,17 @@ def test_a_custom_action_that_moves_todos_names_both_tenants(editor, acme, globe
         ("data/todos.todo.move_to_globex", "erin", "acme"),
         ("data/todos.todo.move_to_globex", "erin", "globex"),
     ]
-    assert rows[0].arguments == rows[1].arguments == {
-        "id": str(todo.pk),
-        "action": "move_to_globex",
-        "fields": ["tenant"],
-        "moved_from": "acme",
-        "moved_to": "globex",
-    }
+    assert (
+        rows[0].arguments
+        == rows[1].arguments
+        == {
+            "id": str(todo.pk),
+            "action": "move_to_globex",
+            "fields": ["tenant"],
+            "moved_from": "acme",
+            "moved_to": "globex",
+        }
+    )
 
 
 def test_a_custom_action_that_changes_nothing_still_leaves_a_row_per_tenant(
@@ -359,9 +363,7 @@ def test_a_failing_audit_write_rolls_back_delete_selected(editor, acme, broken_a
     assert not LogEntry.objects.exists()  # the admin's own log goes back too
 
 
-def test_a_failing_audit_write_rolls_back_a_custom_action(
-    editor, acme, with_actions, broken_audit
-):
+def test_a_failing_audit_write_rolls_back_a_custom_action(editor, acme, with_actions, broken_audit):
     todo = make_todo(acme)
     with pytest.raises(RuntimeError, match="audit down"):
         run_action(editor, "mark_done", [todo])
@@ -450,3 +452,27 @@ def test_deleting_a_shelf_names_what_the_delete_cascaded_to(client, acme):
         "id": str(shelf.pk),
         "cascade": [["shelf.book", 2]],
     }
+
+
+def test_deleting_a_tenant_names_the_data_it_takes_with_it(client, acme, globex):
+    client.force_login(User.objects.create_superuser("root", "root@example.com", "pw"))
+    for _ in range(3):
+        make_todo(acme)
+    make_todo(globex)
+    Shelf.all_tenants.create(tenant=acme, title="s")
+    client.post(reverse("admin:mcpauth_tenant_delete", args=[acme.pk]), {"post": "yes"})
+    (row,) = AuditEvent.objects.filter(method="config/tenant.delete")
+    assert (row.actor, row.tenant) == ("root", "acme")
+    assert row.arguments["cascade"] == [["shelf.shelf", 1], ["todos.todo", 3]]
+    assert_no_values([row], SECRET)
+    # Bulk: each tenant's row names its own data.
+    other = Tenant.objects.create(external_id="initech")
+    client.post(
+        reverse("admin:mcpauth_tenant_changelist"),
+        {"action": "delete_selected", "_selected_action": [globex.pk, other.pk], "post": "yes"},
+    )
+    rows = {
+        r.tenant: r.arguments.get("cascade")
+        for r in AuditEvent.objects.filter(method="config/tenant.delete").exclude(tenant="acme")
+    }
+    assert rows == {"globex": [["todos.todo", 1]], "initech": None}

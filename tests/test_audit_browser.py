@@ -26,7 +26,6 @@ from audit.models import AuditEvent, Outcome
 from audit.recorder import record
 from audit.sealing import seal_pending
 from mcpauth.models import Tenant
-from todos.models import Todo
 from tests.conftest import (
     MCP_ACCEPT,
     LiveServer,
@@ -34,6 +33,7 @@ from tests.conftest import (
     call_tool,
     seed_todo_scopes,
 )
+from todos.models import Todo
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -365,8 +365,9 @@ def test_api_docs_render_offline(page, server):
 
 
 def test_lookalike_tenants_and_tools_are_told_apart(page, server):
-    """``аcme`` (Cyrillic а), ``ａｃｍｅ`` and a tool named ``\\u202eodot_eteled`` are not drawn as
-    ``acme``/``delete_todo``: they read escaped, in a marked box that names the character."""
+    """``acme`` with a Cyrillic U+0430, a full-width ``acme`` and a tool named
+    ``\\u202eodot_eteled`` are not drawn as ``acme``/``delete_todo``: they read escaped, in a
+    marked box that names the character."""
     cyrillic, fullwidth, bidi_tool = "\u0430cme", "\uff41\uff43\uff4d\uff45", "\u202eodot_eteled"
     for ext in (cyrillic, fullwidth):
         Tenant.objects.create(external_id=ext, name="Acme")

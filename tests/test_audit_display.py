@@ -1,11 +1,11 @@
 """Look-alike identifiers cannot pass for each other in the admin and the overview.
 
-``acme``, ``Acme``, ``аcme`` (Cyrillic а), ``ａｃｍｅ`` (full width), a tool named
-``\\u202eodot_eteled`` (which a browser draws as ``delete_todo``) and ids with a zero-width joiner
-render distinguishably everywhere staff read them: the audit changelist, its filters and chips,
-the detail page, the overview, the tenant, client and todo admins. No page holds the raw
-character in what it shows (text and tooltips; links and form values keep the exact stored
-value); plain ASCII identifiers render exactly as before.
+``acme``, ``Acme``, ``\\u0430cme`` (a Cyrillic a), ``\\uff41\\uff43\\uff4d\\uff45`` (full
+width), a tool named ``\\u202eodot_eteled`` (which a browser draws as ``delete_todo``) and ids
+with a zero-width joiner render distinguishably everywhere staff read them: the audit
+changelist, its filters and chips, the detail page, the overview, the tenant, client and todo
+admins. No page holds the raw character in what it shows (text and tooltips; links and form
+values keep the exact stored value); plain ASCII identifiers render exactly as before.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import re
 import uuid
+
 import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
@@ -27,8 +28,8 @@ from todos.models import Todo
 
 pytestmark = pytest.mark.django_db
 
-CYRILLIC = "\u0430cme"  # а = U+0430
-FULLWIDTH = "\uff41\uff43\uff4d\uff45"  # ａｃｍｅ
+CYRILLIC = "\u0430cme"  # CYRILLIC SMALL LETTER A, then "cme"
+FULLWIDTH = "\uff41\uff43\uff4d\uff45"  # FULLWIDTH LATIN SMALL LETTER A, C, M, E
 LOOKALIKES = ("acme", "Acme", CYRILLIC, FULLWIDTH)
 BIDI_TOOL = "\u202eodot_eteled"  # drawn right to left: "delete_todo"
 ZWJ_CLIENT = "svc\u200dbot"  # zero-width joiner: looks like "svcbot"
@@ -180,7 +181,7 @@ def test_filter_chip_and_filter_choice_of_a_lookalike(auditor):
     assert 'aria-label="Remove tenant \\u0430cme"' in chips
     assert 'aria-label="Remove tool \\u202eodot_eteled"' in chips
     sidebar = content[content.index('id="changelist-filter"') :]
-    assert "Acme Corp (<span class=\"mcp-esc mcp-esc-other\"" in sidebar
+    assert 'Acme Corp (<span class="mcp-esc mcp-esc-other"' in sidebar
     # The selected tool is not among the registry's: it stays listed, marked.
     assert '<span class="mcp-esc mcp-esc-bidi"' in sidebar
 
@@ -191,14 +192,16 @@ def test_detail_page_shows_every_identifier_visibly(auditor):
     content = page(auditor, reverse("admin:audit_auditevent_change", args=[row.pk]))
     assert_no_raw(content)
     for field in ("tenant", "client_id", "subject", "tool"):
-        cell = re.search(rf'<div class="readonly">(.*?)</div>', content[content.index(f"field-{field}") :], re.S)
+        cell = re.search(
+            r'<div class="readonly">(.*?)</div>', content[content.index(f"field-{field}") :], re.S
+        )
         assert cell and "mcp-esc" in cell.group(1), field
     # The heading and the page title (text only there) name the row visibly.
     title = re.search(r"<title>(.*?)</title>", content, re.S).group(1)
     assert "\\u202eodot_eteled" in title
     assert re.search(r"<h2>.*mcp-esc-bidi.*</h2>", content)
     # The reason: free text, its bidi control marked.
-    assert "Unknown tool: <span class=\"mcp-esc mcp-esc-bidi\"" in content
+    assert 'Unknown tool: <span class="mcp-esc mcp-esc-bidi"' in content
     # An ASCII row's fields read as before.
     plain = AuditEvent.objects.filter(tenant="acme").get()
     content = page(auditor, reverse("admin:audit_auditevent_change", args=[plain.pk]))
@@ -237,8 +240,8 @@ def test_overview_shows_lookalikes_distinguishably(auditor):
     content = page(auditor, f"{url}?window=1h&tenant={CYRILLIC}&tool={BIDI_TOOL}")
     assert_no_raw(content)
     line = content[content.index('id="audit-window-text"') :]
-    assert "tenant <strong><span class=\"mcp-esc mcp-esc-other\"" in line
-    assert "tool <strong><span class=\"mcp-esc mcp-esc-bidi\"" in line
+    assert 'tenant <strong><span class="mcp-esc mcp-esc-other"' in line
+    assert 'tool <strong><span class="mcp-esc mcp-esc-bidi"' in line
 
 
 # --- the tenant, client and todo admins ---------------------------------------------------------
@@ -258,7 +261,7 @@ def test_tenant_admin_lists_lookalikes_distinguishably(auditor):
     tenant = Tenant.objects.get(external_id=CYRILLIC)
     content = page(auditor, reverse("admin:mcpauth_tenant_change", args=[tenant.pk]))
     assert_no_raw(content.split('name="external_id"')[0])  # the form field itself is the value
-    assert "<h2><span class=\"mcp-esc mcp-esc-other\"" in content
+    assert '<h2><span class="mcp-esc mcp-esc-other"' in content
     assert "\\u0430cme | Change tenant" in content
     assert "&rsaquo; \\u0430cme" in content
 
@@ -296,7 +299,7 @@ def test_todo_admin_shows_the_tenant_visibly_in_list_filter_and_form(client):
         "Acme (acme)",
     ]
     sidebar = content[content.index('id="changelist-filter"') :]
-    assert "Acme (acme)</a>" in sidebar and "Acme (<span class=\"mcp-esc" in sidebar
+    assert "Acme (acme)</a>" in sidebar and 'Acme (<span class="mcp-esc' in sidebar
     content = page(client, reverse("admin:todos_todo_add"))
     assert_no_raw(content)
     assert ">Acme (\\u0430cme)</option>" in content and ">Acme (acme)</option>" in content
