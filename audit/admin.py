@@ -23,11 +23,10 @@ from __future__ import annotations
 import copy
 import functools
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from asgiref.sync import sync_to_async
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ERROR_FLAG, ORDER_VAR, PAGE_VAR, SEARCH_VAR, ChangeList
@@ -45,8 +44,8 @@ from django.utils.safestring import SafeString
 
 from audit import export
 from audit.admin_counting import EstimatedCountPaginator, date_hierarchy
+from audit.admin_export import ExportAudit
 from audit.admin_mixins import VisibleNamesMixin
-from audit.config import record_export, request_actor
 from audit.display import reveal_hidden, reveal_hidden_text, visible, visible_text
 from audit.filters import (
     ClientFilter,
@@ -455,7 +454,7 @@ class AuditEventAdmin(VisibleNamesMixin):
             return HttpResponseBadRequest("Invalid filter parameters.", content_type="text/plain")
         rows = export.values(cl.queryset)
         filters = [(k, v) for k, values in sorted(params.lists()) for v in values]
-        audit = _ExportAudit(request, fmt, filters)
+        audit = ExportAudit(request, fmt, filters)
         if isinstance(request, ASGIRequest):
             # Under ASGI a sync iterator would be read to the end before sending; stream async.
             content: Any = audit.astream(export.aiter_rows(rows, EXPORT_CHUNK_SIZE))
@@ -465,56 +464,6 @@ class AuditEventAdmin(VisibleNamesMixin):
         name = export.filename(fmt, now=timezone.now())
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         return response
-
-
-class _ExportAudit:
-    """Streams an export and audits it when the stream ends (rows sent, completed or not)."""
-
-    def __init__(
-        self, request: HttpRequest, fmt: export.ExportFormat, filters: list[tuple[str, str]]
-    ) -> None:
-        self.actor = request_actor(request)
-        self.request = request
-        self.fmt = fmt
-        self.filters = filters
-        self.rows = 0
-
-    def _record(self, completed: bool) -> None:
-        record_export(
-            actor=self.actor,
-            fmt=self.fmt,
-            filters=self.filters,
-            rows=self.rows,
-            completed=completed,
-            request=self.request,
-        )
-
-    def _count(self, rows: Iterator[Any]) -> Iterator[Any]:
-        for row in rows:
-            self.rows += 1
-            yield row
-
-    def stream(self, rows: Iterator[Any]) -> Iterator[str]:
-        completed = False
-        try:
-            yield from export.stream(self._count(rows), self.fmt)
-            completed = True
-        finally:
-            self._record(completed)
-
-    async def astream(self, rows: AsyncIterator[Any]) -> AsyncIterator[str]:
-        async def counted() -> AsyncIterator[Any]:
-            async for row in rows:
-                self.rows += 1
-                yield row
-
-        completed = False
-        try:
-            async for chunk in export.astream(counted(), self.fmt):
-                yield chunk
-            completed = True
-        finally:
-            await sync_to_async(self._record)(completed)
 
 
 # The overview's admin registers itself on import (kept in its own module).

@@ -12,7 +12,8 @@ with the staff user as ``actor``:
   that each carries its own tenant and can be found by its id);
 * every other admin action (its own name, ``data/todos.todo.mark_done``): one row per selected
   object whose stored row it changed or removed; when it changed none of them, one row per
-  distinct set of columns (per tenant) saying so, with the selected ids.
+  distinct set of columns (per tenant) saying so, with the selected ids. What an action does
+  to rows it was not given (copies it creates, related rows) is not seen here.
 
 A row holds the object's ``id``, the NAMES of the changed fields (``fields``; m2m fields
 included), inline changes as ids per model (``inlines``: ``[{"model", "added": [id], "changed":

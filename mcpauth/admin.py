@@ -352,11 +352,11 @@ class ScopeMappingAdmin(AuditedAdmin):
         return ", ".join(sorted(_perm_name(p) for p in obj.permissions.all()))
 
     @admin.display(description="unlocks tools")
-    def unlocks(self, obj: ScopeMapping) -> str:
+    def unlocks(self, obj: ScopeMapping) -> str | SafeString:
         if obj.pk is None:
             return "(save first)"
         tools = registry.tools_needing(_perm_name(p) for p in obj.permissions.all())
-        return ", ".join(tools) or "no tool on its own"
+        return format_html_join(", ", "{}", ((visible(t),) for t in tools)) or "no tool on its own"
 
 
 # --- clients -------------------------------------------------------------------------------------
