@@ -28,8 +28,7 @@ tenant) and what else it records (:meth:`AuditedModelAdmin.audit_details`, ids o
 
 :class:`VisibleNamesMixin` shows an object's name (``str(obj)``) by :mod:`audit.display` where
 the admin shows it: the change form's heading, page title and breadcrumbs, and the label of its
-action checkbox. :class:`VisibleRelatedFieldListFilter` is the related-field filter with its
-choices shown by :func:`audit.display.visible`.
+action checkbox.
 """
 
 from __future__ import annotations
@@ -53,7 +52,7 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 
 from audit.config import record_data_change, request_actor
-from audit.display import visible, visible_text
+from audit.display import visible_text
 
 Snapshot = dict[str, Any]
 #: At most this many ids in the row of an action that changed none of the selected rows (the
@@ -77,15 +76,6 @@ class VisibleNamesMixin(admin.ModelAdmin):
         attrs = {"class": "action-select", "aria-label": format_html(label, visible_text(obj))}
         checkbox = forms.CheckboxInput(attrs, lambda value: False)
         return checkbox.render(helpers.ACTION_CHECKBOX_NAME, str(obj.pk))
-
-
-class VisibleRelatedFieldListFilter(admin.RelatedFieldListFilter):
-    """A related-field filter whose choices show look-alike characters escaped."""
-
-    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> Any:
-        return [
-            (pk, visible(label)) for pk, label in super().field_choices(field, request, model_admin)
-        ]
 
 
 def cascade(obj: models.Model) -> list[list[Any]]:
@@ -176,6 +166,7 @@ class AuditedModelAdmin(VisibleNamesMixin):
                 arguments=details,
                 request=request,
                 tenant=columns.get("tenant", ""),
+                client_id=columns.get("client_id", ""),
                 request_id=request_id,
             )
 
@@ -310,6 +301,7 @@ class AuditedModelAdmin(VisibleNamesMixin):
                 },
                 request=request,
                 tenant=dict(key).get("tenant", ""),
+                client_id=dict(key).get("client_id", ""),
             )
 
 

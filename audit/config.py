@@ -129,6 +129,7 @@ def record_data_change(
     arguments: Mapping[str, Any],
     request: HttpRequest | None = None,
     tenant: str = "",
+    client_id: str = "",
     request_id: str | None = None,
 ) -> int:
     """Audit one change to an app's data: ``method`` = ``data/<app_label>.<model>.<action>``.
@@ -143,6 +144,7 @@ def record_data_change(
         arguments=dict(arguments),
         request=request,
         tenant=tenant,
+        client_id=client_id,
         request_id=request_id,
     )
 
