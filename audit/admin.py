@@ -12,23 +12,27 @@
   itself audited (``audit/export``, with the filter used).
 * The overview (``/admin/audit/overview/``, :mod:`audit.overview`) is the ``Overview`` proxy's
   changelist; the audit view permission is enough to see it.
+* Identifiers (tenant, client, subject, tool, method, ids, actor) are shown by
+  :func:`audit.display.visible`: characters outside printable ASCII escaped and marked, so that a
+  look-alike cannot pass for another; free text (reason, user agent, arguments) has its bidi and
+  invisible characters shown the same way. Links and exports keep the exact stored values.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from asgiref.sync import sync_to_async
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ERROR_FLAG, ORDER_VAR, PAGE_VAR, SEARCH_VAR, ChangeList
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import FieldDoesNotExist, PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
-from django.db import connections
+from django.db import connections, models
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -40,7 +44,9 @@ from django.utils.safestring import SafeString
 
 from audit import export
 from audit.admin_counting import EstimatedCountPaginator, date_hierarchy
-from audit.config import record_export, request_actor
+from audit.admin_export import ExportAudit
+from audit.admin_mixins import VisibleNamesMixin
+from audit.display import reveal_hidden, reveal_hidden_text, visible, visible_text
 from audit.filters import (
     ClientFilter,
     KindFilter,
@@ -76,7 +82,7 @@ FILTER_LABELS = {
     "created_at__lt": "until",
     "id__gt": "after id",
 }
-KIND_LABELS = {"call": "MCP calls", "config": "configuration changes and exports"}
+KIND_LABELS = {"call": "MCP calls", "config": "configuration and data changes, exports"}
 #: The identifiers that search matches by prefix (each has an index that serves LIKE 'x%').
 PREFIX_FIELDS = ("request_id", "token_id", "client_id", "subject")
 BADGE_CLASS: dict[str, str] = {
@@ -97,8 +103,11 @@ def changelist_url(**filters: str) -> str:
     return f"{reverse('admin:audit_auditevent_changelist')}?{urlencode(filters)}"
 
 
-def _short(value: str, n: int) -> str:
-    return value if len(value) <= n else value[: n - 1] + "…"
+def _short(value: str, n: int) -> SafeString:
+    """The first ``n`` characters of an identifier, shown visibly, "…" when cut."""
+    if len(value) <= n:
+        return visible(value)
+    return format_html("{}…", visible(value[: n - 1]))
 
 
 def _filter_link(field: str, value: str, n: int = 24) -> SafeString:
@@ -108,7 +117,7 @@ def _filter_link(field: str, value: str, n: int = 24) -> SafeString:
         '<a class="mcp-filter" href="{}" title="{}: {} (show only these rows)">{}</a>',
         changelist_url(**{field: value}),
         FILTER_LABELS.get(field, field),
-        value,
+        visible_text(value),
         _short(value, n),
     )
 
@@ -129,6 +138,35 @@ def outcome_badge(outcome: str, status: int | None = None) -> SafeString:
             status,
         )
     return format_html('<span class="mcp-badge mcp-badge-{}">{}</span>', kind, label)
+
+
+#: Text fields of the detail page that are free text, not identifiers: only their bidi and
+#: invisible characters are marked (every other text field is an identifier, fully escaped).
+FREE_TEXT_FIELDS = frozenset({"error_message", "user_agent"})
+#: What Django's admin shows for an empty field.
+EMPTY_FIELD = "-"
+
+
+@functools.cache
+def shown_field(name: str) -> str | Callable[[AuditEvent], SafeString]:
+    """A detail-page field: a text field becomes a callable that shows it visibly.
+
+    The callable keeps the field's name (the row's ``field-<name>`` class) and label.
+    """
+    try:
+        field = AuditEvent._meta.get_field(name)
+    except FieldDoesNotExist:
+        return name
+    if not isinstance(field, models.CharField | models.TextField) or field.choices:
+        return name
+    render = reveal_hidden if name in FREE_TEXT_FIELDS else visible
+
+    def show(obj: AuditEvent) -> SafeString:
+        value = getattr(obj, name)
+        return render(value) if value else format_html("{}", EMPTY_FIELD)
+
+    show.__name__ = show.__qualname__ = name
+    return admin.display(description=str(field.verbose_name))(show)
 
 
 class AuditChangeList(ChangeList):
@@ -159,7 +197,8 @@ class AuditChangeList(ChangeList):
                 active.append(
                     {
                         "label": label,
-                        "value": shown,
+                        "value": visible(shown),
+                        "value_text": visible_text(shown),
                         "remove_url": "?" + urlencode(sorted(rest.items()), doseq=True),
                     }
                 )
@@ -167,7 +206,7 @@ class AuditChangeList(ChangeList):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(VisibleNamesMixin):
     change_list_template = "admin/audit/auditevent/change_list.html"
     list_display = (
         "when_column",
@@ -234,7 +273,10 @@ class AuditEventAdmin(admin.ModelAdmin):
     def call_column(self, obj: AuditEvent) -> SafeString:
         if obj.tool:
             return format_html(
-                '<span title="{} {}">{}</span>', obj.method, obj.tool, _short(obj.tool, 22)
+                '<span title="{} {}">{}</span>',
+                visible_text(obj.method),
+                visible_text(obj.tool),
+                _short(obj.tool, 22),
             )
         return format_html('<span class="mcp-method">{}</span>', _short(obj.method, 24))
 
@@ -246,23 +288,27 @@ class AuditEventAdmin(admin.ModelAdmin):
             _filter_link("subject", obj.subject),
         ]
         if obj.actor:
-            parts.append(format_html('<span class="mcp-actor">by {}</span>', obj.actor))
+            parts.append(format_html('<span class="mcp-actor">by {}</span>', visible(obj.actor)))
         return format_html_join("", '<span class="mcp-line">{}</span>', ((p,) for p in parts))
 
     @admin.display(description="error code", ordering="error_code")
     def error_code_column(self, obj: AuditEvent) -> SafeString:
         if not obj.error_code:
             return format_html('<span class="mcp-none">{}</span>', NO_VALUE)
-        return format_html('<code class="mcp-code">{}</code>', obj.error_code)
+        return format_html('<code class="mcp-code">{}</code>', visible(obj.error_code))
 
     @admin.display(description="reason")
     def reason_column(self, obj: AuditEvent) -> SafeString:
         if not obj.error_message:
             return format_html('<span class="mcp-none">{}</span>', NO_VALUE)
+        message = obj.error_message
+        shown = (
+            reveal_hidden(message)
+            if len(message) <= REASON_CHARS
+            else format_html("{}…", reveal_hidden(message[: REASON_CHARS - 1]))
+        )
         return format_html(
-            '<span class="mcp-reason" title="{}">{}</span>',
-            obj.error_message,
-            _short(obj.error_message, REASON_CHARS),
+            '<span class="mcp-reason" title="{}">{}</span>', reveal_hidden_text(message), shown
         )
 
     @admin.display(description="ms", ordering="duration_ms")
@@ -310,10 +356,13 @@ class AuditEventAdmin(admin.ModelAdmin):
         if obj is None or obj.outcome != Outcome.OK or obj.error_code or obj.error_message:
             fieldsets.append(("Error", {"fields": ("error_code", "error_message")}))
         if obj is not None and obj.actor:
-            fieldsets.append(("Configuration change or export", {"fields": ("actor",)}))
+            fieldsets.append(("Configuration or data change, export", {"fields": ("actor",)}))
         fieldsets.append(("Connection", {"fields": ("client_ip", "user_agent", "trace_id")}))
         fieldsets.append(("Related rows", {"fields": ("related",)}))
-        return fieldsets
+        return [
+            (title, {**options, "fields": tuple(shown_field(f) for f in options["fields"])})
+            for title, options in fieldsets
+        ]
 
     @admin.display(description="time")
     def when_field(self, obj: AuditEvent) -> str:
@@ -326,7 +375,7 @@ class AuditEventAdmin(admin.ModelAdmin):
     @admin.display(description="arguments (redacted)")
     def pretty_arguments(self, obj: AuditEvent) -> SafeString:
         text = json.dumps(obj.arguments, indent=2, ensure_ascii=False, sort_keys=True, default=str)
-        return format_html('<pre class="audit-arguments">{}</pre>', text)
+        return format_html('<pre class="audit-arguments">{}</pre>', reveal_hidden(text))
 
     @admin.display(description="same")
     def related(self, obj: AuditEvent) -> SafeString:
@@ -348,7 +397,9 @@ class AuditEventAdmin(admin.ModelAdmin):
         return format_html(
             '<ul class="mcp-links">{}</ul>',
             format_html_join(
-                "", '<li><a href="{}">{}</a> <code>{}</code></li>', ((u, t, v) for u, t, v in items)
+                "",
+                '<li><a href="{}">{}</a> <code>{}</code></li>',
+                ((u, t, visible(v)) for u, t, v in items),
             ),
         )
 
@@ -403,7 +454,7 @@ class AuditEventAdmin(admin.ModelAdmin):
             return HttpResponseBadRequest("Invalid filter parameters.", content_type="text/plain")
         rows = export.values(cl.queryset)
         filters = [(k, v) for k, values in sorted(params.lists()) for v in values]
-        audit = _ExportAudit(request, fmt, filters)
+        audit = ExportAudit(request, fmt, filters)
         if isinstance(request, ASGIRequest):
             # Under ASGI a sync iterator would be read to the end before sending; stream async.
             content: Any = audit.astream(export.aiter_rows(rows, EXPORT_CHUNK_SIZE))
@@ -413,56 +464,6 @@ class AuditEventAdmin(admin.ModelAdmin):
         name = export.filename(fmt, now=timezone.now())
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         return response
-
-
-class _ExportAudit:
-    """Streams an export and audits it when the stream ends (rows sent, completed or not)."""
-
-    def __init__(
-        self, request: HttpRequest, fmt: export.ExportFormat, filters: list[tuple[str, str]]
-    ) -> None:
-        self.actor = request_actor(request)
-        self.request = request
-        self.fmt = fmt
-        self.filters = filters
-        self.rows = 0
-
-    def _record(self, completed: bool) -> None:
-        record_export(
-            actor=self.actor,
-            fmt=self.fmt,
-            filters=self.filters,
-            rows=self.rows,
-            completed=completed,
-            request=self.request,
-        )
-
-    def _count(self, rows: Iterator[Any]) -> Iterator[Any]:
-        for row in rows:
-            self.rows += 1
-            yield row
-
-    def stream(self, rows: Iterator[Any]) -> Iterator[str]:
-        completed = False
-        try:
-            yield from export.stream(self._count(rows), self.fmt)
-            completed = True
-        finally:
-            self._record(completed)
-
-    async def astream(self, rows: AsyncIterator[Any]) -> AsyncIterator[str]:
-        async def counted() -> AsyncIterator[Any]:
-            async for row in rows:
-                self.rows += 1
-                yield row
-
-        completed = False
-        try:
-            async for chunk in export.astream(counted(), self.fmt):
-                yield chunk
-            completed = True
-        finally:
-            await sync_to_async(self._record)(completed)
 
 
 # The overview's admin registers itself on import (kept in its own module).

@@ -1,11 +1,17 @@
-"""The trail audits itself: configuration changes and exports, written through ``record()``.
+"""The trail audits itself: configuration and data changes, exports, through ``record()``.
 
-One row per change, ``method`` = ``config/<object>.<action>`` (``config/tenant.suspend``,
-``config/scope_mapping.update``, ``config/client_binding.delete``…) or ``audit/export`` /
-``audit/prune``, ``outcome`` ``ok``, ``actor`` the staff username (admin) or ``cli:<user>``
-(management commands), and what changed in ``arguments`` (``{"target": …, "changes": {field:
-[old, new]}}``). The admin writes these rows inside the transaction of the change itself, so a
-change and its audit row commit or roll back together; so do the commands.
+One row per configuration change, ``method`` = ``config/<object>.<action>``
+(``config/tenant.suspend``, ``config/scope_mapping.update``, ``config/client_binding.delete``…)
+or ``audit/export`` / ``audit/prune``, ``outcome`` ``ok``, ``actor`` the staff username (admin)
+or ``cli:<user>`` (management commands), and what changed in ``arguments`` (``{"target": …,
+"changes": {field: [old, new]}}``). The admin writes these rows inside the transaction of the
+change itself, so a change and its audit row commit or roll back together; so do the commands.
+
+Changes to an app's data in the admin (:class:`audit.admin_mixins.AuditedModelAdmin`) are
+``data/<app_label>.<model_name>.<action>`` rows (:func:`record_data_change`): ``create``,
+``update``, ``delete``, or the name of the custom admin action that made the change. They hold
+the object's id and the NAMES of the changed fields, never their values (domain data can be as
+sensitive as tool arguments), plus tenant ids where the admin knows them.
 
 Admin rows carry the HTTP request's client IP and user agent and ``status`` 200; command rows
 ``status`` 0 (no HTTP response).
@@ -86,12 +92,19 @@ def record_change(
     request: HttpRequest | None = None,
     tenant: str = "",
     client_id: str = "",
+    cascade: list[list[Any]] | None = None,
 ) -> int:
-    """Audit one configuration change: ``method`` = ``config/<object>.<action>``."""
+    """Audit one configuration change: ``method`` = ``config/<object>.<action>``.
+
+    ``cascade``: for a delete, what else it deleted (``[[model label, count], ...]``), such as a
+    tenant's data.
+    """
     name = obj if isinstance(obj, str) else object_name(obj)
     arguments: dict[str, Any] = {"target": target}
     if changes:
         arguments["changes"] = dict(changes)
+    if cascade:
+        arguments["cascade"] = cascade
     return _record(
         f"config/{name}.{action}",
         actor=actor,
@@ -99,6 +112,40 @@ def record_change(
         request=request,
         tenant=tenant,
         client_id=client_id,
+    )
+
+
+def data_method(model: type[models.Model] | models.Model, action: str) -> str:
+    """``data/todos.todo.update``: the ``method`` of a change to an app's data."""
+    opts = model._meta
+    return f"data/{opts.app_label}.{opts.model_name}.{action}"
+
+
+def record_data_change(
+    model: type[models.Model] | models.Model,
+    action: str,
+    *,
+    actor: str,
+    arguments: Mapping[str, Any],
+    request: HttpRequest | None = None,
+    tenant: str = "",
+    client_id: str = "",
+    request_id: str | None = None,
+) -> int:
+    """Audit one change to an app's data: ``method`` = ``data/<app_label>.<model>.<action>``.
+
+    ``arguments`` names the object and the changed fields; callers never put field values in it.
+    Rows about one change (a row moved between tenants: one row in each tenant's trail) share
+    ``request_id``.
+    """
+    return _record(
+        data_method(model, action),
+        actor=actor,
+        arguments=dict(arguments),
+        request=request,
+        tenant=tenant,
+        client_id=client_id,
+        request_id=request_id,
     )
 
 
@@ -138,11 +185,12 @@ def _record(
     request: HttpRequest | None = None,
     tenant: str = "",
     client_id: str = "",
+    request_id: str | None = None,
 ) -> int:
     return record(
         outcome=Outcome.OK,
         status=200 if request is not None else 0,
-        request_id=uuid.uuid4().hex,
+        request_id=request_id or uuid.uuid4().hex,
         method=method,
         tenant=tenant,
         client_id=client_id,

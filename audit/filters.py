@@ -7,7 +7,7 @@
 * :class:`KindFilter`: MCP calls, or the trail's own rows (configuration changes, exports).
 * :class:`ToolFilter`, :class:`TenantFilter`, :class:`ClientFilter`: one value, ``""`` for
   "none"; choices from the registry, the tenant table and the most recent rows (no DISTINCT
-  over the table).
+  over the table), labelled by :func:`audit.display.visible` (look-alikes escaped and marked).
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from django.contrib.admin.views.main import ChangeList
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
+from audit.display import visible
 from audit.models import FAILURES, SELF_AUDIT_PREFIXES, AuditEvent, Outcome
 from audit.timeparse import parse_instant
 from mcpauth.models import Tenant
@@ -43,7 +46,7 @@ TIME_PRESETS: tuple[tuple[str, str], ...] = (
 
 
 def self_audit_q() -> Q:
-    """Rows the trail wrote about itself (configuration changes and exports)."""
+    """Rows the trail wrote about itself (configuration and data changes, exports, pruning)."""
     query = Q(pk__in=[])
     for prefix in SELF_AUDIT_PREFIXES:
         query |= Q(method__startswith=prefix)
@@ -208,7 +211,7 @@ class KindFilter(admin.SimpleListFilter):
     parameter_name = "kind"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("call", "MCP calls"), ("config", "configuration changes and exports")]
+        return [("call", "MCP calls"), ("config", "configuration and data changes, exports")]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() == "call":
@@ -229,11 +232,13 @@ class _ExactValueFilter(admin.SimpleListFilter):
             return queryset
         return queryset.filter(**{self.field_name: value})
 
-    def with_current(self, choices: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    def with_current(
+        self, choices: list[tuple[str, str | SafeString]]
+    ) -> list[tuple[str, str | SafeString]]:
         """Keep the selected value visible even when it is no longer among the choices."""
         current = self.value()
         if current is not None and current not in {value for value, _ in choices}:
-            choices.insert(0, (current, current or NONE_LABEL))
+            choices.insert(0, (current, visible(current) if current else NONE_LABEL))
         return choices
 
 
@@ -241,8 +246,10 @@ class ToolFilter(_ExactValueFilter):
     title = "tool"
     parameter_name = field_name = "tool"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        choices = [(name, name) for name in registry.names()]
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str | SafeString]]:
+        choices: list[tuple[str, str | SafeString]] = [
+            (name, visible(name)) for name in registry.names()
+        ]
         return self.with_current([*choices, ("", f"{NONE_LABEL} not a tool call")])
 
 
@@ -250,10 +257,15 @@ class TenantFilter(_ExactValueFilter):
     title = "tenant"
     parameter_name = field_name = "tenant"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str | SafeString]]:
         tenants = Tenant.objects.order_by("external_id").values_list("external_id", "name")
-        choices = [
-            (external_id, f"{name} ({external_id})" if name else external_id)
+        choices: list[tuple[str, str | SafeString]] = [
+            (
+                external_id,
+                format_html("{} ({})", visible(name), visible(external_id))
+                if name
+                else visible(external_id),
+            )
             for external_id, name in tenants[:MAX_TENANT_CHOICES]
         ]
         return self.with_current([*choices, ("", f"{NONE_LABEL} unauthenticated")])
@@ -265,7 +277,7 @@ class ClientFilter(_ExactValueFilter):
     title = "client (recent)"
     parameter_name = field_name = "client_id"
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str | SafeString]]:
         recent = AuditEvent.objects.order_by("-created_at", "-id").values("pk")
         clients = (
             AuditEvent.objects.filter(pk__in=recent[:RECENT_CLIENT_ROWS])
@@ -274,4 +286,4 @@ class ClientFilter(_ExactValueFilter):
             .values_list("client_id", flat=True)
             .distinct()
         )
-        return self.with_current([(client, client) for client in clients])
+        return self.with_current([(client, visible(client)) for client in clients])

@@ -32,9 +32,9 @@ class Outcome(models.TextChoices):
 
 #: Every outcome but ``ok``: what the admin's "any failure" choice selects.
 FAILURES: tuple[str, ...] = tuple(o for o in Outcome.values if o != Outcome.OK)
-#: ``method`` prefixes of the rows the trail writes about itself (configuration changes and
-#: exports), as opposed to MCP calls.
-SELF_AUDIT_PREFIXES: tuple[str, ...] = ("config/", "audit/")
+#: ``method`` prefixes of the rows the trail writes about itself (configuration and data changes
+#: made in the admin or by command, exports, pruning), as opposed to MCP calls.
+SELF_AUDIT_PREFIXES: tuple[str, ...] = ("config/", "data/", "audit/")
 
 
 class AppendOnlyError(Exception):
@@ -164,7 +164,7 @@ class AuditEvent(AppendOnlyModel):
 
     @property
     def is_self_audit(self) -> bool:
-        """A configuration change or export, not an MCP call."""
+        """A configuration or data change, export or prune, not an MCP call."""
         return self.method.startswith(SELF_AUDIT_PREFIXES)
 
 

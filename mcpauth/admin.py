@@ -3,7 +3,10 @@
 Every change made here is audited (``config/<object>.<action>``, actor = the staff username)
 in the transaction of the change itself, through :mod:`audit.config`. Each page links to the
 audit rows it governs: a tenant to its calls, bindings and policies; a client's binding or
-policy to that client's calls; a scope mapping shows the tools it unlocks.
+policy to that client's calls; a scope mapping shows the tools it unlocks. Tenant ids and names
+and client ids are shown by :mod:`audit.display` (look-alike characters escaped and marked).
+
+Domain apps' model admins inherit :class:`TenantOwnedAdmin` (:mod:`mcpauth.admin_owned`).
 """
 
 from __future__ import annotations
@@ -23,10 +26,21 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
+from audit.admin_mixins import VisibleNamesMixin, cascade
 from audit.config import diff, record_change, request_actor
+from audit.display import visible
 from audit.models import AuditEvent
+from mcpauth.admin_owned import TenantListFilter, TenantOwnedAdmin, tenant_label
 from mcpauth.models import ClientBinding, ClientPolicy, ScopeMapping, Tenant
 from mcpauth.registry import registry
+
+__all__ = [
+    "ClientBindingAdmin",
+    "ClientPolicyAdmin",
+    "ScopeMappingAdmin",
+    "TenantAdmin",
+    "TenantOwnedAdmin",
+]
 
 
 def audit_url(**filters: str) -> str:
@@ -38,11 +52,8 @@ def _perm_name(perm: Permission) -> str:
     return f"{perm.content_type.app_label}.{perm.codename}"
 
 
-class AuditedAdmin(admin.ModelAdmin):
+class AuditedAdmin(VisibleNamesMixin):
     """Audits every add, change and delete as ``config/<object>.<action>``."""
-
-    class Media:
-        css = {"all": ("audit/admin.css",)}
 
     #: The fields whose values an audit row records.
     audit_fields: tuple[str, ...] = ()
@@ -64,7 +75,14 @@ class AuditedAdmin(admin.ModelAdmin):
         """``tenant``/``client_id`` columns for the audit row, so filters find it."""
         return {}
 
-    def _record(self, request: HttpRequest, obj: Any, action: str, changes: dict[str, Any]) -> None:
+    def _record(
+        self,
+        request: HttpRequest,
+        obj: Any,
+        action: str,
+        changes: dict[str, Any],
+        cascade: list[list[Any]] | None = None,
+    ) -> None:
         record_change(
             obj,
             action,
@@ -72,6 +90,7 @@ class AuditedAdmin(admin.ModelAdmin):
             actor=request_actor(request),
             changes=changes,
             request=request,
+            cascade=cascade,
             **self.audit_context(obj),
         )
 
@@ -93,15 +112,20 @@ class AuditedAdmin(admin.ModelAdmin):
             return
         self._record(request, obj, self.audit_action(before, after, change), changes)
 
+    def _record_delete(self, request: HttpRequest, obj: Any) -> None:
+        """Before the delete: the row names what it also deletes (a tenant's data, say)."""
+        changes = diff(self.audit_snapshot(obj), {})
+        self._record(request, obj, "delete", changes, cascade=cascade(obj))
+
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         with transaction.atomic():
-            self._record(request, obj, "delete", diff(self.audit_snapshot(obj), {}))
+            self._record_delete(request, obj)
             super().delete_model(request, obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         with transaction.atomic():
             for obj in queryset:
-                self._record(request, obj, "delete", diff(self.audit_snapshot(obj), {}))
+                self._record_delete(request, obj)
             super().delete_queryset(request, queryset)
 
 
@@ -111,8 +135,8 @@ class AuditedAdmin(admin.ModelAdmin):
 @admin.register(Tenant)
 class TenantAdmin(AuditedAdmin):
     list_display = (
-        "external_id",
-        "name",
+        "external_id_column",
+        "name_column",
         "status",
         "last_seen",
         "calls_24h",
@@ -161,6 +185,14 @@ class TenantAdmin(AuditedAdmin):
 
     def audit_context(self, obj: Tenant) -> dict[str, str]:
         return {"tenant": obj.external_id}
+
+    @admin.display(description="external id", ordering="external_id")
+    def external_id_column(self, obj: Tenant) -> SafeString:
+        return visible(obj.external_id)
+
+    @admin.display(description="name", ordering="name")
+    def name_column(self, obj: Tenant) -> SafeString:
+        return visible(obj.name) if obj.name else format_html("{}", self.get_empty_value_display())
 
     @admin.display(description="status", ordering="suspended")
     def status(self, obj: Tenant) -> SafeString:
@@ -320,11 +352,11 @@ class ScopeMappingAdmin(AuditedAdmin):
         return ", ".join(sorted(_perm_name(p) for p in obj.permissions.all()))
 
     @admin.display(description="unlocks tools")
-    def unlocks(self, obj: ScopeMapping) -> str:
+    def unlocks(self, obj: ScopeMapping) -> str | SafeString:
         if obj.pk is None:
             return "(save first)"
         tools = registry.tools_needing(_perm_name(p) for p in obj.permissions.all())
-        return ", ".join(tools) or "no tool on its own"
+        return format_html_join(", ", "{}", ((visible(t),) for t in tools)) or "no tool on its own"
 
 
 # --- clients -------------------------------------------------------------------------------------
@@ -338,14 +370,20 @@ class ClientCallsMixin:
         if obj is None or not obj.client_id:
             return format_html("{}", "(none yet)")
         return format_html(
-            '<a href="{}">audit rows of {}</a>', audit_url(client_id=obj.client_id), obj.client_id
+            '<a href="{}">audit rows of {}</a>',
+            audit_url(client_id=obj.client_id),
+            visible(obj.client_id),
         )
+
+    @admin.display(description="client id", ordering="client_id")
+    def client_id_column(self, obj: Any) -> SafeString:
+        return visible(obj.client_id)
 
 
 @admin.register(ClientBinding)
 class ClientBindingAdmin(ClientCallsMixin, AuditedAdmin):
-    list_display = ("client_id", "tenant", "created_at", "calls")
-    list_filter = ("tenant",)
+    list_display = ("client_id_column", "tenant_column", "created_at", "calls")
+    list_filter = (("tenant", TenantListFilter),)
     search_fields = ("client_id", "tenant__external_id")
     autocomplete_fields = ("tenant",)
     readonly_fields = ("calls",)
@@ -363,10 +401,17 @@ class ClientBindingAdmin(ClientCallsMixin, AuditedAdmin):
     def audit_context(self, obj: ClientBinding) -> dict[str, str]:
         return {"client_id": obj.client_id, "tenant": obj.tenant.external_id}
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ClientBinding]:
+        return super().get_queryset(request).select_related("tenant")
+
+    @admin.display(description="tenant", ordering="tenant__external_id")
+    def tenant_column(self, obj: ClientBinding) -> SafeString:
+        return visible(tenant_label(obj.tenant))
+
 
 @admin.register(ClientPolicy)
 class ClientPolicyAdmin(ClientCallsMixin, AuditedAdmin):
-    list_display = ("client_id", "mode", "rate", "note", "updated_at", "calls")
+    list_display = ("client_id_column", "mode", "rate", "note", "updated_at", "calls")
     list_filter = ("mode",)
     search_fields = ("client_id",)
     readonly_fields = ("calls",)

@@ -23,7 +23,9 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from audit.models import AuditEvent, Outcome
+from audit.recorder import record
 from audit.sealing import seal_pending
+from mcpauth.models import Tenant
 from tests.conftest import (
     MCP_ACCEPT,
     LiveServer,
@@ -31,6 +33,7 @@ from tests.conftest import (
     call_tool,
     seed_todo_scopes,
 )
+from todos.models import Todo
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -359,3 +362,62 @@ def test_api_docs_render_offline(page, server):
     assert "Governed MCP server" in page.locator(".swagger-ui .info .title").inner_text()
     assert "/health" in page.locator(".swagger-ui").inner_text()
     shot(page, "api-docs")
+
+
+def test_lookalike_tenants_and_tools_are_told_apart(page, server):
+    """``acme`` with a Cyrillic U+0430, a full-width ``acme`` and a tool named
+    ``\\u202eodot_eteled`` are not drawn as ``acme``/``delete_todo``: they read escaped, in a
+    marked box that names the character."""
+    cyrillic, fullwidth, bidi_tool = "\u0430cme", "\uff41\uff43\uff4d\uff45", "\u202eodot_eteled"
+    for ext in (cyrillic, fullwidth):
+        Tenant.objects.create(external_id=ext, name="Acme")
+    for tenant, tool in ((cyrillic, "list_todos"), (fullwidth, bidi_tool), ("acme", "get_todo")):
+        record(
+            outcome=Outcome.OK,
+            status=200,
+            request_id=uuid.uuid4().hex,
+            method="tools/call",
+            tool=tool,
+            tenant=tenant,
+            client_id="look\u200dalike",
+        )
+    page.goto(f"{server.base}/admin/audit/auditevent/?created_at__gte=1h")
+    results = page.locator("#result_list")
+    text = results.inner_text()
+    assert "\\u0430cme" in text and "\\uff41\\uff43\\uff4d\\uff45" in text
+    assert "\\u202eodot_eteled" in text and "look\\u200dalike" in text
+    for raw in ("\u0430", "\uff41", "\u202e", "\u200d"):
+        assert raw not in page.locator("body").inner_text()
+    assert "delete_todo" not in text  # what the bidi control would have drawn
+    marked = results.locator(".mcp-esc-other", has_text="\\u0430").first
+    assert marked.get_attribute("title") == "U+0430 CYRILLIC SMALL LETTER A (not ASCII)"
+    style = marked.evaluate(
+        "e => [getComputedStyle(e).borderTopStyle, getComputedStyle(e).fontFamily]"
+    )
+    assert style[0] == "dashed" and "monospace" in style[1]
+    bidi = results.locator(".mcp-esc-bidi").first
+    plain = results.locator("a.mcp-filter:text-is('acme')").first
+    assert plain.is_visible()  # the real acme reads as before
+    assert bidi.evaluate("e => getComputedStyle(e).borderTopStyle") == "solid"
+    shot(page, "changelist-lookalikes", full=False)
+    page.goto(f"{server.base}/admin/audit/overview/?window=1h")
+    tops = page.locator("#audit-top-tenants").inner_text()
+    assert "\\u0430cme" in tops and "\\uff41\\uff43\\uff4d\\uff45" in tops
+    assert "\\u202eodot_eteled" in page.locator("#audit-top-tools").inner_text()
+    shot(page, "overview-lookalikes")
+    page.goto(f"{server.base}/admin/mcpauth/tenant/")
+    ids = page.locator("#result_list .field-external_id_column").all_inner_texts()
+    assert {"acme", "\\u0430cme", "\\uff41\\uff43\\uff4d\\uff45"} <= set(ids)
+    shot(page, "tenants-lookalikes", full=False)
+    row = AuditEvent.objects.get(tool=bidi_tool)
+    page.goto(f"{server.base}/admin/audit/auditevent/{row.pk}/change/")
+    assert "\\u202eodot_eteled" in page.locator("#content h2").first.inner_text()
+    assert page.locator(".field-tool .mcp-esc-bidi").count() == 1
+    assert "\\u202eodot_eteled" in page.title()
+    shot(page, "detail-lookalike")
+    fake = Tenant.objects.get(external_id=cyrillic)
+    Todo.all_tenants.create(tenant=fake, title="lookalike todo", created_by="user-x")
+    page.goto(f"{server.base}/admin/todos/todo/")
+    tenants = page.locator("#result_list .field-tenant_column").all_inner_texts()
+    assert "Acme (\\u0430cme)" in tenants
+    shot(page, "todos-lookalikes", full=False)

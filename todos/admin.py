@@ -1,10 +1,13 @@
 from django.contrib import admin
 
+from mcpauth.admin import TenantOwnedAdmin
 from todos.models import Todo
 
 
 @admin.register(Todo)
-class TodoAdmin(admin.ModelAdmin):
+class TodoAdmin(TenantOwnedAdmin):
+    """Every change here is audited (``data/todos.todo.<action>``, with the todo's tenant)."""
+
     list_display = ("title", "tenant", "completed", "created_by", "created_at", "updated_at")
     list_filter = ("completed", "tenant")
     search_fields = ("title", "created_by", "=id")
