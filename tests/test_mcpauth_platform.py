@@ -322,5 +322,6 @@ def test_current_uses_the_bound_call() -> None:
 def test_public_api_is_importable_from_the_package() -> None:
     import mcpauth
 
-    assert mcpauth.__all__ == ["current_principal", "tool"]
-    assert inspect.isfunction(mcpauth.tool) and inspect.isfunction(mcpauth.current_principal)
+    assert mcpauth.__all__ == ["current_principal", "prompt", "resource", "tool"]
+    for name in mcpauth.__all__:
+        assert inspect.isfunction(getattr(mcpauth, name)), name
