@@ -122,7 +122,8 @@ def tool_messages(tools: ToolRegistry) -> list[checks.CheckMessage]:
     """Problems with the registered tools, resources and prompts (``E006``-``E009``,
     ``E030``, ``E031``)."""
     messages: list[checks.CheckMessage] = []
-    for first, second in [*tools.duplicates, *tools.prompts.duplicates]:
+    named: list[tuple[Any, Any]] = [*tools.duplicates, *tools.prompts.duplicates]
+    for first, second in named:
         messages.append(
             checks.Error(
                 f"Two MCP {first.kind}s are named {first.name!r}: "

@@ -136,7 +136,12 @@ class GovernedBody:
         """``(outcome, error_code, audit message, exception to raise)`` for a failed call."""
         if stage == _Stage.SERIALIZE:
             # re-raised as is, so the reply is the one plain FastMCP would give
-            return Outcome.SERVER_ERROR, "serialization_error", self._serialization_message(exc), exc
+            return (
+                Outcome.SERVER_ERROR,
+                "serialization_error",
+                self._serialization_message(exc),
+                exc,
+            )
         if isinstance(exc, ServiceError):
             message = str(exc)
             raised = self.error_class(message, log_level=logging.INFO)

@@ -32,12 +32,9 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import typing
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import pydantic
-import pydantic_core.core_schema
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from fastmcp import FastMCP
@@ -45,12 +42,14 @@ from fastmcp.exceptions import AuthorizationError, NotFoundError, ToolError
 from fastmcp.exceptions import ValidationError as ArgumentsInvalid
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools import FunctionTool
+from fastmcp.utilities.types import get_cached_typeadapter
 
 from audit.models import Outcome
+from mcpauth.arguments import describe_invalid_arguments, failed_argument, schema_keys
+from mcpauth.components import PromptSpec, ResourceSpec, fastmcp_prompt, fastmcp_resource
 from mcpauth.conf import get_settings
 from mcpauth.context import CallContext, get_call
 from mcpauth.exceptions import AuditWriteFailed
-from mcpauth.components import PromptSpec, ResourceSpec, fastmcp_prompt, fastmcp_resource
 from mcpauth.registry import ToolRegistry, registry
 from mcpauth.runner import (
     INTERNAL_MESSAGE,
@@ -61,61 +60,6 @@ from mcpauth.runner import (
 )
 
 log = logging.getLogger(__name__)
-
-_KNOWN_ERROR_TYPES = frozenset(typing.get_args(pydantic_core.core_schema.ErrorType))
-#: Error context keys whose values come from the input (``uuid_parsing``'s parser message,
-#: a discriminated union's tag ...): such an error is reported by its type only.
-_INPUT_CONTEXT_KEYS = frozenset({"error", "tag"})
-_CUSTOM_ERROR_TYPES = frozenset({"value_error", "assertion_error"})
-
-
-def _schema_keys(schema: Any) -> set[str]:
-    """Every property name an input schema defines, nested models and ``$defs`` included."""
-    keys: set[str] = set()
-    stack = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            props = node.get("properties")
-            if isinstance(props, dict):
-                keys.update(k for k in props if isinstance(k, str))
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return keys
-
-
-def describe_invalid_arguments(exc: BaseException, schema_keys: Iterable[str]) -> str:
-    """``Invalid arguments: <field>: <problem>; …`` without any argument value.
-
-    A location names the argument and, inside it, the schema's own field names and list
-    indexes; any other key (a key inside a ``dict`` argument is data) reads ``[key]``. The
-    problem is pydantic's message for its built-in error types, unless that message is built
-    from the input (then the error type only), and ``invalid value`` for custom validators.
-    """
-    cause = exc.__cause__ if isinstance(exc.__cause__, pydantic.ValidationError) else exc
-    if not isinstance(cause, pydantic.ValidationError):
-        return "Invalid arguments."
-    known = set(schema_keys)
-    problems = []
-    for err in cause.errors(include_url=False, include_input=False):
-        loc = err.get("loc") or ()
-        parts = []
-        for i, part in enumerate(loc):
-            if isinstance(part, int) or i == 0 or part in known:
-                parts.append(str(part))
-            else:
-                parts.append("[key]")
-        kind = str(err.get("type", ""))
-        ctx = err.get("ctx") or {}
-        if kind in _CUSTOM_ERROR_TYPES or kind not in _KNOWN_ERROR_TYPES:
-            problem = "invalid value"
-        elif _INPUT_CONTEXT_KEYS & set(ctx):
-            problem = f"invalid value ({kind})"
-        else:
-            problem = str(err.get("msg", "invalid value"))
-        problems.append(f"{'.'.join(parts) or 'arguments'}: {problem}")
-    return "Invalid arguments: " + "; ".join(problems or ["invalid value"])
 
 
 def _record_in_thread(call: CallContext, outcome: str, code: str, message: str) -> None:
@@ -138,7 +82,8 @@ def _refusal(exc: BaseException, kind: str, keys: Iterable[str]) -> tuple[str, s
     if isinstance(exc, AuthorizationError):
         return Outcome.DENIED, "insufficient_scope", f"The caller may not use this {kind}."
     if isinstance(exc, ArgumentsInvalid) or isinstance(exc.__cause__, ValueError | TypeError):
-        return Outcome.INVALID_REQUEST, "invalid_arguments", describe_invalid_arguments(exc, keys)
+        message = describe_invalid_arguments(exc, keys, failed_argument(exc))
+        return Outcome.INVALID_REQUEST, "invalid_arguments", message
     return Outcome.SERVER_ERROR, type(exc).__name__, INTERNAL_MESSAGE
 
 
@@ -239,9 +184,7 @@ class Governance(Middleware):
         if call is None or call.recorded or call.tool_ran:
             return exc  # the body's outcome was recorded by the runner
         outcome, code, message = _refusal(exc, kind, keys)
-        await sync_to_async(_record_in_thread, thread_sensitive=False)(
-            call, outcome, code, message
-        )
+        await sync_to_async(_record_in_thread, thread_sensitive=False)(call, outcome, code, message)
         if code == "invalid_arguments":
             # the field and the problem, never the value (FastMCP's messages may quote it)
             return ArgumentsInvalid(message, log_level=logging.INFO)
@@ -381,7 +324,7 @@ def build_server(tool_registry: ToolRegistry = registry) -> FastMCP[Any]:
         )
         governed.bind(tool)
         server.add_tool(tool)
-        governance.schema_keys[spec.name] = frozenset(_schema_keys(tool.parameters))
+        governance.schema_keys[spec.name] = frozenset(schema_keys(tool.parameters))
     for resource_spec in tool_registry.resources:
         governed_resource = GovernedResource(resource_spec)
         resource = fastmcp_resource(resource_spec, governed_resource.function())
@@ -389,7 +332,7 @@ def build_server(tool_registry: ToolRegistry = registry) -> FastMCP[Any]:
         server.add_resource(resource)
         governance.specs[resource.key] = resource_spec
         params = getattr(resource, "parameters", None) or {}
-        governance.argument_keys[resource_spec.uri] = frozenset(_schema_keys(params))
+        governance.argument_keys[resource_spec.uri] = frozenset(schema_keys(params))
     for prompt_spec in tool_registry.prompts:
         governed_prompt = GovernedPrompt(prompt_spec)
         prompt = fastmcp_prompt(prompt_spec, governed_prompt.function())
@@ -397,7 +340,8 @@ def build_server(tool_registry: ToolRegistry = registry) -> FastMCP[Any]:
         server.add_prompt(prompt)
         governance.specs[prompt.key] = prompt_spec
         governance.argument_keys[prompt_spec.name] = frozenset(
-            a.name for a in prompt.arguments or ()
+            {a.name for a in prompt.arguments or ()}
+            | schema_keys(get_cached_typeadapter(prompt.fn).json_schema())
         )
     handlers = server._mcp_server._request_handlers
     for methods, registered in (

@@ -56,9 +56,11 @@ def readme_block(marker: str) -> str:
 def test_readme_example_is_tests_notes_verbatim_and_short() -> None:
     models = readme_block("# notes/models.py")
     tools = readme_block("# notes/mcp.py")
+    more = readme_block("# notes/mcp.py, continued")  # resources and prompts
     assert models == (ROOT / "tests/notes/models.py").read_text()
-    assert tools == (ROOT / "tests/notes/mcp.py").read_text()
+    assert tools + "\n\n" + more == (ROOT / "tests/notes/mcp.py").read_text()
     assert len((models + tools).splitlines()) + 2 <= 30
+    assert len(more.splitlines()) <= 20
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])

@@ -10,7 +10,7 @@ URI (never the query) or prompt name and the right outcome.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,7 +24,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from audit.models import AuditEvent
 from mcpauth.registry import registry
 from tests.conftest import LiveServer, Minter
-from tests.test_mcpauth_zoo import PlainServer, plain, zoo  # noqa: F401  (fixtures)
+from tests.test_mcpauth_zoo import PlainServer, seed_zoo_scopes
 from tests.zoo.models import Exhibit
 
 ZOO_RESOURCES = sorted(s.uri for s in registry.resources if s.module == "tests.zoo.mcp")
@@ -53,6 +53,18 @@ GETS: list[tuple[str, dict[str, str], str]] = [
     ("zoo_prompt_error", {"reason": "rain"}, "tool_error"),
     ("zoo_no_such_prompt", {}, "invalid_request"),
 ]
+
+
+@pytest.fixture(scope="module")
+def plain() -> Iterator[PlainServer]:
+    with PlainServer() as server:
+        yield server
+
+
+@pytest.fixture
+def zoo(live: LiveServer) -> LiveServer:
+    seed_zoo_scopes()
+    return live
 
 
 class Session:
@@ -172,7 +184,10 @@ async def test_listings_match_plain_fastmcp(
         listings.append(
             {
                 kind: sorted(
-                    (item.model_dump(mode="json", by_alias=True, exclude_none=True) for item in items),
+                    (
+                        item.model_dump(mode="json", by_alias=True, exclude_none=True)
+                        for item in items
+                    ),
                     key=repr,
                 )
                 for kind, items in listing.items()
