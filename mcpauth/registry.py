@@ -31,6 +31,7 @@ from __future__ import annotations
 import inspect
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -89,6 +90,10 @@ class ToolSpec:
 S = TypeVar("S", ToolSpec, ResourceSpec, PromptSpec)
 
 
+class LateRegistration(RuntimeWarning):
+    """A tool, resource or prompt registered after the server was built (it is not served)."""
+
+
 class _Specs(Generic[S]):
     """Specs by key (a name, or a resource's URI). A second spec with a taken key is kept aside
     for the system check (``mcpauth.E006``); the first one stays."""
@@ -98,6 +103,8 @@ class _Specs(Generic[S]):
         #: ``(first, second)`` for every key registered twice (reported by ``mcpauth.E006``).
         self.duplicates: list[tuple[S, S]] = []
         self._lock = threading.Lock()
+        #: True once a server was built from this registry: what registers later is not served.
+        self.served = False
 
     def register(self, spec: S) -> None:
         with self._lock:
@@ -107,6 +114,14 @@ class _Specs(Generic[S]):
                 self._changed()
             elif existing.fn is not spec.fn:  # re-importing the same module is harmless
                 self.duplicates.append((existing, spec))
+        if self.served and existing is None:
+            warnings.warn(
+                f"MCP {spec.kind} {spec.key!r} ({spec.module}) was registered after the MCP "
+                "server was built from this registry: it is not served. Declare it in an app's "
+                "mcp.py, which mcpauth imports before it builds the server.",
+                LateRegistration,
+                stacklevel=3,
+            )
 
     def unregister(self, key: str) -> None:
         with self._lock:
@@ -180,6 +195,10 @@ class ToolRegistry(_Specs[ToolSpec]):
         #: ``(module, attribute)`` of every FastMCP server an app's ``mcp.py`` built itself
         #: (reported by ``mcpauth.E031``: nothing registered on it is served).
         self.foreign_servers: list[tuple[str, str]] = []
+
+    def mark_served(self) -> None:
+        """A server was built from this registry: later registrations warn (LateRegistration)."""
+        self.served = self.resources.served = self.prompts.served = True
 
     def permissions_in_use(self) -> set[str]:
         """Every permission some tool, resource or prompt requires."""

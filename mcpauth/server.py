@@ -352,6 +352,7 @@ def build_server(tool_registry: ToolRegistry = registry) -> FastMCP[Any]:
             for method in methods:
                 handlers.pop(method, None)
     server.seal()
+    tool_registry.mark_served()
     return server
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from mcp import MCPError
 
 from mcpauth import checks, prompt, resource
 from mcpauth.components import PromptSpec, ResourceSpec, uri_for_audit
-from mcpauth.registry import ToolRegistry, ToolSpec, registry
+from mcpauth.registry import LateRegistration, ToolRegistry, ToolSpec, registry
 from mcpauth.server import ServerBuiltTooEarly, ServerSealed, build_server, get_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,9 +47,11 @@ def test_decorators_return_the_function_unchanged_and_record_specs() -> None:
     async def greeting(name: str) -> str:
         return name
 
-    assert resource("tmp://items/{item_id}", permissions=["zoo.view_exhibit"])(text) is text
-    assert prompt(permissions=["zoo.view_exhibit"], name="tmp_greeting")(greeting) is greeting
-    assert prompt(greeting) is greeting  # bare, named after the function
+    with warnings.catch_warnings():  # the suite's server may be built already
+        warnings.simplefilter("ignore", LateRegistration)
+        assert resource("tmp://items/{item_id}", permissions=["zoo.view_exhibit"])(text) is text
+        assert prompt(permissions=["zoo.view_exhibit"], name="tmp_greeting")(greeting) is greeting
+        assert prompt(greeting) is greeting  # bare, named after the function
     try:
         spec = registry.resources["tmp://items/{item_id}"]
         assert (spec.fn, spec.permissions, spec.is_template) == (
@@ -185,6 +188,18 @@ def test_the_built_server_takes_nothing_more() -> None:
     ):
         with pytest.raises(ServerSealed, match="from mcpauth import tool, resource, prompt"):
             attempt()
+
+
+def test_what_registers_after_the_server_was_built_warns_that_it_is_not_served() -> None:
+    local = ToolRegistry()
+    local.register(ToolSpec(name="early", fn=lambda: "x", permissions=()))
+    build_server(local)
+    with pytest.warns(LateRegistration, match="'late'.*it is not served"):
+        local.register(ToolSpec(name="late", fn=lambda: "x", permissions=()))
+    with pytest.warns(LateRegistration, match="'r://late'"):
+        local.resources.register(ResourceSpec(uri="r://late", fn=lambda: "x", permissions=()))
+    with pytest.warns(LateRegistration, match="prompt 'late'"):
+        local.prompts.register(PromptSpec(name="late", fn=lambda: "x", permissions=()))
 
 
 # --- capabilities follow the registry -----------------------------------------------------------
