@@ -16,12 +16,15 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.apps import apps
 from fastmcp import Client
+from fastmcp.prompts import Prompt
+from fastmcp.resources import Resource
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from audit.models import AuditEvent
 from mcpauth.operations import seed_scope_mappings
+from mcpauth.server import get_server
 from tests.conftest import MCP_ACCEPT, LiveServer, Minter, rpc
 from tests.zoo.models import Exhibit
 
@@ -274,3 +277,38 @@ def test_a_body_error_is_tool_error_and_an_unexpected_one_is_masked(
     assert "secret internal detail" not in boom.text
     row = row_of(boom)
     assert (row.outcome, row.error_message) == ("server_error", "internal error")
+
+
+# --- nothing ungoverned is served ---------------------------------------------------------------
+
+
+async def test_a_component_slipped_past_the_seal_is_neither_listed_nor_served(
+    server: LiveServer, mint: Minter
+) -> None:
+    """Adding to the built server raises ServerSealed; even through FastMCP's provider directly
+    (no public path), governance lists and serves only what the registry governs."""
+    fastmcp_server = get_server()
+    provider = fastmcp_server.local_provider
+    provider.add_resource(Resource.from_function(lambda: "leak", uri="leak://all", name="leak"))
+    provider.add_prompt(Prompt.from_function(lambda: "leak", name="leak_prompt"))
+    try:
+        token = mint(scope="zoo:all notes:all")
+        async with Client(server.url, auth=token) as client:
+            assert "leak://all" not in {str(r.uri) for r in await client.list_resources()}
+            assert "leak_prompt" not in {p.name for p in await client.list_prompts()}
+            with pytest.raises(MCPError, match="not found"):
+                await client.read_resource("leak://all")
+            with pytest.raises(MCPError, match="Unknown prompt"):
+                await client.get_prompt("leak_prompt")
+    finally:
+        provider.remove_resource("leak://all")
+        provider.remove_prompt("leak_prompt")
+    outcomes = await sync_to_async(list)(
+        AuditEvent.objects.filter(method__in=["resources/read", "prompts/get"]).values_list(
+            "tool", "outcome", "error_code"
+        )
+    )
+    assert sorted(outcomes) == [
+        ("leak://all", "invalid_request", "unknown_resource"),
+        ("leak_prompt", "invalid_request", "unknown_prompt"),
+    ]
