@@ -105,7 +105,7 @@ COMPONENTS: list[tuple[str, list[Any]]] = [
     ("    tenant resolve (mcpauth.tenancy.resolve)", [_f("resolve", "mcpauth/tenancy.py")]),
     ("    scopes → permissions (permissions_for)", [_f("permissions_for", "mcpauth/scopes.py")]),
     ("    rate limit: hit (Redis INCR/ADD)", [_f("hit", "mcpauth/ratelimit.py")]),
-    ("  authorize_tool()", [_f("authorize_tool", "mcpauth/middleware.py")]),
+    ("  authorize()", [_f("authorize", "mcpauth/middleware.py")]),
     ("  parse_envelope() + _depth()", [_f("parse_envelope", "mcpauth/middleware.py")]),
     ("  _outcome_from_response() (re-parse reply JSON)", [_f("_outcome_from_response")]),
     ("  Transport.serve (SDK + FastMCP)", [_f("serve", "mcpauth/transport.py")]),
@@ -120,7 +120,7 @@ COMPONENTS: list[tuple[str, list[Any]]] = [
     ("    serve_one (SDK handler kernel)", [_f("serve_one", "mcp/server/runner.py")]),
     ("    FastMCP call_tool (middleware + runner)", [_f("call_tool", "fastmcp/server/server.py")]),
     (
-        "      GovernedTool._run_sync: body + result + audit row, one transaction",
+        "      GovernedBody._run_sync: body + result + audit row, one transaction",
         [_f("_run_sync", "mcpauth/runner.py")],
     ),
     ("        tool body (todos/services.py)", [_f(None, "todos/services.py")]),

@@ -5,10 +5,14 @@
 * ``mcpauth.E003`` no usable algorithm (HMAC/``none`` are never allowed);
 * ``mcpauth.E004`` a rate setting does not parse;
 * ``mcpauth.E005`` Scalekit preset half-configured;
-* ``mcpauth.E006`` two tools share one name;
-* ``mcpauth.E007`` a tool's permission is not of the form ``app_label.codename``;
+* ``mcpauth.E006`` two tools (or two prompts) share one name, or two resources one URI;
+* ``mcpauth.E007`` a tool's, resource's or prompt's permission is not ``app_label.codename``;
 * ``mcpauth.E008`` a tool is declared both ``read_only`` and ``destructive``;
-* ``mcpauth.E009`` a tool's name is longer than ``MAX_TOOL_NAME`` (100) characters;
+* ``mcpauth.E009`` a tool's or prompt's name is longer than ``MAX_TOOL_NAME`` (100) characters;
+* ``mcpauth.E030`` FastMCP refuses a resource or prompt declaration (a template whose
+  parameters do not match the function's, positional-only arguments ...);
+* ``mcpauth.E031`` an app's ``mcp.py`` builds a FastMCP server of its own (nothing on it would
+  be served);
 * ``mcpauth.W010`` the rate-limit cache is not shared between workers while ``DEBUG`` is off;
 * ``mcpauth.W011`` ``ALLOWED_HOSTS`` contains ``*``, which disables DNS-rebinding protection;
 * ``mcpauth.W012`` the development issuer is active;
@@ -30,6 +34,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from mcpauth import rls
+from mcpauth.components import fastmcp_prompt, fastmcp_resource
 from mcpauth.conf import get_settings, parse_rate
 from mcpauth.registry import MAX_TOOL_NAME, ToolRegistry, registry
 
@@ -153,31 +158,49 @@ def check_row_level_security(
     return messages
 
 
+def _bad_permission(perm: str) -> bool:
+    app_label, _, codename = perm.partition(".")
+    return not app_label or not codename or "." in codename or " " in perm
+
+
 def tool_messages(tools: ToolRegistry) -> list[checks.CheckMessage]:
-    """Problems with the registered tools (``E006``-``E009``)."""
+    """Problems with the registered tools, resources and prompts (``E006``-``E009``,
+    ``E030``, ``E031``)."""
     messages: list[checks.CheckMessage] = []
-    for first, second in tools.duplicates:
+    named: list[tuple[Any, Any]] = [*tools.duplicates, *tools.prompts.duplicates]
+    for first, second in named:
         messages.append(
             checks.Error(
-                f"Two MCP tools are named {first.name!r}: {first.module}.{first.fn.__name__} "
-                f"and {second.module}.{second.fn.__name__}.",
-                hint="Give one of them another name: @tool(name=...).",
+                f"Two MCP {first.kind}s are named {first.name!r}: "
+                f"{first.module}.{first.fn.__name__} and {second.module}.{second.fn.__name__}.",
+                hint=f"Give one of them another name: @{first.kind}(name=...).",
                 id="mcpauth.E006",
             )
         )
-    for spec in tools:
+    for first_r, second_r in tools.resources.duplicates:
+        messages.append(
+            checks.Error(
+                f"Two MCP resources have the URI {first_r.uri!r}: "
+                f"{first_r.module}.{first_r.fn.__name__} and "
+                f"{second_r.module}.{second_r.fn.__name__}.",
+                hint="Give one of them another URI.",
+                id="mcpauth.E006",
+            )
+        )
+    specs: list[Any] = [*tools, *tools.resources, *tools.prompts]
+    for spec in specs:
         for perm in spec.permissions:
-            app_label, _, codename = perm.partition(".")
-            if not app_label or not codename or "." in codename or " " in perm:
+            if _bad_permission(perm):
                 messages.append(
                     checks.Error(
-                        f"MCP tool {spec.name!r} ({spec.module}) requires {perm!r}, which is not "
-                        "a permission name.",
+                        f"MCP {spec.kind} {spec.key!r} ({spec.module}) requires {perm!r}, which "
+                        "is not a permission name.",
                         hint="Use Django permission names: 'app_label.codename', e.g. "
                         "'notes.view_note'.",
                         id="mcpauth.E007",
                     )
                 )
+    for spec in tools:
         if spec.read_only and spec.destructive:
             messages.append(
                 checks.Error(
@@ -187,13 +210,50 @@ def tool_messages(tools: ToolRegistry) -> list[checks.CheckMessage]:
                     id="mcpauth.E008",
                 )
             )
+    for spec in [*tools, *tools.prompts]:
         if len(spec.name) > MAX_TOOL_NAME:
             messages.append(
                 checks.Error(
-                    f"MCP tool {spec.name[:40]!r}... ({spec.module}) has a name of "
+                    f"MCP {spec.kind} {spec.name[:40]!r}... ({spec.module}) has a name of "
                     f"{len(spec.name)} characters; at most {MAX_TOOL_NAME} are allowed.",
-                    hint="Give it a shorter name: @tool(name=...).",
+                    hint=f"Give it a shorter name: @{spec.kind}(name=...).",
                     id="mcpauth.E009",
+                )
+            )
+    messages.extend(_refused_by_fastmcp(tools))
+    for module, attr in tools.foreign_servers:
+        messages.append(
+            checks.Error(
+                f"{module} builds a FastMCP server of its own ({attr!r}): nothing registered on "
+                "it is served, and nothing on it would be governed.",
+                hint="Declare tools, resources and prompts with `from mcpauth import tool, "
+                "resource, prompt` (@tool(permissions=[...]), @resource('scheme://{id}', "
+                "permissions=[...]), @prompt(permissions=[...])) and drop the FastMCP instance.",
+                id="mcpauth.E031",
+            )
+        )
+    return messages
+
+
+def _refused_by_fastmcp(tools: ToolRegistry) -> list[checks.CheckMessage]:
+    """``E030``: the resources and prompts FastMCP would refuse to build (at startup)."""
+    messages: list[checks.CheckMessage] = []
+    builders: list[tuple[Any, Any]] = [
+        *((spec, fastmcp_resource) for spec in tools.resources),
+        *((spec, fastmcp_prompt) for spec in tools.prompts),
+    ]
+    for spec, build in builders:
+        try:
+            build(spec)
+        except (TypeError, ValueError) as exc:
+            messages.append(
+                checks.Error(
+                    f"FastMCP refuses MCP {spec.kind} {spec.key!r} "
+                    f"({spec.module}.{spec.fn.__name__}): {exc}",
+                    hint="Make the function's arguments match what FastMCP accepts: a template's "
+                    "{parameters} are its required arguments, query parameters {?name} "
+                    "optional ones; prompts take named arguments only.",
+                    id="mcpauth.E030",
                 )
             )
     return messages

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 HEALTH_CHECK_INTERVAL = 1.0
 _health = threading.local()
 _current: ContextVar[CallContext | None] = ContextVar("mcpauth_call", default=None)
+#: The methods whose arguments an audit row keeps (redacted): a resource's are in its URI.
+_WITH_ARGUMENTS = frozenset({"tools/call", "prompts/get"})
 
 
 def refresh_connections() -> None:
@@ -64,8 +66,13 @@ class CallContext:
     http_method: str = "POST"
     rpc_id: Any = None
     method: str = ""
+    #: The audit row's ``tool``: the tool's or prompt's name, or the resource URI as
+    #: :func:`~mcpauth.components.uri_for_audit` keeps it.
     tool: str = ""
     arguments: Any = None
+    #: The registry spec the call names (``tools/call``, ``resources/read``, ``prompts/get``),
+    #: when it names a registered one: its permissions are checked before FastMCP runs it.
+    component: Any = None
     is_notification: bool = False
     #: The MCP protocol version the request speaks (header, else the handshake-era default).
     protocol_version: str = ""
@@ -79,7 +86,7 @@ class CallContext:
     message: dict[str, Any] | None = None
     #: True once the call's single audit row has been written (or deliberately skipped).
     recorded: bool = False
-    #: True once the tool function itself started running.
+    #: True once the governed body (tool, resource or prompt function) started running.
     tool_ran: bool = False
     #: True when writing the audit row failed; the response becomes a server error.
     audit_failed: bool = False
@@ -114,7 +121,7 @@ class CallContext:
             "client_ip": self.client_ip,
             "user_agent": self.user_agent,
             "duration_ms": self.elapsed_ms(),
-            "arguments": self.arguments if self.method == "tools/call" else None,
+            "arguments": self.arguments if self.method in _WITH_ARGUMENTS else None,
             "trace_id": self.trace_id,
         }
         if self.principal is not None:

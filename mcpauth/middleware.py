@@ -7,11 +7,13 @@ For every request, in order:
 3. bearer token → :func:`mcpauth.tokens.verify` → tenant → scopes → ``Principal`` → 401/403;
    requests without a valid token are throttled per IP;
 4. client policy and rate limit keyed on ``client_id`` → 403/429/503;
-5. for ``tools/call``: the tool must exist and the caller must hold its permissions → 403
-   ``insufficient_scope`` step-up challenge;
+5. for ``tools/call``, ``resources/read`` and ``prompts/get``: the caller must hold the
+   permissions of the tool, resource or prompt it names → 403 ``insufficient_scope`` step-up
+   challenge (an unknown tool is refused here; an unknown resource or prompt gets FastMCP's own
+   not-found error);
 6. the request is served by :class:`mcpauth.transport.Transport` (the MCP SDK and FastMCP, one
-   handler kernel for every protocol version); a tool call's audit row is written by the tool
-   runner before the reply exists, any other request's here, before the reply is sent with
+   handler kernel for every protocol version); a call's audit row is written by the runner of
+   its body before the reply exists, any other request's here, before the reply is sent with
    ``X-Request-ID`` and rate-limit headers.
 
 The call's :class:`~mcpauth.context.CallContext` is bound for the whole request, so the tool
@@ -35,6 +37,7 @@ from audit.conf import get_settings as audit_settings
 from audit.models import Outcome
 from audit.recorder import record
 from mcpauth import floods, ratelimit, revocation, scopes
+from mcpauth.components import uri_for_audit
 from mcpauth.conf import MCPAuthSettings, get_settings, origin_key
 from mcpauth.context import CallContext, bind, refresh_connections
 from mcpauth.exceptions import (
@@ -87,6 +90,12 @@ def _depth(value: Any, limit: int) -> bool:
     return False
 
 
+#: The methods that name a governed component, and the parameter that names it.
+_NAMING = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
+#: The methods audited whatever ``AUDIT_RECORD_ALL_METHODS`` says: a governed body may run.
+ALWAYS_AUDITED = frozenset(_NAMING)
+
+
 def parse_envelope(ctx: CallContext, body: bytes, conf: MCPAuthSettings) -> None:
     """Fill ``ctx`` from a JSON-RPC body; store (not raise) any error for after auth."""
     try:
@@ -118,17 +127,26 @@ def parse_envelope(ctx: CallContext, body: bytes, conf: MCPAuthSettings) -> None
         ctx.parse_error = InvalidRequest("Not a JSON-RPC 2.0 request.")
         return
     ctx.method = method[:64]
-    if method == "tools/call":
+    if method in _NAMING:
         params = message.get("params")
-        if not isinstance(params, dict) or not isinstance(params.get("name"), str):
-            ctx.parse_error = InvalidRequest("tools/call needs params.name.")
+        field = _NAMING[method]
+        if not isinstance(params, dict) or not isinstance(params.get(field), str):
+            ctx.parse_error = InvalidRequest(f"{method} needs params.{field}.")
             return
-        name = params["name"]
-        ctx.tool = name[:MAX_TOOL_NAME]  # what the audit row can hold
-        args = params.get("arguments", {})
-        ctx.arguments = args
+        target = params[field]
+        if method == "resources/read":
+            ctx.tool = uri_for_audit(target, MAX_TOOL_NAME)  # never its query or user info
+            ctx.component = registry.resources.resolve(target)
+            return  # an unknown URI gets FastMCP's own not-found error
+        ctx.tool = target[:MAX_TOOL_NAME]  # what the audit row can hold
+        ctx.arguments = params.get("arguments", {})
         # no registered name is longer (mcpauth.E009): a longer one is unknown, never a prefix
-        if len(name) > MAX_TOOL_NAME or name not in registry:
+        known = len(target) <= MAX_TOOL_NAME
+        if method == "prompts/get":
+            ctx.component = registry.prompts.get(target) if known else None
+            return  # an unknown prompt gets FastMCP's own not-found error
+        ctx.component = registry.get(target) if known else None
+        if ctx.component is None:
             ctx.parse_error = UnknownTool(f"Unknown tool: {ctx.tool!r}.")
 
 
@@ -243,8 +261,8 @@ def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal
             ctx.usage = ratelimit.hit(principal)
         else:
             ratelimit.rate_for(principal)  # a blocked client is refused on every request
-    if ctx.method == "tools/call" and ctx.parse_error is None:
-        authorize_tool(ctx, principal)  # here, in a thread: the challenge may read the scope map
+    if ctx.parse_error is None:
+        authorize(ctx, principal)  # here, in a thread: the challenge may read the scope map
     return principal
 
 
@@ -280,20 +298,25 @@ async def admit_on_loop(ctx: CallContext, raw: str | None) -> bool:
             ctx.usage = await ratelimit.ahit(principal, rate)
     except CacheMiss:
         return False  # admit() in a thread decides again (and sets the caller again)
-    if ctx.method == "tools/call" and ctx.parse_error is None:
-        spec = registry[ctx.tool]
-        if not principal.has_perms(spec.permissions):
-            # the step-up challenge reads the scope map: build it where I/O is allowed
-            await sync_to_async(authorize_tool, thread_sensitive=False)(ctx, principal)
+    spec = ctx.component
+    if spec is not None and ctx.parse_error is None and not principal.has_perms(spec.permissions):
+        # the step-up challenge reads the scope map: build it where I/O is allowed
+        await sync_to_async(authorize, thread_sensitive=False)(ctx, principal)
     return True
 
 
-def authorize_tool(ctx: CallContext, principal: Principal) -> None:
-    spec = registry[ctx.tool]
-    if not principal.has_perms(spec.permissions):
+def authorize(ctx: CallContext, principal: Principal) -> None:
+    """The tool, resource or prompt the call names needs permissions the caller lacks: 403
+    with the ``insufficient_scope`` step-up challenge naming the scopes that would grant them.
+
+    A call naming nothing registered passes (an unknown tool was refused while parsing; an
+    unknown resource or prompt gets FastMCP's own not-found error).
+    """
+    spec = ctx.component
+    if spec is not None and not principal.has_perms(spec.permissions):
         needed = scopes.scopes_for(spec.permissions)
         raise InsufficientScope(
-            f"The '{ctx.tool}' tool needs scope: {' '.join(needed) or '(none mapped)'}.",
+            f"The '{spec.key}' {spec.kind} needs scope: {' '.join(needed) or '(none mapped)'}.",
             scopes=needed,
         )
 
@@ -446,7 +469,7 @@ class GovernedMCP:
 
     @staticmethod
     def _should_record(ctx: CallContext) -> bool:
-        return ctx.method == "tools/call" or audit_settings().record_all_methods
+        return ctx.method in ALWAYS_AUDITED or audit_settings().record_all_methods
 
     @staticmethod
     async def _record(ctx: CallContext, **fields: Any) -> bool:

@@ -1,44 +1,57 @@
-"""The tool registry: which governed tools exist, what each one needs, and where it came from.
+"""The registry: which governed tools, resources and prompts exist, what each one needs.
 
-Apps contribute tools the way they contribute ``admin.py``: a module ``<app>/mcp.py`` that
-decorates functions with :func:`tool`. :func:`autodiscover` (run by ``mcpauth``'s
-``AppConfig.ready``) imports that module of every installed app, so adding an app with tools
-takes no edit outside it except ``INSTALLED_APPS``::
+Apps contribute them the way they contribute ``admin.py``: a module ``<app>/mcp.py`` that
+decorates functions with :func:`tool`, :func:`~mcpauth.components.resource` or
+:func:`~mcpauth.components.prompt`. :func:`autodiscover` (run by ``mcpauth``'s
+``AppConfig.ready``) imports that module of every installed app, so adding an app takes no edit
+outside it except ``INSTALLED_APPS``::
 
     # notes/mcp.py
-    from mcpauth import current_principal, tool
+    from mcpauth import current_principal, resource, tool
 
     @tool(permissions=["notes.view_note"], read_only=True)
     async def search_notes(query: str, limit: int = 20) -> list[dict]:
         ...
 
-The decorator only records a :class:`ToolSpec` and returns the function unchanged, so the
-function stays an ordinary function (importable, testable, usable by plain FastMCP).
-``mcpauth.server`` builds the one FastMCP server from the registry; the governance layer reads
-each tool's permissions from it. Two tools with one name are a startup error
-(``mcpauth.E006``), as are malformed permissions (``mcpauth.E007``).
+    @resource("notes://{note_id}", permissions=["notes.view_note"])
+    def note(note_id: int) -> str:
+        ...
+
+The decorators only record a spec and return the function unchanged, so the function stays an
+ordinary function (importable, testable, usable by plain FastMCP). ``mcpauth.server`` builds the
+one FastMCP server from the registry, once app loading has finished; the governance layer reads
+each component's permissions from it. Two tools (or prompts) with one name, or two resources
+with one URI, are a startup error (``mcpauth.E006``), as are malformed permissions
+(``mcpauth.E007``). An app's ``mcp.py`` that builds a FastMCP server of its own is reported by
+``mcpauth.E031`` (nothing on it would be served).
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from mcpauth.components import PromptSpec, ResourceSpec, permissions_of
 
 if TYPE_CHECKING:
     from mcpauth.tokens import Principal
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The longest tool name (the audit row's ``tool`` column; ``mcpauth.E009`` enforces it).
+#: The longest tool or prompt name (the audit row's ``tool`` column; ``mcpauth.E009``).
 MAX_TOOL_NAME = 100
 
 
 @dataclass(frozen=True)
 class ToolSpec:
     """One governed tool, as declared by ``@tool``."""
+
+    kind = "tool"
 
     name: str
     fn: Callable[..., Any] = field(repr=False)
@@ -56,6 +69,10 @@ class ToolSpec:
     module: str = ""
 
     @property
+    def key(self) -> str:
+        return self.name
+
+    @property
     def is_async(self) -> bool:
         return inspect.iscoroutinefunction(self.fn)
 
@@ -70,73 +87,132 @@ class ToolSpec:
         return hints
 
 
-class ToolRegistry:
-    """Tools by name. A second tool with a taken name is kept aside for the system check."""
+S = TypeVar("S", ToolSpec, ResourceSpec, PromptSpec)
+
+
+class LateRegistration(RuntimeWarning):
+    """A tool, resource or prompt registered after the server was built (it is not served)."""
+
+
+class _Specs(Generic[S]):
+    """Specs by key (a name, or a resource's URI). A second spec with a taken key is kept aside
+    for the system check (``mcpauth.E006``); the first one stays."""
 
     def __init__(self) -> None:
-        self._tools: dict[str, ToolSpec] = {}
-        #: ``(first, second)`` for every name registered twice (reported by ``mcpauth.E006``).
-        self.duplicates: list[tuple[ToolSpec, ToolSpec]] = []
+        self._specs: dict[str, S] = {}
+        #: ``(first, second)`` for every key registered twice (reported by ``mcpauth.E006``).
+        self.duplicates: list[tuple[S, S]] = []
         self._lock = threading.Lock()
+        #: True once a server was built from this registry: what registers later is not served.
+        self.served = False
 
-    def register(self, spec: ToolSpec) -> None:
+    def register(self, spec: S) -> None:
         with self._lock:
-            existing = self._tools.get(spec.name)
+            existing = self._specs.get(spec.key)
             if existing is None:
-                self._tools[spec.name] = spec
+                self._specs[spec.key] = spec
+                self._changed()
             elif existing.fn is not spec.fn:  # re-importing the same module is harmless
                 self.duplicates.append((existing, spec))
+        if self.served and existing is None:
+            warnings.warn(
+                f"MCP {spec.kind} {spec.key!r} ({spec.module}) was registered after the MCP "
+                "server was built from this registry: it is not served. Declare it in an app's "
+                "mcp.py, which mcpauth imports before it builds the server.",
+                LateRegistration,
+                stacklevel=3,
+            )
 
-    def unregister(self, name: str) -> None:
+    def unregister(self, key: str) -> None:
         with self._lock:
-            self._tools.pop(name, None)
-            self.duplicates = [d for d in self.duplicates if d[0].name != name]
+            self._specs.pop(key, None)
+            self.duplicates = [d for d in self.duplicates if d[0].key != key]
+            self._changed()
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._tools
+    def _changed(self) -> None:
+        """Hook for derived lookups (called under the lock)."""
 
-    def __getitem__(self, name: str) -> ToolSpec:
-        return self._tools[name]
+    def __contains__(self, key: object) -> bool:
+        return key in self._specs
 
-    def __iter__(self) -> Iterator[ToolSpec]:
-        return iter(list(self._tools.values()))
+    def __getitem__(self, key: str) -> S:
+        return self._specs[key]
+
+    def __iter__(self) -> Iterator[S]:
+        return iter(list(self._specs.values()))
 
     def __len__(self) -> int:
-        return len(self._tools)
+        return len(self._specs)
 
-    def get(self, name: str) -> ToolSpec | None:
-        return self._tools.get(name)
+    def get(self, key: str) -> S | None:
+        return self._specs.get(key)
 
     def names(self) -> list[str]:
-        return sorted(self._tools)
+        return sorted(self._specs)
 
     def visible_to(self, principal: Principal) -> set[str]:
-        """The tools ``principal`` may call (all of their permissions held)."""
-        return {s.name for s in self._tools.values() if principal.has_perms(s.permissions)}
+        """The keys of the specs ``principal`` may use (all of their permissions held)."""
+        return {k for k, s in self._specs.items() if principal.has_perms(s.permissions)}
+
+
+class ResourceRegistry(_Specs[ResourceSpec]):
+    """Resources and resource templates by URI, resolved the way FastMCP resolves a read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._concrete: dict[str, ResourceSpec] = {}
+        self._templates: list[ResourceSpec] = []
+
+    def _changed(self) -> None:
+        specs = list(self._specs.values())
+        self._concrete = {s.key: s for s in specs if not s.is_template}
+        self._templates = [s for s in specs if s.is_template]
+
+    def resolve(self, uri: str) -> ResourceSpec | None:
+        """The spec FastMCP would serve ``uri`` from: the resource with exactly that URI, else
+        the first registered template matching it (FastMCP's own matcher), else ``None``."""
+        spec = self._concrete.get(uri)
+        if spec is not None:
+            return spec
+        for template in self._templates:
+            if template.matches(uri):
+                return template
+        return None
+
+
+class PromptRegistry(_Specs[PromptSpec]):
+    """Prompts by name."""
+
+
+class ToolRegistry(_Specs[ToolSpec]):
+    """The platform's registry: tools by name (iterating it yields the tools), and next to them
+    :attr:`resources` (by URI) and :attr:`prompts` (by name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resources = ResourceRegistry()
+        self.prompts = PromptRegistry()
+        #: ``(module, attribute)`` of every FastMCP server an app's ``mcp.py`` built itself
+        #: (reported by ``mcpauth.E031``: nothing registered on it is served).
+        self.foreign_servers: list[tuple[str, str]] = []
+
+    def mark_served(self) -> None:
+        """A server was built from this registry: later registrations warn (LateRegistration)."""
+        self.served = self.resources.served = self.prompts.served = True
 
     def permissions_in_use(self) -> set[str]:
-        """Every permission some tool requires."""
-        return {p for s in self._tools.values() for p in s.permissions}
+        """Every permission some tool, resource or prompt requires."""
+        specs: list[Any] = [*self, *self.resources, *self.prompts]
+        return {p for s in specs for p in s.permissions}
 
     def tools_needing(self, permissions: Iterable[str]) -> list[str]:
         """The tools whose every permission is in ``permissions`` (what a grant unlocks)."""
         granted = set(permissions)
-        return sorted(
-            s.name for s in self._tools.values() if s.permissions and set(s.permissions) <= granted
-        )
+        return sorted(s.name for s in self if s.permissions and set(s.permissions) <= granted)
 
 
-#: The platform's registry, filled by ``@tool`` during autodiscovery.
+#: The platform's registry, filled by the decorators during autodiscovery.
 registry = ToolRegistry()
-
-
-def _permissions(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise TypeError("@tool(permissions=...) takes a list of 'app_label.codename' strings")
-    perms = tuple(value)
-    if not all(isinstance(p, str) for p in perms):
-        raise TypeError("@tool(permissions=...) takes a list of 'app_label.codename' strings")
-    return perms
 
 
 @overload
@@ -172,7 +248,7 @@ def tool(
     and ``description`` default to the function's name and docstring. Works on sync and async
     functions; a sync tool's writes, result and audit row commit in one transaction.
     """
-    perms = _permissions(permissions)
+    perms = permissions_of(permissions, "@tool")
 
     def decorator(func: F) -> F:
         if not callable(func):
@@ -197,7 +273,20 @@ def tool(
 
 
 def autodiscover() -> None:
-    """Import ``<app>/mcp.py`` of every installed app (as ``admin.autodiscover`` does)."""
+    """Import ``<app>/mcp.py`` of every installed app (as ``admin.autodiscover`` does).
+
+    Also notes every FastMCP server such a module built for itself (``mcpauth.E031``).
+    """
+    from django.apps import apps
     from django.utils.module_loading import autodiscover_modules
 
     autodiscover_modules("mcp")
+    from fastmcp import FastMCP
+
+    found = []
+    for config in apps.get_app_configs():
+        module = sys.modules.get(f"{config.name}.mcp")
+        for attr, value in vars(module).items() if module is not None else ():
+            if isinstance(value, FastMCP):
+                found.append((module.__name__, attr))  # type: ignore[union-attr]
+    registry.foreign_servers = found

@@ -1,30 +1,37 @@
-"""How one governed tool runs: FastMCP's own runner, plus a transaction and the audit row.
+"""How every governed body runs: FastMCP's own runner, plus a transaction and the audit row.
 
-FastMCP owns execution. It validates the arguments, injects ``Context``, runs a sync tool in its
-worker pool, converts the result (``Tool.convert_result``, which also builds the structured
-content its output schema describes) and puts it on the wire for the negotiated protocol
-version. Governance adds one thing, a wrapper around the tool *function* with the function's own
-signature (``functools.wraps``), so FastMCP derives exactly the schemas it would for the bare
-function:
+One path for tools, resources (and resource templates) and prompts: :class:`GovernedBody`, with
+:class:`GovernedTool`, :class:`GovernedResource` and :class:`GovernedPrompt` differing only in
+the span, the domain error and which bodies get a transaction.
 
-* **Sync tools** run in FastMCP's worker thread. The wrapper opens ``transaction.atomic()``
-  there, calls the function, converts its result with the tool's own ``convert_result`` and
-  writes the ``ok`` audit row, then commits: the tool's writes, the serialization of its result
-  and its audit row commit together, and if any of them fails all of it rolls back. FastMCP then
-  passes the converted :class:`~fastmcp.tools.base.ToolResult` through unchanged. A
-  ``read_only`` tool runs without the transaction (it has nothing to roll back).
-* **Async tools** run on the event loop. Django 5.2 has no async transactions, so each of their
+FastMCP owns execution. It validates the arguments (a tool's arguments, a template's URI
+parameters, a prompt's arguments), injects ``Context``, runs a sync body in its worker pool,
+converts the result (``Tool.convert_result``, which also builds the structured content its output
+schema describes; ``Resource``/``ResourceTemplate``/``Prompt.convert_result``) and puts it on the
+wire for the negotiated protocol version. Governance adds one thing, a wrapper around the
+*function* with the function's own signature (``functools.wraps``), so FastMCP derives exactly
+the schemas and arguments it would for the bare function:
+
+* **Sync bodies** run in FastMCP's worker thread. The wrapper opens ``transaction.atomic()``
+  there, calls the function, converts its result with the component's own ``convert_result``
+  and writes the ``ok`` audit row, then commits: the body's writes, the serialization of its
+  result and its audit row commit together, and if any of them fails all of it rolls back.
+  FastMCP then passes the converted result (``ToolResult``, ``ResourceResult``,
+  ``PromptResult``) through unchanged. A ``read_only`` tool runs without the transaction (it
+  has nothing to roll back); resources and prompts always have one.
+* **Async bodies** run on the event loop. Django 5.2 has no async transactions, so each of their
   ORM calls commits on its own; the wrapper converts the result, then writes the audit row (in a
   worker thread) before the reply. A result that fails to serialize still gives a
-  ``server_error`` row and reply, but writes the tool already made stay.
+  ``server_error`` row and reply, but writes the body already made stay.
 
 What the body raises decides the audit outcome and the reply, identically on every path:
 
 * :class:`~mcpauth.exceptions.ServiceError` → its ``outcome`` (``tool_error``, ``denied`` ...)
-  and its message, as an MCP tool error;
-* FastMCP's ``ToolError`` → ``tool_error`` and its message;
+  and its message, as FastMCP's ``ToolError``/``ResourceError``/``PromptError`` (a tool error
+  result, or the JSON-RPC error of a read or get);
+* that FastMCP error raised by the body itself → ``tool_error`` and its message;
 * anything else → ``server_error``; the exception propagates to FastMCP, which masks it
-  (``mask_error_details``) into the same generic tool error plain FastMCP would send;
+  (``mask_error_details``) into the same generic error plain FastMCP would send;
 * the audit row cannot be written → everything rolls back and the call is answered 500.
 
 Invalid arguments never reach the wrapper: FastMCP refuses them first, and
@@ -44,7 +51,7 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import DatabaseError, transaction
 from django.http import Http404
-from fastmcp.exceptions import ToolError
+from fastmcp.exceptions import FastMCPError, PromptError, ResourceError, ToolError
 
 from audit.models import Outcome
 from mcpauth import rls
@@ -55,8 +62,7 @@ from mcpauth.observability.tracing import step
 from mcpauth.tenant_scope import confined
 
 if TYPE_CHECKING:
-    from fastmcp.tools.base import Tool, ToolResult
-
+    from mcpauth.components import PromptSpec, ResourceSpec
     from mcpauth.registry import ToolSpec
 
 log = logging.getLogger(__name__)
@@ -93,30 +99,6 @@ def _record_failure(call: CallContext, outcome: str, code: str, message: str) ->
         call.audit_failed = True
 
 
-def _failure(exc: BaseException, stage: str) -> tuple[str, str, str, BaseException]:
-    """``(outcome, error_code, audit message, exception to raise)`` for a failed call."""
-    if isinstance(exc, DatabaseError) and rls.cross_tenant_violation(exc):
-        # The database refused a row of another tenant (policy or composite key); the
-        # transaction was rolled back. Reported like the ORM's own refusal.
-        exc = CrossTenantAccess("The database refused a row of another tenant.")
-        stage = _Stage.BODY
-    elif stage == _Stage.BODY and isinstance(exc, ObjectDoesNotExist | Http404):
-        # Model.DoesNotExist, get_object_or_404: inside a governed call that includes every
-        # other tenant's rows, so the answer names nothing.
-        message = "Not found."
-        return Outcome.TOOL_ERROR, type(exc).__name__, message, ToolError(message)
-    if stage == _Stage.SERIALIZE:
-        # FastMCP's own ToolError ("Could not serialize the return value ..."): re-raised as
-        # is, so the reply is the one plain FastMCP would give.
-        return Outcome.SERVER_ERROR, "serialization_error", str(exc), exc
-    if isinstance(exc, ServiceError):
-        message = str(exc)
-        return exc.outcome, type(exc).__name__, message, ToolError(message, log_level=logging.INFO)
-    if isinstance(exc, ToolError):
-        return Outcome.TOOL_ERROR, type(exc).__name__, str(exc), exc
-    return Outcome.SERVER_ERROR, type(exc).__name__, INTERNAL_MESSAGE, exc
-
-
 def _tenant_of(call: CallContext) -> int:
     """The admitted caller's tenant: a governed body never runs without one."""
     if call.principal is None:
@@ -129,25 +111,74 @@ def _prepare_connection() -> None:
     rls.ensure()
 
 
-class GovernedTool:
-    """One registry entry turned into the function FastMCP registers (see module docstring)."""
+class GovernedBody:
+    """One registry entry's function, governed: what every tool, resource and prompt runs in.
 
-    def __init__(self, spec: ToolSpec) -> None:
-        self.spec = spec
-        self._tool: Tool | None = None
-        self._span_attributes = {"mcp.tool": spec.name, "gen_ai.tool.name": spec.name}
+    :meth:`function` is a wrapper with the function's own signature (``functools.wraps``) that
+    FastMCP registers in place of the function; :meth:`bind` hands it the FastMCP component made
+    from that wrapper, whose own ``convert_result`` turns the body's return value into FastMCP's
+    result. :meth:`_run_sync` and :meth:`_run_async` are the only places a governed body runs
+    (see the module docstring); the subclasses differ only in the span they open, the domain
+    error they answer with and how a failed conversion is recorded.
+    """
 
-    def bind(self, tool: Tool) -> None:
-        """The FastMCP tool made from :meth:`function` (its ``convert_result`` is used)."""
-        self._tool = tool
+    #: The span the body runs in (``mcpauth.observability.tracing.step``).
+    span_name = "mcp.tool"
+    #: The FastMCP error a ``ServiceError`` becomes: its message reaches the client.
+    error_class: type[FastMCPError] = ToolError
 
-    def _convert(self, raw: Any) -> ToolResult:
-        assert self._tool is not None, "GovernedTool.bind() was not called"
-        return self._tool.convert_result(raw)
+    def __init__(
+        self, fn: Callable[..., Any], *, transactional: bool, span_attributes: dict[str, str]
+    ) -> None:
+        self.fn = fn
+        #: A sync body runs in ``transaction.atomic()`` with its audit row.
+        self.transactional = transactional
+        self._component: Any = None
+        self._span_attributes = span_attributes
+
+    def bind(self, component: Any) -> None:
+        """The FastMCP component made from :meth:`function` (its ``convert_result`` is used)."""
+        self._component = component
+
+    def _convert(self, raw: Any) -> Any:
+        assert self._component is not None, f"{type(self).__name__}.bind() was not called"
+        return self._component.convert_result(raw)
+
+    def _serialization_message(self, exc: BaseException) -> str:
+        """The audit message for a result ``convert_result`` refused (no value in it)."""
+        return f"the result could not be converted ({type(exc).__name__})"
+
+    def _failure(self, exc: BaseException, stage: str) -> tuple[str, str, str, BaseException]:
+        """``(outcome, error_code, audit message, exception to raise)`` for a failed call."""
+        if isinstance(exc, DatabaseError) and rls.cross_tenant_violation(exc):
+            # The database refused a row of another tenant (policy or composite key); the
+            # transaction was rolled back. Reported like the ORM's own refusal.
+            exc = CrossTenantAccess("The database refused a row of another tenant.")
+            stage = _Stage.BODY
+        elif stage == _Stage.BODY and isinstance(exc, ObjectDoesNotExist | Http404):
+            # Model.DoesNotExist, get_object_or_404: inside a governed call that includes every
+            # other tenant's rows, so the answer names nothing.
+            message = "Not found."
+            return Outcome.TOOL_ERROR, type(exc).__name__, message, self.error_class(message)
+        if stage == _Stage.SERIALIZE:
+            # re-raised as is, so the reply is the one plain FastMCP would give
+            return (
+                Outcome.SERVER_ERROR,
+                "serialization_error",
+                self._serialization_message(exc),
+                exc,
+            )
+        if isinstance(exc, ServiceError):
+            message = str(exc)
+            raised = self.error_class(message, log_level=logging.INFO)
+            return exc.outcome, type(exc).__name__, message, raised
+        if isinstance(exc, self.error_class):
+            return Outcome.TOOL_ERROR, type(exc).__name__, str(exc), exc
+        return Outcome.SERVER_ERROR, type(exc).__name__, INTERNAL_MESSAGE, exc
 
     def function(self) -> Callable[..., Any]:
-        """A function with the tool's own signature that runs it governed."""
-        fn = self.spec.fn
+        """A function with the body's own signature that runs it governed."""
+        fn = self.fn
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
 
             @functools.wraps(fn)
@@ -175,11 +206,11 @@ class GovernedTool:
         self, call: CallContext, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         stage = _Stage.BODY
-        atomic = nullcontext() if self.spec.read_only else transaction.atomic()
+        atomic = transaction.atomic() if self.transactional else nullcontext()
         try:
             with atomic:
-                with step("mcp.tool", self._span_attributes):
-                    raw = self.spec.fn(*args, **kwargs)
+                with step(self.span_name, self._span_attributes):
+                    raw = self.fn(*args, **kwargs)
                     if inspect.isgenerator(raw):
                         raw = list(raw)
                 stage = _Stage.SERIALIZE
@@ -192,7 +223,7 @@ class GovernedTool:
             raise
         except Exception as exc:
             # A server error's traceback is logged by FastMCP, which masks it for the client.
-            outcome, code, message, raised = _failure(exc, stage)
+            outcome, code, message, raised = self._failure(exc, stage)
             _record_failure(call, outcome, code, message)
             if raised is exc:
                 raise
@@ -207,8 +238,8 @@ class GovernedTool:
                 # Django's async ORM runs on asgiref's thread-sensitive thread: refresh and
                 # switch it there.
                 await sync_to_async(_prepare_connection)()
-                with step("mcp.tool", self._span_attributes):
-                    raw = self.spec.fn(*args, **kwargs)
+                with step(self.span_name, self._span_attributes):
+                    raw = self.fn(*args, **kwargs)
                     if inspect.isasyncgen(raw):
                         raw = [item async for item in raw]
                     else:
@@ -216,7 +247,7 @@ class GovernedTool:
                 stage = _Stage.SERIALIZE
                 result = self._convert(raw)
         except Exception as exc:
-            outcome, code, message, raised = _failure(exc, stage)
+            outcome, code, message, raised = self._failure(exc, stage)
             await sync_to_async(self._record_in_thread, thread_sensitive=False)(
                 call, outcome, code, message
             )
@@ -240,3 +271,48 @@ class GovernedTool:
     def _record_in_thread(call: CallContext, outcome: str, code: str, message: str) -> None:
         call.refresh_db()
         _record_failure(call, outcome, code, message)
+
+
+class GovernedTool(GovernedBody):
+    """A tool: ``ServiceError`` and ``ToolError`` are tool errors; read-only tools run without
+    a transaction."""
+
+    def __init__(self, spec: ToolSpec) -> None:
+        super().__init__(
+            spec.fn,
+            transactional=not spec.read_only,
+            span_attributes={"mcp.tool": spec.name, "gen_ai.tool.name": spec.name},
+        )
+        self.spec = spec
+
+    def _serialization_message(self, exc: BaseException) -> str:
+        # FastMCP's own ToolError ("Could not serialize the return value ..."): no value in it
+        return str(exc)
+
+
+class GovernedResource(GovernedBody):
+    """A resource or resource template: ``ServiceError`` and ``ResourceError`` are the body's
+    own errors (their message is the JSON-RPC error's); always in a transaction when sync."""
+
+    span_name = "mcp.resource"
+    error_class = ResourceError
+
+    def __init__(self, spec: ResourceSpec) -> None:
+        super().__init__(
+            spec.fn, transactional=True, span_attributes={"mcp.resource.template": spec.uri}
+        )
+        self.spec = spec
+
+
+class GovernedPrompt(GovernedBody):
+    """A prompt: ``ServiceError`` and ``PromptError`` are the body's own errors; always in a
+    transaction when sync."""
+
+    span_name = "mcp.prompt"
+    error_class = PromptError
+
+    def __init__(self, spec: PromptSpec) -> None:
+        super().__init__(
+            spec.fn, transactional=True, span_attributes={"mcp.prompt.name": spec.name}
+        )
+        self.spec = spec

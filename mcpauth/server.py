@@ -1,102 +1,65 @@
-"""The platform's one MCP server: FastMCP, built from the tool registry.
+"""The platform's one MCP server: FastMCP, built from the registry once app loading is over.
 
 :func:`get_server` builds it once per process, after every app's ``mcp.py`` was discovered:
 each :class:`~mcpauth.registry.ToolSpec` becomes a FastMCP tool made from its
 :class:`~mcpauth.runner.GovernedTool` function (same signature, so FastMCP derives the same
-input and output schemas it would for the bare function), with the declared annotations.
-No app builds a FastMCP instance of its own, and ``config`` only composes the ASGI app.
+input and output schemas it would for the bare function), with the declared annotations; each
+:class:`~mcpauth.components.ResourceSpec` a FastMCP resource or resource template, each
+:class:`~mcpauth.components.PromptSpec` a FastMCP prompt, made the same way. The server
+advertises the resources and prompts capabilities only when some are registered. Building it
+before app loading has finished (``get_server()`` at import time in an app's ``mcp.py``) raises
+:class:`ServerBuiltTooEarly`; once built it takes no more components
+(:class:`GovernedServer`). No app builds a FastMCP instance of its own (``mcpauth.E031``), and
+``config`` only composes the ASGI app.
 
 :class:`Governance` is the FastMCP middleware that ties FastMCP's runner to the call's
 ``Principal`` and audit row:
 
-* ``tools/list`` shows only the tools the caller may call;
+* ``tools/list``, ``resources/list``, ``resources/templates/list`` and ``prompts/list`` show
+  only what the caller may use, and only what the registry governs;
+* ``resources/read`` and ``prompts/get`` reach FastMCP only for a registered resource or prompt
+  the caller may use (the ASGI layer has already answered 403 otherwise): anything else is
+  FastMCP's own not-found error;
 * arguments FastMCP refuses are answered with the field and the problem only, never an
   argument's value (FastMCP's own message quotes ``input_value``), and audited as
   ``invalid_request``;
-* anything else that fails before the tool body ran is audited (the body's outcomes are the
+* anything else that fails before the body ran is audited (the body's outcomes are the
   runner's to record).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-import typing
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import pydantic
-import pydantic_core.core_schema
 from asgiref.sync import sync_to_async
+from django.core.exceptions import ImproperlyConfigured
 from fastmcp import FastMCP
-from fastmcp.exceptions import NotFoundError, ToolError
+from fastmcp.exceptions import AuthorizationError, NotFoundError, ToolError
 from fastmcp.exceptions import ValidationError as ArgumentsInvalid
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools import FunctionTool
+from fastmcp.utilities.types import get_cached_typeadapter
 
 from audit.models import Outcome
+from mcpauth.arguments import describe_invalid_arguments, failed_argument, schema_keys
+from mcpauth.components import PromptSpec, ResourceSpec, fastmcp_prompt, fastmcp_resource
 from mcpauth.conf import get_settings
 from mcpauth.context import CallContext, get_call
 from mcpauth.exceptions import AuditWriteFailed
 from mcpauth.registry import ToolRegistry, registry
-from mcpauth.runner import INTERNAL_MESSAGE, GovernedTool, record_outcome
+from mcpauth.runner import (
+    INTERNAL_MESSAGE,
+    GovernedPrompt,
+    GovernedResource,
+    GovernedTool,
+    record_outcome,
+)
 
 log = logging.getLogger(__name__)
-
-_KNOWN_ERROR_TYPES = frozenset(typing.get_args(pydantic_core.core_schema.ErrorType))
-#: Error context keys whose values come from the input (``uuid_parsing``'s parser message,
-#: a discriminated union's tag ...): such an error is reported by its type only.
-_INPUT_CONTEXT_KEYS = frozenset({"error", "tag"})
-_CUSTOM_ERROR_TYPES = frozenset({"value_error", "assertion_error"})
-
-
-def _schema_keys(schema: Any) -> set[str]:
-    """Every property name an input schema defines, nested models and ``$defs`` included."""
-    keys: set[str] = set()
-    stack = [schema]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            props = node.get("properties")
-            if isinstance(props, dict):
-                keys.update(k for k in props if isinstance(k, str))
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return keys
-
-
-def describe_invalid_arguments(exc: BaseException, schema_keys: Iterable[str]) -> str:
-    """``Invalid arguments: <field>: <problem>; …`` without any argument value.
-
-    A location names the argument and, inside it, the schema's own field names and list
-    indexes; any other key (a key inside a ``dict`` argument is data) reads ``[key]``. The
-    problem is pydantic's message for its built-in error types, unless that message is built
-    from the input (then the error type only), and ``invalid value`` for custom validators.
-    """
-    cause = exc.__cause__ if isinstance(exc.__cause__, pydantic.ValidationError) else exc
-    if not isinstance(cause, pydantic.ValidationError):
-        return "Invalid arguments."
-    known = set(schema_keys)
-    problems = []
-    for err in cause.errors(include_url=False, include_input=False):
-        loc = err.get("loc") or ()
-        parts = []
-        for i, part in enumerate(loc):
-            if isinstance(part, int) or i == 0 or part in known:
-                parts.append(str(part))
-            else:
-                parts.append("[key]")
-        kind = str(err.get("type", ""))
-        ctx = err.get("ctx") or {}
-        if kind in _CUSTOM_ERROR_TYPES or kind not in _KNOWN_ERROR_TYPES:
-            problem = "invalid value"
-        elif _INPUT_CONTEXT_KEYS & set(ctx):
-            problem = f"invalid value ({kind})"
-        else:
-            problem = str(err.get("msg", "invalid value"))
-        problems.append(f"{'.'.join(parts) or 'arguments'}: {problem}")
-    return "Invalid arguments: " + "; ".join(problems or ["invalid value"])
 
 
 def _record_in_thread(call: CallContext, outcome: str, code: str, message: str) -> None:
@@ -108,13 +71,34 @@ def _record_in_thread(call: CallContext, outcome: str, code: str, message: str) 
         call.audit_failed = True
 
 
+def _refusal(exc: BaseException, kind: str, keys: Iterable[str]) -> tuple[str, str, str]:
+    """``(outcome, error_code, audit message)`` for a read or get that failed before its body.
+
+    FastMCP masks what failed while it prepared the arguments (a template parameter or a prompt
+    argument that does not convert) as its own error, caused by the original exception.
+    """
+    if isinstance(exc, NotFoundError):
+        return Outcome.INVALID_REQUEST, f"unknown_{kind}", f"Unknown {kind}."
+    if isinstance(exc, AuthorizationError):
+        return Outcome.DENIED, "insufficient_scope", f"The caller may not use this {kind}."
+    if isinstance(exc, ArgumentsInvalid) or isinstance(exc.__cause__, ValueError | TypeError):
+        message = describe_invalid_arguments(exc, keys, failed_argument(exc))
+        return Outcome.INVALID_REQUEST, "invalid_arguments", message
+    return Outcome.SERVER_ERROR, type(exc).__name__, INTERNAL_MESSAGE
+
+
 class Governance(Middleware):
-    """FastMCP middleware: tool visibility and the audit of calls refused before the body."""
+    """FastMCP middleware: visibility, the last check before a body, and the audit of calls
+    refused before the body ran."""
 
     def __init__(self, tool_registry: ToolRegistry) -> None:
         self.registry = tool_registry
         #: tool name -> the property names of its input schema (for safe error locations)
         self.schema_keys: dict[str, frozenset[str]] = {}
+        #: FastMCP component key (``resource:…@``, ``template:…@``, ``prompt:…@``) -> its spec
+        self.specs: dict[str, ResourceSpec | PromptSpec] = {}
+        #: resource URI / template or prompt name -> its argument names
+        self.argument_keys: dict[str, frozenset[str]] = {}
 
     async def on_list_tools(
         self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
@@ -125,6 +109,86 @@ class Governance(Middleware):
             return []  # fail closed: no caller, no tools
         allowed = self.registry.visible_to(call.principal)
         return [t for t in tools if t.name in allowed]
+
+    def _governed(self, components: Sequence[Any]) -> list[Any]:
+        """The components the current caller may use; none without a caller, none ungoverned."""
+        call = get_call()
+        if call is None or call.principal is None:
+            return []
+        principal = call.principal
+        return [
+            c
+            for c in components
+            if (spec := self.specs.get(c.key)) is not None and principal.has_perms(spec.permissions)
+        ]
+
+    async def on_list_resources(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Sequence[Any]:
+        return self._governed(await call_next(context))
+
+    async def on_list_resource_templates(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Sequence[Any]:
+        return self._governed(await call_next(context))
+
+    async def on_list_prompts(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Sequence[Any]:
+        return self._governed(await call_next(context))
+
+    async def check_resource_access(self, context: MiddlewareContext[Any]) -> None:
+        """A registered resource the caller may read, or FastMCP's not-found / denial."""
+        call = get_call()
+        spec = self.registry.resources.resolve(str(context.message.uri))
+        if spec is None or call is None or call.principal is None:
+            raise NotFoundError("Unknown resource.")
+        if not call.principal.has_perms(spec.permissions):
+            raise AuthorizationError("Access denied to resource.")
+
+    async def on_read_resource(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Any:
+        try:
+            await self.check_resource_access(context)
+            return await call_next(context)
+        except Exception as exc:
+            spec = self.registry.resources.resolve(str(context.message.uri))
+            keys = self.argument_keys.get(spec.uri, frozenset()) if spec else frozenset()
+            replacement = await self._refused(exc, "resource", keys)
+            if replacement is exc:
+                raise
+            raise replacement from None
+
+    async def on_get_prompt(
+        self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
+    ) -> Any:
+        name = str(context.message.name)
+        try:
+            call = get_call()
+            spec = self.registry.prompts.get(name)
+            if spec is None or call is None or call.principal is None:
+                raise NotFoundError(f"Unknown prompt: {name!r}")
+            if not call.principal.has_perms(spec.permissions):
+                raise AuthorizationError("Access denied to prompt.")
+            return await call_next(context)
+        except Exception as exc:
+            replacement = await self._refused(exc, "prompt", self.argument_keys.get(name, ()))
+            if replacement is exc:
+                raise
+            raise replacement from None
+
+    async def _refused(self, exc: Exception, kind: str, keys: Iterable[str]) -> Exception:
+        """Record a read or get that failed before its body ran; what to raise to FastMCP."""
+        call = get_call()
+        if call is None or call.recorded or call.tool_ran:
+            return exc  # the body's outcome was recorded by the runner
+        outcome, code, message = _refusal(exc, kind, keys)
+        await sync_to_async(_record_in_thread, thread_sensitive=False)(call, outcome, code, message)
+        if code == "invalid_arguments":
+            # the field and the problem, never the value (FastMCP's messages may quote it)
+            return ArgumentsInvalid(message, log_level=logging.INFO)
+        return exc
 
     async def on_call_tool(
         self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]
@@ -154,11 +218,97 @@ class Governance(Middleware):
             raise
 
 
+class ServerBuiltTooEarly(ImproperlyConfigured):
+    """The MCP server was asked for before Django finished loading apps."""
+
+
+class ServerSealed(ImproperlyConfigured):
+    """A component was added to the MCP server after it was built (it would be ungoverned)."""
+
+
+#: FastMCP's methods that add something to serve; a built :class:`GovernedServer` refuses them.
+_ADDERS = (
+    "add_tool",
+    "tool",
+    "add_resource",
+    "add_template",
+    "resource",
+    "add_prompt",
+    "prompt",
+    "add_provider",
+    "mount",
+    "add_transform",
+    "add_middleware",
+    "add_completion_handler",
+    "completion",
+)
+
+
+class GovernedServer(FastMCP[Any]):
+    """FastMCP that takes nothing more once :func:`build_server` is done with it.
+
+    Whatever is added to the platform's server directly (``get_server().add_resource(...)``,
+    ``.mount(...)``, ``@get_server().prompt``) would be served without governance: it raises
+    :class:`ServerSealed` instead, naming the decorators to use.
+    """
+
+    _sealed = False
+
+    def seal(self) -> None:
+        self._sealed = True
+
+
+def _sealable(name: str) -> Any:
+    original = getattr(FastMCP, name)
+
+    @functools.wraps(original)
+    def method(self: GovernedServer, *args: Any, **kwargs: Any) -> Any:
+        if self._sealed:
+            raise ServerSealed(
+                f"The platform's MCP server is built: FastMCP.{name}() on it would serve "
+                "something ungoverned. Declare tools, resources and prompts in an app's mcp.py "
+                "with `from mcpauth import tool, resource, prompt`."
+            )
+        return original(self, *args, **kwargs)
+
+    return method
+
+
+for _name in _ADDERS:
+    setattr(GovernedServer, _name, _sealable(_name))
+
+
+#: The SDK's request methods of each capability: a server without resources (prompts) does not
+#: serve them, so it does not advertise the capability (the SDK derives it from its handlers).
+_RESOURCE_METHODS = (
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+)
+_PROMPT_METHODS = ("prompts/list", "prompts/get")
+
+
+def _require_apps_loaded() -> None:
+    from django.apps import apps
+
+    if not apps.ready:
+        raise ServerBuiltTooEarly(
+            "The MCP server was asked for before Django finished loading apps (for example "
+            "get_server() at import time in an app's mcp.py). It is built once, from every "
+            "app's mcp.py; built now, it would silently leave out whatever registers later. "
+            "Register with `from mcpauth import tool, resource, prompt` in mcp.py and do not "
+            "build or fetch the server there: mcpauth.asgi builds it after django.setup()."
+        )
+
+
 def build_server(tool_registry: ToolRegistry = registry) -> FastMCP[Any]:
-    """A FastMCP server serving every tool of ``tool_registry``, governed."""
+    """A FastMCP server serving every tool, resource and prompt of ``tool_registry``, governed."""
+    _require_apps_loaded()
     conf = get_settings()
     governance = Governance(tool_registry)
-    server: FastMCP[Any] = FastMCP(
+    server = GovernedServer(
         name=conf.resource_name,
         instructions=conf.instructions or None,
         mask_error_details=True,
@@ -174,7 +324,35 @@ def build_server(tool_registry: ToolRegistry = registry) -> FastMCP[Any]:
         )
         governed.bind(tool)
         server.add_tool(tool)
-        governance.schema_keys[spec.name] = frozenset(_schema_keys(tool.parameters))
+        governance.schema_keys[spec.name] = frozenset(schema_keys(tool.parameters))
+    for resource_spec in tool_registry.resources:
+        governed_resource = GovernedResource(resource_spec)
+        resource = fastmcp_resource(resource_spec, governed_resource.function())
+        governed_resource.bind(resource)
+        server.add_resource(resource)
+        governance.specs[resource.key] = resource_spec
+        params = getattr(resource, "parameters", None) or {}
+        governance.argument_keys[resource_spec.uri] = frozenset(schema_keys(params))
+    for prompt_spec in tool_registry.prompts:
+        governed_prompt = GovernedPrompt(prompt_spec)
+        prompt = fastmcp_prompt(prompt_spec, governed_prompt.function())
+        governed_prompt.bind(prompt)
+        server.add_prompt(prompt)
+        governance.specs[prompt.key] = prompt_spec
+        governance.argument_keys[prompt_spec.name] = frozenset(
+            {a.name for a in prompt.arguments or ()}
+            | schema_keys(get_cached_typeadapter(prompt.fn).json_schema())
+        )
+    handlers = server._mcp_server._request_handlers
+    for methods, registered in (
+        (_RESOURCE_METHODS, len(tool_registry.resources)),
+        (_PROMPT_METHODS, len(tool_registry.prompts)),
+    ):
+        if not registered:
+            for method in methods:
+                handlers.pop(method, None)
+    server.seal()
+    tool_registry.mark_served()
     return server
 
 

@@ -56,9 +56,11 @@ def readme_block(marker: str) -> str:
 def test_readme_example_is_tests_notes_verbatim_and_short() -> None:
     models = readme_block("# notes/models.py")
     tools = readme_block("# notes/mcp.py")
+    more = readme_block("# notes/mcp.py, continued")  # resources and prompts
     assert models == (ROOT / "tests/notes/models.py").read_text()
-    assert tools == (ROOT / "tests/notes/mcp.py").read_text()
+    assert tools + "\n\n" + more == (ROOT / "tests/notes/mcp.py").read_text()
     assert len((models + tools).splitlines()) + 2 <= 30
+    assert len(more.splitlines()) <= 20
 
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
@@ -95,6 +97,7 @@ async def test_readme_example_tools_work_and_stay_in_their_tenant(
 # --- the decorator and the registry --------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore::mcpauth.registry.LateRegistration")  # server built already
 def test_tool_returns_the_function_unchanged_sync_and_async() -> None:
     local = ToolRegistry()
 
@@ -322,5 +325,6 @@ def test_current_uses_the_bound_call() -> None:
 def test_public_api_is_importable_from_the_package() -> None:
     import mcpauth
 
-    assert mcpauth.__all__ == ["current_principal", "tool"]
-    assert inspect.isfunction(mcpauth.tool) and inspect.isfunction(mcpauth.current_principal)
+    assert mcpauth.__all__ == ["current_principal", "prompt", "resource", "tool"]
+    for name in mcpauth.__all__:
+        assert inspect.isfunction(getattr(mcpauth, name)), name

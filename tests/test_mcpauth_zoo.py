@@ -71,7 +71,8 @@ def seed_zoo_scopes() -> None:
 
 
 def plain_server() -> FastMCP[Any]:
-    """Plain FastMCP serving the zoo's functions, as an app without mcpauth would."""
+    """Plain FastMCP serving the zoo's functions, as an app without mcpauth would: tools,
+    resources and templates, and prompts, each registered with FastMCP's own API."""
     mcp: FastMCP[Any] = FastMCP("plain zoo", mask_error_details=True)
     for name in ZOO:
         spec = registry[name]
@@ -83,6 +84,17 @@ def plain_server() -> FastMCP[Any]:
                 annotations=spec.annotations,  # type: ignore[arg-type]
             )
         )
+    for resource in registry.resources:
+        if resource.module == "tests.zoo.mcp":
+            mcp.resource(
+                resource.uri,
+                name=resource.name,
+                description=resource.description,
+                mime_type=resource.mime_type,
+            )(resource.fn)
+    for prompt in registry.prompts:
+        if prompt.module == "tests.zoo.mcp":
+            mcp.prompt(prompt.fn, name=prompt.name, description=prompt.description)
     return mcp
 
 

@@ -1,4 +1,5 @@
-"""The tool zoo: one tool per kind of thing a FastMCP tool can take, return or raise.
+"""The tool zoo: one tool per kind of thing a FastMCP tool can take, return or raise; and
+resources, resource templates and prompts of every kind FastMCP serves.
 
 Every function here is an ordinary function (``@tool`` returns it unchanged), so the
 differential test serves the very same functions from plain FastMCP and compares the replies.
@@ -14,13 +15,15 @@ from decimal import Decimal
 from typing import Any
 
 from fastmcp import Context
-from fastmcp.exceptions import ToolError
+from fastmcp.exceptions import PromptError, ResourceError, ToolError
+from fastmcp.prompts import Message, PromptResult
+from fastmcp.resources import ResourceContent, ResourceResult
 from fastmcp.tools.base import ToolResult
 from fastmcp.utilities.types import Image
 from mcp_types import TextContent
 from pydantic import BaseModel
 
-from mcpauth import current_principal, tool
+from mcpauth import current_principal, prompt, resource, tool
 from tests.zoo.models import Exhibit
 
 READ = ["zoo.view_exhibit"]
@@ -164,3 +167,115 @@ async def zoo_whoami() -> dict[str, Any]:
     """Governed only: the caller, from current_principal() inside an async tool."""
     p = current_principal()
     return {"client_id": p.client_id, "tenant": p.tenant.external_id, "subject": p.subject}
+
+
+# --- resources and resource templates --------------------------------------------------------
+
+
+@resource("zoo://info", permissions=READ, description="A static text resource.")
+def zoo_info() -> str:
+    return "The zoo opens at nine."
+
+
+@resource("zoo://stats", permissions=READ, mime_type="application/json")
+async def zoo_stats() -> dict[str, Any]:
+    """An async resource returning JSON."""
+    return {"animals": 3, "keepers": ["ana", "bo"], "open": True}
+
+
+@resource("zoo://logo.png", permissions=READ, mime_type="image/png", name="zoo_logo")
+def zoo_logo() -> bytes:
+    """A binary resource: a blob."""
+    return PNG
+
+
+@resource("zoo://multi", permissions=READ)
+def zoo_multi() -> ResourceResult:
+    """A ResourceResult with several contents and result meta."""
+    return ResourceResult(
+        [ResourceContent("plain"), ResourceContent({"k": 1}), ResourceContent(b"\x00\x01")],
+        meta={"count": 3},
+    )
+
+
+@resource("zoo://animals/{name}/legs/{count}", permissions=READ, mime_type="application/json")
+def zoo_animal(name: str, count: int) -> dict[str, Any]:
+    """A sync template: its path parameters, one converted to int."""
+    return {"name": name, "legs": count, "double": count * 2}
+
+
+@resource("zoo://search{?q,limit}", permissions=READ, mime_type="application/json")
+async def zoo_search(q: str = "", limit: int = 2) -> list[str]:
+    """An async template with query parameters."""
+    return [f"{q}-{i}" for i in range(limit)]
+
+
+@resource("zoo://keeper/{name}", permissions=READ)
+async def zoo_keeper(name: str, ctx: Context) -> str:
+    """A template that gets Context injected."""
+    await ctx.info(f"looking up {name}")
+    return f"keeper {name}"
+
+
+@resource("zoo://closed/{area}", permissions=READ)
+def zoo_closed(area: str) -> str:
+    """Raises ResourceError: an error whose message the client sees."""
+    raise ResourceError(f"the {area} is closed")
+
+
+@resource("zoo://explode", permissions=READ)
+async def zoo_resource_explode() -> str:
+    """Raises an unexpected exception: its text must never reach the client."""
+    raise RuntimeError("secret internal detail")
+
+
+@resource("zoo://write/{label}", permissions=WRITE)
+def zoo_resource_write_then_unserializable(label: str) -> Any:
+    """Writes, then returns what FastMCP cannot convert: the write must roll back."""
+    Exhibit.objects.create(label=label)
+    return Unserializable()
+
+
+@resource("zoo://whoami", permissions=READ, mime_type="application/json")
+def zoo_resource_whoami() -> dict[str, Any]:
+    """Governed only: the caller, from current_principal() inside a sync resource."""
+    p = current_principal()
+    return {"client_id": p.client_id, "tenant": p.tenant.external_id}
+
+
+# --- prompts -------------------------------------------------------------------------------------
+
+
+@prompt(permissions=READ)
+def zoo_greeting(name: str) -> str:
+    """A sync prompt: one user message."""
+    return f"Please greet {name}, our newest visitor."
+
+
+@prompt(permissions=READ, description="An async prompt with a converted argument.")
+async def zoo_conversation(topic: str, turns: int = 2) -> list[Message]:
+    return [
+        Message(f"Tell me about {topic} (turn {i + 1})" if i % 2 == 0 else f"{topic}!", role=role)
+        for i, role in enumerate(["user", "assistant"] * turns)
+    ]
+
+
+@prompt(permissions=READ, name="zoo_prompt_result")
+def zoo_full_prompt(animal: Animal) -> PromptResult:
+    """A PromptResult from a JSON-encoded model argument."""
+    return PromptResult(
+        [Message({"name": animal.name, "legs": animal.legs}), Message("Noted.", role="assistant")],
+        description=f"about {animal.name}",
+    )
+
+
+@prompt(permissions=READ)
+def zoo_prompt_error(reason: str) -> str:
+    """Raises PromptError: an error whose message the client sees."""
+    raise PromptError(f"no prompt today: {reason}")
+
+
+@prompt(permissions=WRITE)
+def zoo_keepers_only() -> str:
+    """Needs the write permission: hidden from read-only callers."""
+    return "For keepers only."

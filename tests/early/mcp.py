@@ -1,0 +1,10 @@
+from mcpauth import tool
+from mcpauth.server import get_server
+
+
+@tool(permissions=["todos.view_todo"], read_only=True)
+def early_tool() -> str:
+    return "registered"
+
+
+server = get_server()  # too early: raises ServerBuiltTooEarly
