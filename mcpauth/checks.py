@@ -8,10 +8,12 @@
 * ``mcpauth.E006`` two tools share one name;
 * ``mcpauth.E007`` a tool's permission is not of the form ``app_label.codename``;
 * ``mcpauth.E008`` a tool is declared both ``read_only`` and ``destructive``;
-* ``mcpauth.E009`` a tool's name is longer than ``MAX_TOOL_NAME`` (100) characters;
+* ``mcpauth.E009`` a tool's name is not an MCP tool name: 1 to ``MAX_TOOL_NAME`` (100)
+  characters of ``A-Z a-z 0-9 _ - .`` (:func:`mcpauth.registry.is_tool_name`);
 * ``mcpauth.W010`` the rate-limit cache is not shared between workers while ``DEBUG`` is off;
 * ``mcpauth.W011`` ``ALLOWED_HOSTS`` contains ``*``, which disables DNS-rebinding protection;
-* ``mcpauth.W012`` the development issuer is active.
+* ``mcpauth.W012`` the development issuer is active;
+* ``mcpauth.E013`` ``MCPAUTH_BODY_TIMEOUT`` is not a positive number of seconds.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 
 from mcpauth.conf import get_settings, parse_rate
-from mcpauth.registry import MAX_TOOL_NAME, ToolRegistry, registry
+from mcpauth.registry import MAX_TOOL_NAME, ToolRegistry, is_tool_name, registry
 
 _SHARED_CACHES = ("redis", "memcached", "db.DatabaseCache")
 
@@ -97,6 +99,14 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
                 id="mcpauth.W011",
             )
         )
+    if not conf.body_timeout > 0:
+        messages.append(
+            checks.Error(
+                f"MCPAUTH_BODY_TIMEOUT is {conf.body_timeout!r}: every request body times out.",
+                hint="Seconds a request body may take to arrive, e.g. 30.",
+                id="mcpauth.E013",
+            )
+        )
     if conf.preset == "dev":
         messages.append(
             checks.Warning(
@@ -142,12 +152,13 @@ def tool_messages(tools: ToolRegistry) -> list[checks.CheckMessage]:
                     id="mcpauth.E008",
                 )
             )
-        if len(spec.name) > MAX_TOOL_NAME:
+        if not is_tool_name(spec.name):
             messages.append(
                 checks.Error(
-                    f"MCP tool {spec.name[:40]!r}... ({spec.module}) has a name of "
-                    f"{len(spec.name)} characters; at most {MAX_TOOL_NAME} are allowed.",
-                    hint="Give it a shorter name: @tool(name=...).",
+                    f"MCP tool {spec.name[:40]!r}{'...' if len(spec.name) > 40 else ''} "
+                    f"({spec.module}) has a name of {len(spec.name)} characters that is not an "
+                    f"MCP tool name: 1 to {MAX_TOOL_NAME} characters of A-Z a-z 0-9 _ - . only.",
+                    hint="Rename it: @tool(name=...). Requests naming anything else are refused.",
                     id="mcpauth.E009",
                 )
             )

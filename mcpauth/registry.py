@@ -16,12 +16,14 @@ The decorator only records a :class:`ToolSpec` and returns the function unchange
 function stays an ordinary function (importable, testable, usable by plain FastMCP).
 ``mcpauth.server`` builds the one FastMCP server from the registry; the governance layer reads
 each tool's permissions from it. Two tools with one name are a startup error
-(``mcpauth.E006``), as are malformed permissions (``mcpauth.E007``).
+(``mcpauth.E006``), as are malformed permissions (``mcpauth.E007``) and a name outside the MCP
+tool-name alphabet (``mcpauth.E009``, :func:`is_tool_name`, which ``/mcp`` applies to requests).
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,8 +34,17 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The longest tool name (the audit row's ``tool`` column; ``mcpauth.E009`` enforces it).
+#: The longest tool name here: the audit row's ``tool`` column (the MCP spec allows 128).
 MAX_TOOL_NAME = 100
+#: What a tool name is, for the registry (``mcpauth.E009``) and for ``/mcp`` requests alike:
+#: the MCP tool-name alphabet (2025-11-25 spec, "Tool names"; the SDK's ``TOOL_NAME_REGEX``):
+#: ASCII letters, digits, ``_``, ``-`` and ``.``, 1 to ``MAX_TOOL_NAME`` characters.
+TOOL_NAME_RE = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_TOOL_NAME}}}")
+
+
+def is_tool_name(value: object) -> bool:
+    """Whether ``value`` can name a tool on this server (see :data:`TOOL_NAME_RE`)."""
+    return isinstance(value, str) and TOOL_NAME_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
