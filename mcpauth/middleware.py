@@ -3,7 +3,9 @@
 For every request, in order:
 
 1. ``Host``/``Origin`` check (DNS-rebinding protection) → 403;
-2. body read with a size cap and the JSON-RPC envelope parsed (errors answered after auth);
+2. body read with a size cap and a time limit → 413/408, and the JSON-RPC envelope parsed
+   (:mod:`mcpauth.envelope`): a method or tool name outside its alphabet → 400 at once, any
+   other envelope error (a bad ``id``, an unknown tool ...) is answered after auth;
 3. bearer token → :func:`mcpauth.tokens.verify` → tenant → scopes → ``Principal`` → 401/403;
    requests without a valid token are throttled per IP;
 4. client policy and rate limit keyed on ``client_id`` → 403/429/503;
@@ -37,23 +39,21 @@ from audit.recorder import record
 from mcpauth import floods, ratelimit, revocation, scopes
 from mcpauth.conf import MCPAuthSettings, get_settings, origin_key
 from mcpauth.context import CallContext, bind, refresh_connections
+from mcpauth.envelope import parse_envelope, read_body
 from mcpauth.exceptions import (
     HostNotAllowed,
     InsufficientScope,
-    InvalidRequest,
     InvalidToken,
     MCPAuthError,
     MissingToken,
-    ParseError,
-    PayloadTooLarge,
     RateLimited,
-    UnknownTool,
+    RequestTimeout,
     error_response,
 )
 from mcpauth.localcache import CacheMiss, cache_only
 from mcpauth.observability import request as observe
 from mcpauth.observability.tracing import step
-from mcpauth.registry import MAX_TOOL_NAME, registry
+from mcpauth.registry import registry
 from mcpauth.tokens import Principal, principal_for, verify
 from mcpauth.transport import Transport, protocol_version
 from mcpauth.types import Message, Receive, Scope, Send, header_values
@@ -71,65 +71,6 @@ def client_ip(scope: Scope, trusted_proxies: int) -> str:
     if not forwarded:
         return peer
     return forwarded[-trusted_proxies] if len(forwarded) >= trusted_proxies else forwarded[0]
-
-
-def _depth(value: Any, limit: int) -> bool:
-    """True when ``value`` nests deeper than ``limit`` (iterative, no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return False
-
-
-def parse_envelope(ctx: CallContext, body: bytes, conf: MCPAuthSettings) -> None:
-    """Fill ``ctx`` from a JSON-RPC body; store (not raise) any error for after auth."""
-    try:
-        message = json.loads(body)
-    except RecursionError:
-        ctx.parse_error = InvalidRequest("JSON nested too deeply.")
-        return
-    except ValueError:
-        ctx.parse_error = ParseError()
-        return
-    if isinstance(message, list):
-        ctx.parse_error = InvalidRequest("Batch requests are not supported.")
-        return
-    if not isinstance(message, dict):
-        ctx.parse_error = InvalidRequest("The body must be a JSON-RPC object.")
-        return
-    if _depth(message, conf.max_json_depth):
-        ctx.parse_error = InvalidRequest("JSON nested too deeply.")
-        return
-    ctx.message = message
-    rpc_id = message.get("id")
-    ctx.rpc_id = rpc_id if isinstance(rpc_id, str | int) and not isinstance(rpc_id, bool) else None
-    ctx.is_notification = "id" not in message
-    method = message.get("method")
-    if not isinstance(method, str) or message.get("jsonrpc") != "2.0":
-        if "result" in message or "error" in message:
-            ctx.method = "response"
-            return
-        ctx.parse_error = InvalidRequest("Not a JSON-RPC 2.0 request.")
-        return
-    ctx.method = method[:64]
-    if method == "tools/call":
-        params = message.get("params")
-        if not isinstance(params, dict) or not isinstance(params.get("name"), str):
-            ctx.parse_error = InvalidRequest("tools/call needs params.name.")
-            return
-        name = params["name"]
-        ctx.tool = name[:MAX_TOOL_NAME]  # what the audit row can hold
-        args = params.get("arguments", {})
-        ctx.arguments = args
-        # no registered name is longer (mcpauth.E009): a longer one is unknown, never a prefix
-        if len(name) > MAX_TOOL_NAME or name not in registry:
-            ctx.parse_error = UnknownTool(f"Unknown tool: {ctx.tool!r}.")
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -194,26 +135,6 @@ def check_host(scope: Scope, conf: MCPAuthSettings) -> None:
         if "*" in hosts and key == origin_key(f"{scope.get('scheme', 'http')}://{host}"):
             return
     raise HostNotAllowed("Origin not allowed.", reason="bad_origin")
-
-
-async def read_body(receive: Receive, limit: int, scope: Scope) -> bytes:
-    for value in header_values(scope, b"content-length"):
-        if value.isdigit() and int(value) > limit:
-            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
 
 
 def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal:
@@ -298,12 +219,24 @@ def authorize_tool(ctx: CallContext, principal: Principal) -> None:
         )
 
 
+def _never_runs(ctx: CallContext) -> bool:
+    """A request method sent as a notification (no ``id``): the server must not answer it, and
+    the MCP SDK accepts it (202) without running anything."""
+    return ctx.is_notification and not ctx.method.startswith("notifications/")
+
+
 def _outcome_from_response(ctx: CallContext, status: int, body: bytes) -> tuple[str, str, str]:
     """``(outcome, error_code, message)`` for a response FastMCP produced."""
     if status >= 500:
         return Outcome.SERVER_ERROR, f"http_{status}", ""
     if status >= 400:
         return Outcome.INVALID_REQUEST, f"http_{status}", ""
+    if _never_runs(ctx):
+        return (
+            Outcome.NOT_EXECUTED,
+            "notification",
+            f"'{ctx.method}' was sent without an id, as a notification: accepted, not executed.",
+        )
     if not body:
         return Outcome.OK, "", ""
     try:
@@ -366,7 +299,7 @@ class GovernedMCP:
             check_host(scope, conf)
             body = b""
             if scope["method"] == "POST":
-                body = await read_body(receive, conf.max_body_bytes, scope)
+                body = await read_body(receive, scope, conf)
                 parse_envelope(ctx, body, conf)
             observe.request_parsed(ctx)
             raw = bearer_token(scope)
@@ -465,6 +398,8 @@ class GovernedMCP:
     async def _refuse(
         self, exc: MCPAuthError, ctx: CallContext, conf: MCPAuthSettings, send: Send
     ) -> None:
+        # the rest of a slow body is not awaited: the connection goes (also when throttled)
+        close = isinstance(exc, RequestTimeout)
         if not ctx.recorded and ctx.principal is None and exc.status_code < 500:
             exc = await self._charge_ip(exc, ctx)
         observe.request_refused(ctx, exc)
@@ -485,6 +420,8 @@ class GovernedMCP:
         )
         headers.append(("x-request-id", ctx.request_id))
         headers.append(("content-length", str(len(body))))
+        if close:
+            headers.append(("connection", "close"))
         if ctx.usage is not None and not isinstance(exc, RateLimited):
             headers.extend(ctx.usage.headers())
         await send(
