@@ -157,5 +157,7 @@ def parse_envelope(ctx: CallContext, body: bytes, conf: MCPAuthSettings) -> None
         raise InvalidToolName()
     ctx.tool = name
     ctx.arguments = params.get("arguments", {})
-    if ctx.parse_error is None and name not in registry:
+    # sent as a notification, a call is accepted and never runs (nor is it authorised): which
+    # tools exist is nobody's business there
+    if ctx.parse_error is None and not ctx.is_notification and name not in registry:
         ctx.parse_error = UnknownTool(f"Unknown tool: {name!r}.")

@@ -164,7 +164,7 @@ def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal
             ctx.usage = ratelimit.hit(principal)
         else:
             ratelimit.rate_for(principal)  # a blocked client is refused on every request
-    if ctx.method == "tools/call" and ctx.parse_error is None:
+    if ctx.method == "tools/call" and ctx.parse_error is None and not ctx.is_notification:
         authorize_tool(ctx, principal)  # here, in a thread: the challenge may read the scope map
     return principal
 

@@ -134,6 +134,13 @@ def test_a_call_that_never_runs_is_never_recorded_ok(
         "notification",
     )
     assert "not executed" in row.error_message
+    # whatever it names and whatever the token may do: not run, not answered
+    session.headers["authorization"] = f"Bearer {mint(scope='todo:read')}"
+    for name in ("create_todo", "no_such_tool"):
+        resp = session.call(name, {"title": "never"}, id=MISSING)
+        assert (resp.status_code, resp.content) == (202, b""), resp.text
+        assert (row_of(resp).outcome, row_of(resp).tool) == ("not_executed", name)
+    session.headers["authorization"] = f"Bearer {mint()}"
     assert not Todo.all_tenants.exists()
     # a valid call still runs once and leaves exactly one ok row
     before = AuditEvent.objects.filter(outcome="ok", method="tools/call").count()
@@ -170,6 +177,7 @@ BAD_NAMES = {
     "space": "create todo",
     "non-ascii": "cr\u00e9ate_todo",
     "homoglyph": "\u0441reate_todo",  # Cyrillic es
+    "lone surrogate": "create_todo\ud800",
     "slash": "todos/create",
     "empty": "",
     "over-long": "list_todos" + "x" * 91,  # 101 characters
