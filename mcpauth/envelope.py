@@ -5,7 +5,8 @@
   it trickles in or never starts: a slow client holds a connection for a bounded time.
 * :func:`parse_envelope` fills the call's context from the JSON-RPC message. A malformed envelope
   (not JSON, a batch, no ``jsonrpc``, an ``id`` that is not a string or an integer, an unknown
-  tool ...) is stored and answered after authentication, as the MCP SDK would answer it. A
+  tool ...) is stored and answered after authentication (the bad ``id`` as the MCP SDK's
+  2026-07-28 entry answers it: -32600 with ``id: null``, on both eras and transports). A
   ``method`` outside the JSON-RPC method alphabet (:data:`METHOD_RE`) or a tool name outside the
   MCP tool-name alphabet (:func:`mcpauth.registry.is_tool_name`) is refused at once, before any
   token work: no tool can have such a name, and the refusal's audit row holds the name escaped
