@@ -27,6 +27,9 @@ class Outcome(models.TextChoices):
     RATE_LIMITED = "rate_limited", "rate limited"
     UNAUTHENTICATED = "unauthenticated", "unauthenticated"
     INVALID_REQUEST = "invalid_request", "invalid request"
+    #: Accepted and never executed: a request method sent as a notification (no ``id``), which
+    #: the server must not answer.
+    NOT_EXECUTED = "not_executed", "not executed"
     SERVER_ERROR = "server_error", "server error"
 
 

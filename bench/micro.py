@@ -43,7 +43,7 @@ def micro_figures(token: str, scale: float = 1.0) -> dict[str, Any]:
     from mcpauth import ratelimit
     from mcpauth.conf import get_settings
     from mcpauth.context import CallContext
-    from mcpauth.middleware import parse_envelope
+    from mcpauth.envelope import parse_envelope
     from mcpauth.tokens import principal_for, verify
     from todos import services
 

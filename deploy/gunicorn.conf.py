@@ -11,11 +11,18 @@
   ``prometheus_client`` a worker is gone;
 * logs: the project's ``LOGGING`` (``LOG_FORMAT=text|json``) for the master too, gunicorn's
   own access log off (``mcpauth.access`` writes one line per request) and its error log
-  through the same handler.
+  through the same handler;
+* connection limits: each worker serves at most ``GUNICORN_LIMIT_CONCURRENCY`` connections
+  (uvicorn's ``limit_concurrency``: beyond it a request is answered 503 at once), an idle
+  keep-alive connection is closed after ``GUNICORN_KEEPALIVE`` seconds, and a request body must
+  arrive within ``MCPAUTH_BODY_TIMEOUT`` (the app answers 408); the systemd unit's
+  ``LimitNOFILE`` leaves room for every worker's connections. uvicorn has no time limit for
+  the request line and headers: a reverse proxy in front should have one.
 
 Environment: everything ``config/settings.py`` reads (``SECRET_KEY``, ``DATABASE_URL`` ...),
 plus ``GUNICORN_BIND`` (default ``127.0.0.1:8000``; several: space-separated),
-``WEB_CONCURRENCY`` and ``GUNICORN_TIMEOUT`` (seconds, default 60).
+``WEB_CONCURRENCY``, ``GUNICORN_TIMEOUT`` (seconds, default 60), ``GUNICORN_KEEPALIVE``
+(seconds, default 5) and ``GUNICORN_LIMIT_CONCURRENCY`` (per worker, default 1000).
 """
 
 from __future__ import annotations
@@ -32,18 +39,31 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 from django.conf import settings  # noqa: E402  (settings only; the workers load the app)
+from uvicorn_worker import UvicornWorker  # noqa: E402
 
 from mcpauth.observability.multiproc import clean  # noqa: E402
+
+#: Connections one worker serves at once; a request beyond them gets uvicorn's 503.
+LIMIT_CONCURRENCY = int(os.environ.get("GUNICORN_LIMIT_CONCURRENCY", "1000"))
+
+
+class GovernedUvicornWorker(UvicornWorker):
+    """``uvicorn_worker.UvicornWorker`` with a bound on its connections (``limit_concurrency``;
+    gunicorn's ``keepalive`` below is its ``timeout_keep_alive``)."""
+
+    CONFIG_KWARGS = {**UvicornWorker.CONFIG_KWARGS, "limit_concurrency": LIMIT_CONCURRENCY}
+
 
 wsgi_app = "config.asgi:application"
 chdir = str(ROOT)
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000").split()
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "uvicorn_worker.UvicornWorker"
+worker_class = GovernedUvicornWorker
 reuse_port = True
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = 30
-keepalive = 5
+#: Seconds an idle keep-alive connection stays open (uvicorn's ``timeout_keep_alive``).
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
 
 # One access line per request comes from the app (mcpauth.access); gunicorn's is off and so
 # is uvicorn's (a logger without handlers, in settings.LOGGING).

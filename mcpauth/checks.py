@@ -8,7 +8,8 @@
 * ``mcpauth.E006`` two tools (or two prompts) share one name, or two resources one URI;
 * ``mcpauth.E007`` a tool's, resource's or prompt's permission is not ``app_label.codename``;
 * ``mcpauth.E008`` a tool is declared both ``read_only`` and ``destructive``;
-* ``mcpauth.E009`` a tool's or prompt's name is longer than ``MAX_TOOL_NAME`` (100) characters;
+* ``mcpauth.E009`` a tool's or prompt's name is not an MCP tool name: 1 to ``MAX_TOOL_NAME``
+  (100) characters of ``A-Z a-z 0-9 _ - .`` (:func:`mcpauth.registry.is_tool_name`);
 * ``mcpauth.E030`` FastMCP refuses a resource or prompt declaration (a template whose
   parameters do not match the function's, positional-only arguments ...);
 * ``mcpauth.E031`` an app's ``mcp.py`` builds a FastMCP server of its own (nothing on it would
@@ -16,6 +17,7 @@
 * ``mcpauth.W010`` the rate-limit cache is not shared between workers while ``DEBUG`` is off;
 * ``mcpauth.W011`` ``ALLOWED_HOSTS`` contains ``*``, which disables DNS-rebinding protection;
 * ``mcpauth.W012`` the development issuer is active;
+* ``mcpauth.E013`` ``MCPAUTH_BODY_TIMEOUT`` is not a positive number of seconds;
 * ``mcpauth.W040`` (database check) a ``TenantOwned`` table lacks its row-level security or a
   composite tenant key (``manage.py check --database default``; a warning, so that ``migrate``,
   which installs them, is not stopped by it; ``/health/ready`` answers 503 meanwhile);
@@ -36,7 +38,7 @@ from django.db import connections
 from mcpauth import rls
 from mcpauth.components import fastmcp_prompt, fastmcp_resource
 from mcpauth.conf import get_settings, parse_rate
-from mcpauth.registry import MAX_TOOL_NAME, ToolRegistry, registry
+from mcpauth.registry import MAX_TOOL_NAME, ToolRegistry, is_tool_name, registry
 
 _ROLE_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SHARED_CACHES = ("redis", "memcached", "db.DatabaseCache")
@@ -109,6 +111,14 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
                 "ALLOWED_HOSTS contains '*': DNS-rebinding protection on /mcp is weakened.",
                 hint="List the host names this server is reached by.",
                 id="mcpauth.W011",
+            )
+        )
+    if not conf.body_timeout > 0:
+        messages.append(
+            checks.Error(
+                f"MCPAUTH_BODY_TIMEOUT is {conf.body_timeout!r}: every request body times out.",
+                hint="Seconds a request body may take to arrive, e.g. 30.",
+                id="mcpauth.E013",
             )
         )
     if conf.preset == "dev":
@@ -211,12 +221,14 @@ def tool_messages(tools: ToolRegistry) -> list[checks.CheckMessage]:
                 )
             )
     for spec in [*tools, *tools.prompts]:
-        if len(spec.name) > MAX_TOOL_NAME:
+        if not is_tool_name(spec.name):
             messages.append(
                 checks.Error(
-                    f"MCP {spec.kind} {spec.name[:40]!r}... ({spec.module}) has a name of "
-                    f"{len(spec.name)} characters; at most {MAX_TOOL_NAME} are allowed.",
-                    hint=f"Give it a shorter name: @{spec.kind}(name=...).",
+                    f"MCP {spec.kind} {spec.name[:40]!r}{'...' if len(spec.name) > 40 else ''} "
+                    f"({spec.module}) has a name of {len(spec.name)} characters that is not an "
+                    f"MCP tool name: 1 to {MAX_TOOL_NAME} characters of A-Z a-z 0-9 _ - . only.",
+                    hint=f"Rename it: @{spec.kind}(name=...). Requests naming anything else are "
+                    "refused.",
                     id="mcpauth.E009",
                 )
             )

@@ -136,6 +136,8 @@ class MCPAuthSettings:
     #: With a loopback ``BASE_URL``: allow browser origins on any loopback port (local tools).
     loopback_origins_any_port: bool = False
     max_body_bytes: int = 1_048_576
+    #: Seconds from a request's headers to its body's last byte (a slow client gets 408).
+    body_timeout: float = 30.0
     max_json_depth: int = 32
     #: Answer single handshake-era JSON-RPC requests without the MCP SDK's per-request stateless
     #: transport (same handler kernel and serializer, see ``mcpauth.transport``); off sends every
@@ -240,6 +242,7 @@ def _build() -> MCPAuthSettings:
         allowed_origins=split_list(getattr(s, "MCPAUTH_ALLOWED_ORIGINS", ())),
         loopback_origins_any_port=bool(getattr(s, "MCPAUTH_LOOPBACK_ORIGINS_ANY_PORT", False)),
         max_body_bytes=int(getattr(s, "MCPAUTH_MAX_BODY_BYTES", 1_048_576)),
+        body_timeout=float(getattr(s, "MCPAUTH_BODY_TIMEOUT", 30.0)),
         max_json_depth=int(getattr(s, "MCPAUTH_MAX_JSON_DEPTH", 32)),
         fast_transport=bool(getattr(s, "MCPAUTH_FAST_TRANSPORT", True)),
         dev_key_path=Path(getattr(s, "MCPAUTH_DEV_KEY_PATH", var_dir / "dev-issuer-key.pem")),

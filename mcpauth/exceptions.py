@@ -120,6 +120,33 @@ class PayloadTooLarge(InvalidRequest):
     default_description = "Request body too large."
 
 
+class RequestTimeout(InvalidRequest):
+    """The body did not arrive within ``MCPAUTH_BODY_TIMEOUT`` (a slow or stalled client)."""
+
+    status_code = 408
+    default_description = "Request body not received in time."
+    default_reason = "body_timeout"
+
+
+class InvalidMethod(InvalidRequest):
+    """A ``method`` outside the JSON-RPC method alphabet: refused before admission."""
+
+    default_description = "Invalid request: not a JSON-RPC method name."
+    default_reason = "invalid_method"
+
+
+class InvalidToolName(InvalidRequest):
+    """A ``tools/call`` name outside the MCP tool-name alphabet: refused before admission.
+
+    ``-32602`` (invalid params), as an unknown tool is, with the status the MCP SDK's table gives
+    that code (400).
+    """
+
+    jsonrpc_code = -32602
+    default_description = "Invalid params: not an MCP tool name."
+    default_reason = "invalid_tool_name"
+
+
 class MethodNotFound(InvalidRequest):
     """JSON-RPC level: answered with HTTP 200, as MCP servers answer protocol errors."""
 

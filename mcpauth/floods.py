@@ -78,6 +78,10 @@ def throttled(ip: str) -> Throttle | None:
 
 def _over_budget(ip: str, exc: RateLimited) -> Verdict:
     with _lock:
+        active = throttled(ip)
+        if active is not None:  # a concurrent refusal from the address started it meanwhile
+            active.suppressed += 1
+            return Verdict.SUPPRESS
         if len(_throttles) >= MAX_TRACKED:
             # bounded memory, but no refusal leaves the trail: what the dropped throttles
             # suppressed so far is summarised at the next sweep

@@ -3,7 +3,9 @@
 For every request, in order:
 
 1. ``Host``/``Origin`` check (DNS-rebinding protection) → 403;
-2. body read with a size cap and the JSON-RPC envelope parsed (errors answered after auth);
+2. body read with a size cap and a time limit → 413/408, and the JSON-RPC envelope parsed
+   (:mod:`mcpauth.envelope`): a method or tool name outside its alphabet → 400 at once, any
+   other envelope error (a bad ``id``, an unknown tool ...) is answered after auth;
 3. bearer token → :func:`mcpauth.tokens.verify` → tenant → scopes → ``Principal`` → 401/403;
    requests without a valid token are throttled per IP;
 4. client policy and rate limit keyed on ``client_id`` → 403/429/503;
@@ -37,26 +39,22 @@ from audit.conf import get_settings as audit_settings
 from audit.models import Outcome
 from audit.recorder import record
 from mcpauth import floods, ratelimit, revocation, scopes
-from mcpauth.components import uri_for_audit
 from mcpauth.conf import MCPAuthSettings, get_settings, origin_key
 from mcpauth.context import CallContext, bind, refresh_connections
+from mcpauth.envelope import ALWAYS_AUDITED, parse_envelope, read_body
 from mcpauth.exceptions import (
     HostNotAllowed,
     InsufficientScope,
-    InvalidRequest,
     InvalidToken,
     MCPAuthError,
     MissingToken,
-    ParseError,
-    PayloadTooLarge,
     RateLimited,
-    UnknownTool,
+    RequestTimeout,
     error_response,
 )
 from mcpauth.localcache import CacheMiss, cache_only
 from mcpauth.observability import request as observe
 from mcpauth.observability.tracing import step
-from mcpauth.registry import MAX_TOOL_NAME, registry
 from mcpauth.tokens import Principal, principal_for, verify
 from mcpauth.transport import Transport, protocol_version
 from mcpauth.types import Message, Receive, Scope, Send, header_values
@@ -74,80 +72,6 @@ def client_ip(scope: Scope, trusted_proxies: int) -> str:
     if not forwarded:
         return peer
     return forwarded[-trusted_proxies] if len(forwarded) >= trusted_proxies else forwarded[0]
-
-
-def _depth(value: Any, limit: int) -> bool:
-    """True when ``value`` nests deeper than ``limit`` (iterative, no recursion)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return False
-
-
-#: The methods that name a governed component, and the parameter that names it.
-_NAMING = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
-#: The methods audited whatever ``AUDIT_RECORD_ALL_METHODS`` says: a governed body may run.
-ALWAYS_AUDITED = frozenset(_NAMING)
-
-
-def parse_envelope(ctx: CallContext, body: bytes, conf: MCPAuthSettings) -> None:
-    """Fill ``ctx`` from a JSON-RPC body; store (not raise) any error for after auth."""
-    try:
-        message = json.loads(body)
-    except RecursionError:
-        ctx.parse_error = InvalidRequest("JSON nested too deeply.")
-        return
-    except ValueError:
-        ctx.parse_error = ParseError()
-        return
-    if isinstance(message, list):
-        ctx.parse_error = InvalidRequest("Batch requests are not supported.")
-        return
-    if not isinstance(message, dict):
-        ctx.parse_error = InvalidRequest("The body must be a JSON-RPC object.")
-        return
-    if _depth(message, conf.max_json_depth):
-        ctx.parse_error = InvalidRequest("JSON nested too deeply.")
-        return
-    ctx.message = message
-    rpc_id = message.get("id")
-    ctx.rpc_id = rpc_id if isinstance(rpc_id, str | int) and not isinstance(rpc_id, bool) else None
-    ctx.is_notification = "id" not in message
-    method = message.get("method")
-    if not isinstance(method, str) or message.get("jsonrpc") != "2.0":
-        if "result" in message or "error" in message:
-            ctx.method = "response"
-            return
-        ctx.parse_error = InvalidRequest("Not a JSON-RPC 2.0 request.")
-        return
-    ctx.method = method[:64]
-    if method in _NAMING:
-        params = message.get("params")
-        field = _NAMING[method]
-        if not isinstance(params, dict) or not isinstance(params.get(field), str):
-            ctx.parse_error = InvalidRequest(f"{method} needs params.{field}.")
-            return
-        target = params[field]
-        if method == "resources/read":
-            ctx.tool = uri_for_audit(target, MAX_TOOL_NAME)  # never its query or user info
-            ctx.component = registry.resources.resolve(target)
-            return  # an unknown URI gets FastMCP's own not-found error
-        ctx.tool = target[:MAX_TOOL_NAME]  # what the audit row can hold
-        ctx.arguments = params.get("arguments", {})
-        # no registered name is longer (mcpauth.E009): a longer one is unknown, never a prefix
-        known = len(target) <= MAX_TOOL_NAME
-        if method == "prompts/get":
-            ctx.component = registry.prompts.get(target) if known else None
-            return  # an unknown prompt gets FastMCP's own not-found error
-        ctx.component = registry.get(target) if known else None
-        if ctx.component is None:
-            ctx.parse_error = UnknownTool(f"Unknown tool: {ctx.tool!r}.")
 
 
 def bearer_token(scope: Scope) -> str | None:
@@ -214,26 +138,6 @@ def check_host(scope: Scope, conf: MCPAuthSettings) -> None:
     raise HostNotAllowed("Origin not allowed.", reason="bad_origin")
 
 
-async def read_body(receive: Receive, limit: int, scope: Scope) -> bytes:
-    for value in header_values(scope, b"content-length"):
-        if value.isdigit() and int(value) > limit:
-            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
 def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal:
     """Steps 3-5 (sync: may touch the DB, cache and JWKS). Fills ``ctx``.
 
@@ -261,7 +165,7 @@ def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal
             ctx.usage = ratelimit.hit(principal)
         else:
             ratelimit.rate_for(principal)  # a blocked client is refused on every request
-    if ctx.parse_error is None:
+    if ctx.parse_error is None and not ctx.is_notification:
         authorize(ctx, principal)  # here, in a thread: the challenge may read the scope map
     return principal
 
@@ -299,7 +203,12 @@ async def admit_on_loop(ctx: CallContext, raw: str | None) -> bool:
     except CacheMiss:
         return False  # admit() in a thread decides again (and sets the caller again)
     spec = ctx.component
-    if spec is not None and ctx.parse_error is None and not principal.has_perms(spec.permissions):
+    if (
+        spec is not None
+        and ctx.parse_error is None
+        and not ctx.is_notification
+        and not principal.has_perms(spec.permissions)
+    ):
         # the step-up challenge reads the scope map: build it where I/O is allowed
         await sync_to_async(authorize, thread_sensitive=False)(ctx, principal)
     return True
@@ -321,12 +230,24 @@ def authorize(ctx: CallContext, principal: Principal) -> None:
         )
 
 
+def _never_runs(ctx: CallContext) -> bool:
+    """A request method sent as a notification (no ``id``): the server must not answer it, and
+    the MCP SDK accepts it (202) without running anything."""
+    return ctx.is_notification and not ctx.method.startswith("notifications/")
+
+
 def _outcome_from_response(ctx: CallContext, status: int, body: bytes) -> tuple[str, str, str]:
     """``(outcome, error_code, message)`` for a response FastMCP produced."""
     if status >= 500:
         return Outcome.SERVER_ERROR, f"http_{status}", ""
     if status >= 400:
         return Outcome.INVALID_REQUEST, f"http_{status}", ""
+    if _never_runs(ctx):
+        return (
+            Outcome.NOT_EXECUTED,
+            "notification",
+            f"'{ctx.method}' was sent without an id, as a notification: accepted, not executed.",
+        )
     if not body:
         return Outcome.OK, "", ""
     try:
@@ -389,7 +310,7 @@ class GovernedMCP:
             check_host(scope, conf)
             body = b""
             if scope["method"] == "POST":
-                body = await read_body(receive, conf.max_body_bytes, scope)
+                body = await read_body(receive, scope, conf)
                 parse_envelope(ctx, body, conf)
             observe.request_parsed(ctx)
             raw = bearer_token(scope)
@@ -488,6 +409,8 @@ class GovernedMCP:
     async def _refuse(
         self, exc: MCPAuthError, ctx: CallContext, conf: MCPAuthSettings, send: Send
     ) -> None:
+        # the rest of a slow body is not awaited: the connection goes (also when throttled)
+        close = isinstance(exc, RequestTimeout)
         if not ctx.recorded and ctx.principal is None and exc.status_code < 500:
             exc = await self._charge_ip(exc, ctx)
         observe.request_refused(ctx, exc)
@@ -508,6 +431,8 @@ class GovernedMCP:
         )
         headers.append(("x-request-id", ctx.request_id))
         headers.append(("content-length", str(len(body))))
+        if close:
+            headers.append(("connection", "close"))
         if ctx.usage is not None and not isinstance(exc, RateLimited):
             headers.extend(ctx.usage.headers())
         await send(

@@ -23,12 +23,14 @@ one FastMCP server from the registry, once app loading has finished; the governa
 each component's permissions from it. Two tools (or prompts) with one name, or two resources
 with one URI, are a startup error (``mcpauth.E006``), as are malformed permissions
 (``mcpauth.E007``). An app's ``mcp.py`` that builds a FastMCP server of its own is reported by
-``mcpauth.E031`` (nothing on it would be served).
+``mcpauth.E031`` (nothing on it would be served). A name outside the MCP tool-name alphabet
+is ``mcpauth.E009`` (:func:`is_tool_name`, which ``/mcp`` applies to requests).
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import threading
 import warnings
@@ -43,8 +45,17 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: The longest tool or prompt name (the audit row's ``tool`` column; ``mcpauth.E009``).
+#: The longest tool or prompt name: the audit row's ``tool`` column (the MCP spec allows 128).
 MAX_TOOL_NAME = 100
+#: What a tool name is, for the registry (``mcpauth.E009``) and for ``/mcp`` requests alike:
+#: the MCP tool-name alphabet (2025-11-25 spec, "Tool names"; the SDK's ``TOOL_NAME_REGEX``):
+#: ASCII letters, digits, ``_``, ``-`` and ``.``, 1 to ``MAX_TOOL_NAME`` characters.
+TOOL_NAME_RE = re.compile(rf"[A-Za-z0-9_.-]{{1,{MAX_TOOL_NAME}}}")
+
+
+def is_tool_name(value: object) -> bool:
+    """Whether ``value`` can name a tool on this server (see :data:`TOOL_NAME_RE`)."""
+    return isinstance(value, str) and TOOL_NAME_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,11 @@ tool on every protocol version. Only how the request gets there differs:
   goes to the SDK's session manager (``StreamableHTTPSessionManager.handle_request``), exactly
   as FastMCP's app would route it. ``MCPAUTH_FAST_TRANSPORT = False`` sends every POST there.
 
+Both paths see the same requests: one whose ``id`` is not a string or an integer never gets
+here (:mod:`mcpauth.envelope` refuses it, where the SDK's handshake-era transport would take it
+for a notification), and a notification always takes the SDK's path (202, nothing run; the
+governance layer records a request method sent that way as ``not_executed``).
+
 In all cases the request first gets what FastMCP's ``RequestContextMiddleware`` gives it (the
 HTTP request in FastMCP's context variable, the transport type), so ``get_http_request()`` and
 ``Context`` work in tools as they do on plain FastMCP.

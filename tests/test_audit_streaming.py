@@ -272,12 +272,13 @@ def test_jsonl_escapes_unicode_line_separators():
 
 
 def test_an_anonymous_tool_name_cannot_plant_a_csv_record(live):
-    """Issue 12 item 7: a `tools/call` named `x\\r=HYPERLINK(...)` with no token."""
+    """Issue 12 item 7: a `tools/call` named `x\\r=HYPERLINK(...)` with no token (refused before
+    admission since it is no tool name; stored escaped, the CR as a backslash and an `r`)."""
     body = call_tool('x\r=HYPERLINK("http://evil.example")')
     resp = httpx2.post(live.url, json=body, headers=MCP_ACCEPT)
-    assert resp.status_code == 401
-    row = AuditEvent.objects.get(outcome="unauthenticated")
-    assert "\r" not in row.tool
+    assert resp.status_code == 400
+    row = AuditEvent.objects.get(outcome="invalid_request")
+    assert "\r" not in row.tool and row.tool.startswith("x\\r=")
     out = io.StringIO()
     call_command("audit_export", "--format", "csv", stdout=out, stderr=io.StringIO())
     records = list(csv.reader(io.StringIO(out.getvalue(), newline="")))

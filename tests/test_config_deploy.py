@@ -1,13 +1,18 @@
 """The production recipe (deploy/): gunicorn with uvicorn workers and reuse_port, the metrics
-directory emptied at start, counts adding up over its workers, every log line JSON; the Grafana
-dashboard only uses metrics that exist; the systemd unit runs that gunicorn configuration."""
+directory emptied at start, counts adding up over its workers, every log line JSON; connections
+bounded (per-worker concurrency, keep-alive, body time limit, the unit's file descriptors);
+the Grafana dashboard only uses metrics that exist; the systemd unit runs that gunicorn
+configuration."""
 
 from __future__ import annotations
 
 import json
 import re
+import runpy
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,6 +25,7 @@ from mcpauth.observability import metrics
 from tests.conftest import MCP_ACCEPT, call_tool, free_port
 from tests.servers import ROOT, serving
 from tests.test_mcpauth_metrics import calls_per_process, scrape, server_env, value
+from tests.test_mcpauth_slowclients import slow_post
 
 DEPLOY = ROOT / "deploy"
 
@@ -130,3 +136,70 @@ def test_systemd_unit_runs_the_gunicorn_recipe():
     assert "ExecStart=/srv/mcp/.venv/bin/gunicorn -c deploy/gunicorn.conf.py" in unit
     assert "Environment=PROMETHEUS_MULTIPROC_DIR=/run/mcp-governed/metrics" in unit
     assert "RuntimeDirectory=mcp-governed" in unit
+
+
+def env_example() -> dict[str, str]:
+    pairs = (
+        line.split("=", 1)
+        for line in (DEPLOY / "env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    return {k: v for k, v in pairs}
+
+
+def test_the_recipe_bounds_connections(monkeypatch):
+    """Per worker: ``limit_concurrency`` (uvicorn's, through the worker class) and the keep-alive
+    timeout; the unit's ``LimitNOFILE`` holds every worker's connections of ``env.example``."""
+    conf = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
+    worker = conf["worker_class"]
+    assert worker.CONFIG_KWARGS["limit_concurrency"] == 1000
+    assert worker.CONFIG_KWARGS["http"] == "auto" and conf["keepalive"] == 5
+    monkeypatch.setenv("GUNICORN_LIMIT_CONCURRENCY", "50")
+    monkeypatch.setenv("GUNICORN_KEEPALIVE", "2")
+    conf = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))
+    assert conf["worker_class"].CONFIG_KWARGS["limit_concurrency"] == 50
+    assert conf["keepalive"] == 2
+    example = env_example()
+    connections = int(example["WEB_CONCURRENCY"]) * int(example["GUNICORN_LIMIT_CONCURRENCY"])
+    (nofile,) = re.findall(
+        r"^LimitNOFILE=(\d+)$", (DEPLOY / "mcp-governed.service").read_text(), re.M
+    )
+    assert int(nofile) >= connections + 1024  # and room for the database, Redis and logs
+    assert float(example["MCPAUTH_BODY_TIMEOUT"]) > 0
+
+
+def test_gunicorn_sheds_slow_clients(live, mint, idp, tmp_path):
+    """One worker with room for four connections: three stalled bodies fill it up to the point
+    where a fourth request is answered 503 by uvicorn at once; they get 408 after
+    ``MCPAUTH_BODY_TIMEOUT`` and are closed, and the worker serves again. An idle keep-alive
+    connection is closed after ``GUNICORN_KEEPALIVE``."""
+    env = {
+        **server_env(idp.issuer, tmp_path),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "WEB_CONCURRENCY": "1",
+        "GUNICORN_LIMIT_CONCURRENCY": "4",
+        "GUNICORN_KEEPALIVE": "1",
+        "MCPAUTH_BODY_TIMEOUT": "2",
+    }
+    headers = {**MCP_ACCEPT, "authorization": f"Bearer {mint()}", "connection": "close"}
+    body = call_tool("list_todos")
+    with gunicorn_process(free_port(), env, tmp_path / "gunicorn.log") as base:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            stalled = [pool.submit(slow_post, f"{base}/mcp", every=None) for _ in range(3)]
+            time.sleep(0.7)
+            full = httpx2.post(f"{base}/mcp", json=body, headers=headers)
+            answers = [f.result(timeout=30) for f in stalled]
+        assert full.status_code == 503
+        assert [(a.status, a.closed) for a in answers] == [(408, True)] * 3
+        assert all(a.seconds >= 1.8 for a in answers)
+        assert httpx2.post(f"{base}/mcp", json=body, headers=headers).status_code == 200
+        # keep-alive: an answered request's connection stays open, idle, for about a second
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            answered = time.monotonic()
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200")
+            assert time.monotonic() - answered < 4  # closed by the server, not held 5 s or more

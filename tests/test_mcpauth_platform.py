@@ -21,7 +21,7 @@ from mcpauth.context import CallContext, bind
 from mcpauth.exceptions import NoPrincipal
 from mcpauth.models import Tenant
 from mcpauth.operations import seed_scope_mappings
-from mcpauth.registry import ToolRegistry, ToolSpec, registry
+from mcpauth.registry import ToolRegistry, ToolSpec, is_tool_name, registry
 from mcpauth.server import get_server
 from mcpauth.tokens import Principal, TenantRef
 from tests.conftest import LiveServer, Minter
@@ -169,6 +169,21 @@ def test_duplicate_names_and_bad_permissions_are_check_errors() -> None:
     e006 = next(m for m in messages if m.id == "mcpauth.E006")
     assert "one.mcp.first" in e006.msg and "two.mcp.second" in e006.msg
     assert local["same"].fn is first  # the first registration is kept, never replaced
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "has space", "caf\u00e9", "rtl\u202eevil", "tab\tname", "a/b", "semi;colon", "x" * 101],
+)
+def test_a_tool_name_outside_the_mcp_alphabet_is_a_check_error(name: str) -> None:
+    """One definition (``registry.is_tool_name``) for the registry and for ``/mcp`` requests."""
+    local = ToolRegistry()
+    local.register(ToolSpec(name=name, fn=print, permissions=(), module="one.mcp"))
+    local.register(ToolSpec(name="ok_Name-2.v1", fn=repr, permissions=(), module="one.mcp"))
+    messages = checks.tool_messages(local)
+    assert [m.id for m in messages] == ["mcpauth.E009"]
+    assert "\u202e" not in messages[0].msg and "\t" not in messages[0].msg  # shown escaped
+    assert is_tool_name("ok_Name-2.v1") and not is_tool_name(name)
 
 
 def test_startup_refuses_duplicate_tools(monkeypatch: pytest.MonkeyPatch) -> None:

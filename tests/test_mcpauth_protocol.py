@@ -175,17 +175,17 @@ def test_content_type_is_checked_as_the_sdk_checks_it_on_both_eras(live, mint, s
     assert ok.status_code == 200 and ok.json()["result"]["isError"] is False
 
 
-def test_a_tool_name_longer_than_any_registered_is_unknown_not_a_prefix(live, mint):
+def test_a_tool_name_longer_than_any_registered_is_refused_never_cut_to_a_prefix(live, mint):
     """The audit row keeps 100 characters of a name; the name itself is never cut to find (and
-    authorise) a tool: ``list_todos`` followed by 100 more characters is an unknown tool."""
+    authorise) a tool: ``list_todos`` followed by 100 more characters is no tool name at all
+    (``mcpauth.registry.is_tool_name``), refused before admission."""
     for name in ("list_todos" + "x" * 100, "list_todos".ljust(101)):
         resp = httpx2.post(
             live.url,
             json=call_tool(name, {}),
             headers={**MCP_ACCEPT, "authorization": f"Bearer {mint()}"},
         )
-        body = resp.json()
-        assert "error" in body or body["result"]["isError"] is True, body
-        assert "Unknown tool" in resp.text
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == -32602
+        assert "result" not in resp.json()
     rows = list(AuditEvent.objects.filter(method="tools/call").values_list("tool", "outcome"))
-    assert rows and all(len(tool) == 100 and outcome != "ok" for tool, outcome in rows)
+    assert len(rows) == 2 and all(len(tool) == 100 and outcome != "ok" for tool, outcome in rows)

@@ -29,6 +29,7 @@ OUTCOME_ORDER: tuple[str, ...] = (
     Outcome.OK,
     Outcome.TOOL_ERROR,
     Outcome.INVALID_REQUEST,
+    Outcome.NOT_EXECUTED,
     Outcome.DENIED,
     Outcome.UNAUTHENTICATED,
     Outcome.RATE_LIMITED,
@@ -38,6 +39,7 @@ COLOURS: dict[str, str] = {
     Outcome.OK: "#3f8f4f",
     Outcome.TOOL_ERROR: "#d08c1c",
     Outcome.INVALID_REQUEST: "#b9a23a",
+    Outcome.NOT_EXECUTED: "#8a8f98",
     Outcome.DENIED: "#c0392b",
     Outcome.UNAUTHENTICATED: "#8e44ad",
     Outcome.RATE_LIMITED: "#2c6fb7",
@@ -47,7 +49,10 @@ COLOURS: dict[str, str] = {
 RATE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("denied", (Outcome.DENIED, Outcome.UNAUTHENTICATED)),
     ("rate-limited", (Outcome.RATE_LIMITED,)),
-    ("errors", (Outcome.TOOL_ERROR, Outcome.SERVER_ERROR, Outcome.INVALID_REQUEST)),
+    (
+        "errors",
+        (Outcome.TOOL_ERROR, Outcome.SERVER_ERROR, Outcome.INVALID_REQUEST, Outcome.NOT_EXECUTED),
+    ),
 )
 
 
