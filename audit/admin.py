@@ -43,6 +43,7 @@ from audit.admin_counting import EstimatedCountPaginator, date_hierarchy
 from audit.config import record_export, request_actor
 from audit.filters import (
     ClientFilter,
+    IssuerFilter,
     KindFilter,
     OutcomeFilter,
     TenantFilter,
@@ -187,6 +188,7 @@ class AuditEventAdmin(admin.ModelAdmin):
         ToolFilter,
         TenantFilter,
         ClientFilter,
+        IssuerFilter,
     )
     date_hierarchy = "created_at"
     search_fields = PREFIX_FIELDS
@@ -304,7 +306,10 @@ class AuditEventAdmin(admin.ModelAdmin):
                 None,
                 {"fields": ("when_field", "request_id", "outcome_field", "duration_ms")},
             ),
-            ("Caller", {"fields": ("tenant", "client_id", "subject", "token_id", "scopes")}),
+            (
+                "Caller",
+                {"fields": ("issuer", "tenant", "client_id", "subject", "token_id", "scopes")},
+            ),
             ("Request", {"fields": ("method", "tool", "pretty_arguments")}),
         ]
         if obj is None or obj.outcome != Outcome.OK or obj.error_code or obj.error_message:

@@ -30,6 +30,7 @@ _OBJECT_NAMES = {
     "scopemapping": "scope_mapping",
     "clientbinding": "client_binding",
     "clientpolicy": "client_policy",
+    "tenantalias": "tenant_alias",
 }
 
 
@@ -86,8 +87,10 @@ def record_change(
     request: HttpRequest | None = None,
     tenant: str = "",
     client_id: str = "",
+    issuer: str = "",
 ) -> int:
-    """Audit one configuration change: ``method`` = ``config/<object>.<action>``."""
+    """Audit one configuration change: ``method`` = ``config/<object>.<action>``; ``issuer`` is
+    the issuer of the tenant, binding, policy or alias changed (its namespace)."""
     name = obj if isinstance(obj, str) else object_name(obj)
     arguments: dict[str, Any] = {"target": target}
     if changes:
@@ -99,6 +102,7 @@ def record_change(
         request=request,
         tenant=tenant,
         client_id=client_id,
+        issuer=issuer,
     )
 
 
@@ -138,6 +142,7 @@ def _record(
     request: HttpRequest | None = None,
     tenant: str = "",
     client_id: str = "",
+    issuer: str = "",
 ) -> int:
     return record(
         outcome=Outcome.OK,
@@ -146,6 +151,7 @@ def _record(
         method=method,
         tenant=tenant,
         client_id=client_id,
+        issuer=issuer,
         actor=actor,
         client_ip=_client_ip(request) if request is not None else None,
         user_agent=request.META.get("HTTP_USER_AGENT", "") if request is not None else "",

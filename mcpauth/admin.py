@@ -1,4 +1,4 @@
-"""Admin for tenants, scope mappings, client bindings and client policies.
+"""Admin for tenants, tenant aliases, scope mappings, client bindings and client policies.
 
 Every change made here is audited (``config/<object>.<action>``, actor = the staff username)
 in the transaction of the change itself, through :mod:`audit.config`. Each page links to the
@@ -25,13 +25,54 @@ from django.utils.safestring import SafeString
 
 from audit.config import diff, record_change, request_actor
 from audit.models import AuditEvent
-from mcpauth.models import ClientBinding, ClientPolicy, ScopeMapping, Tenant
+from mcpauth.conf import get_settings
+from mcpauth.models import ClientBinding, ClientPolicy, ScopeMapping, Tenant, TenantAlias
 from mcpauth.registry import registry
 
 
 def audit_url(**filters: str) -> str:
     """The audit changelist filtered by ``filters`` (``tenant=…``, ``client_id=…``)."""
     return f"{reverse('admin:audit_auditevent_changelist')}?{urlencode(filters)}"
+
+
+def tenant_audit_filters(tenant: Tenant) -> dict[str, str]:
+    """The audit changelist's filter for a tenant's rows (:meth:`Tenant.audit_rows`)."""
+    return {"tenant": tenant.external_id, "issuer__in": ",".join(tenant.audit_issuers())}
+
+
+def _tenant_rows() -> QuerySet[AuditEvent]:
+    """Audit rows of the outer query's tenant, as :meth:`Tenant.audit_rows` selects them."""
+    via = Q(issuer__in=TenantAlias.objects.filter(tenant=OuterRef(OuterRef("pk"))).values("issuer"))
+    via |= Q(
+        issuer__in=ClientBinding.objects.filter(tenant=OuterRef(OuterRef("pk"))).values("issuer")
+    )
+    return AuditEvent.objects.filter(
+        Q(issuer=OuterRef("issuer")) | Q(issuer="") | via, tenant=OuterRef("external_id")
+    ).order_by()
+
+
+def issuer_choices(current: str = "") -> list[tuple[str, str]]:
+    """The configured issuers (and ``current``, kept when no longer configured)."""
+    issuers = [cfg.issuer for cfg in get_settings().issuer_configs]
+    if current and current not in issuers:
+        issuers.append(current)
+    return [(i, i) for i in issuers]
+
+
+class IssuerFormMixin(forms.ModelForm):
+    """``issuer`` as a choice of the configured issuers (the only ones tokens can come from)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields.get("issuer")
+        if field is not None:
+            current = self.instance.issuer if self.instance.pk else ""
+            self.fields["issuer"] = forms.ChoiceField(
+                choices=issuer_choices(current),
+                initial=current or get_settings().default_issuer,
+                help_text=field.help_text,
+                disabled=field.disabled,
+            )
 
 
 def _perm_name(perm: Permission) -> str:
@@ -61,7 +102,7 @@ class AuditedAdmin(admin.ModelAdmin):
         return str(obj)
 
     def audit_context(self, obj: Any) -> dict[str, str]:
-        """``tenant``/``client_id`` columns for the audit row, so filters find it."""
+        """``tenant``/``client_id``/``issuer`` columns for the audit row, so filters find it."""
         return {}
 
     def _record(self, request: HttpRequest, obj: Any, action: str, changes: dict[str, Any]) -> None:
@@ -108,10 +149,18 @@ class AuditedAdmin(admin.ModelAdmin):
 # --- tenants -------------------------------------------------------------------------------------
 
 
+class TenantForm(IssuerFormMixin):
+    class Meta:
+        model = Tenant
+        fields = ("issuer", "external_id", "name", "suspended")
+
+
 @admin.register(Tenant)
 class TenantAdmin(AuditedAdmin):
+    form = TenantForm
     list_display = (
         "external_id",
+        "issuer",
         "name",
         "status",
         "last_seen",
@@ -119,14 +168,14 @@ class TenantAdmin(AuditedAdmin):
         "bindings",
         "created_at",
     )
-    list_filter = ("suspended",)
-    search_fields = ("external_id", "name")
+    list_filter = ("suspended", "issuer")
+    search_fields = ("external_id", "name", "issuer")
     actions = ["suspend", "unsuspend"]
     readonly_fields = ("activity",)
-    audit_fields = ("external_id", "name", "suspended")
+    audit_fields = ("issuer", "external_id", "name", "suspended")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
-        rows = AuditEvent.objects.filter(tenant=OuterRef("external_id")).order_by()
+        rows = _tenant_rows()
         since = timezone.now() - timedelta(hours=24)
         return (
             super()
@@ -148,7 +197,8 @@ class TenantAdmin(AuditedAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Tenant | None = None) -> Any:
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None and obj.has_audit_rows():
-            fields.insert(0, "external_id")  # named by audit rows: immutable (Tenant.clean)
+            # named by audit rows: immutable (Tenant.clean)
+            fields[:0] = ["issuer", "external_id"]
         return fields
 
     def audit_action(self, before: dict[str, Any], after: dict[str, Any], change: bool) -> str:
@@ -160,7 +210,7 @@ class TenantAdmin(AuditedAdmin):
         return obj.external_id
 
     def audit_context(self, obj: Tenant) -> dict[str, str]:
-        return {"tenant": obj.external_id}
+        return {"tenant": obj.external_id, "issuer": obj.issuer}
 
     @admin.display(description="status", ordering="suspended")
     def status(self, obj: Tenant) -> SafeString:
@@ -179,7 +229,7 @@ class TenantAdmin(AuditedAdmin):
         since = timezone.localtime(timezone.now() - timedelta(hours=24)).isoformat()
         return format_html(
             '<a href="{}">{}</a>',
-            audit_url(tenant=obj.external_id, created_at__gte=since),
+            audit_url(**tenant_audit_filters(obj), created_at__gte=since),
             getattr(obj, "calls_last_24h", None) or 0,
         )
 
@@ -196,21 +246,28 @@ class TenantAdmin(AuditedAdmin):
             return format_html("{}", "(none yet)")
         now = timezone.now()
         links = []
+        rows, filters = obj.audit_rows(), tenant_audit_filters(obj)
         for label, hours in (("24 h", 24), ("7 d", 24 * 7), ("30 d", 24 * 30)):
             since = now - timedelta(hours=hours)
-            count = AuditEvent.objects.filter(tenant=obj.external_id, created_at__gte=since).count()
+            count = AuditEvent.objects.filter(rows, created_at__gte=since).count()
             links.append(
                 (
-                    audit_url(tenant=obj.external_id, created_at__gte=since.isoformat()),
+                    audit_url(**filters, created_at__gte=since.isoformat()),
                     f"{count} call(s) in the last {label}",
                 )
             )
-        links.append((audit_url(tenant=obj.external_id), "all audit rows"))
-        clients = list(ClientBinding.objects.filter(tenant=obj).values_list("client_id", flat=True))
+        links.append((audit_url(**filters), "all audit rows"))
+        aliases = reverse("admin:mcpauth_tenantalias_changelist")
+        links.append((f"{aliases}?tenant__id__exact={obj.pk}", f"{obj.aliases.count()} alias(es)"))
+        bound = list(ClientBinding.objects.filter(tenant=obj).values_list("issuer", "client_id"))
+        clients = sorted({client for _issuer, client in bound})
         bindings = reverse("admin:mcpauth_clientbinding_changelist")
-        links.append((f"{bindings}?tenant__id__exact={obj.pk}", f"{len(clients)} binding(s)"))
+        links.append((f"{bindings}?tenant__id__exact={obj.pk}", f"{len(bound)} binding(s)"))
         policies = reverse("admin:mcpauth_clientpolicy_changelist")
-        n_policies = ClientPolicy.objects.filter(client_id__in=clients).count()
+        same_client = Q(pk__in=[])
+        for issuer, client in bound:
+            same_client |= Q(issuer=issuer, client_id=client)
+        n_policies = ClientPolicy.objects.filter(same_client).count()
         links.append(
             (
                 f"{policies}?{urlencode({'client_id__in': ','.join(clients)})}",
@@ -218,7 +275,7 @@ class TenantAdmin(AuditedAdmin):
             )
         )
         last = (
-            AuditEvent.objects.filter(tenant=obj.external_id)
+            AuditEvent.objects.filter(rows)
             .order_by("-created_at")
             .values_list("created_at", flat=True)
             .first()
@@ -331,49 +388,118 @@ class ScopeMappingAdmin(AuditedAdmin):
 
 
 class ClientCallsMixin:
-    """A link from a client's binding or policy to that client's audit rows."""
+    """A link from a client's binding or policy to that client's audit rows (its issuer's)."""
 
     @admin.display(description="calls")
     def calls(self, obj: Any) -> SafeString:
         if obj is None or not obj.client_id:
             return format_html("{}", "(none yet)")
         return format_html(
-            '<a href="{}">audit rows of {}</a>', audit_url(client_id=obj.client_id), obj.client_id
+            '<a href="{}">audit rows of {}</a>',
+            audit_url(client_id=obj.client_id, issuer=obj.issuer),
+            obj.client_id,
         )
+
+
+class ClientBindingForm(IssuerFormMixin):
+    class Meta:
+        model = ClientBinding
+        fields = ("issuer", "client_id", "tenant")
 
 
 @admin.register(ClientBinding)
 class ClientBindingAdmin(ClientCallsMixin, AuditedAdmin):
-    list_display = ("client_id", "tenant", "created_at", "calls")
-    list_filter = ("tenant",)
+    form = ClientBindingForm
+    list_display = ("client_id", "issuer", "tenant_label", "created_at", "calls")
+    list_filter = ("issuer", "tenant")
     search_fields = ("client_id", "tenant__external_id")
     autocomplete_fields = ("tenant",)
     readonly_fields = ("calls",)
-    audit_fields = ("client_id", "tenant")
+    audit_fields = ("issuer", "client_id", "tenant")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ClientBinding]:
+        return super().get_queryset(request).select_related("tenant")
+
+    @admin.display(description="tenant", ordering="tenant__external_id")
+    def tenant_label(self, obj: ClientBinding) -> str:
+        return obj.tenant.label
 
     def audit_target(self, obj: ClientBinding) -> str:
         return obj.client_id
 
     def audit_snapshot(self, obj: Any) -> dict[str, Any]:
         return {
+            "issuer": obj.issuer,
             "client_id": obj.client_id,
             "tenant": obj.tenant.external_id if obj.tenant_id else "",
+            "tenant_issuer": obj.tenant.issuer if obj.tenant_id else "",
         }
 
     def audit_context(self, obj: ClientBinding) -> dict[str, str]:
-        return {"client_id": obj.client_id, "tenant": obj.tenant.external_id}
+        return {"client_id": obj.client_id, "tenant": obj.tenant.external_id, "issuer": obj.issuer}
+
+
+class ClientPolicyForm(IssuerFormMixin):
+    class Meta:
+        model = ClientPolicy
+        fields = ("issuer", "client_id", "mode", "rate", "note")
 
 
 @admin.register(ClientPolicy)
 class ClientPolicyAdmin(ClientCallsMixin, AuditedAdmin):
-    list_display = ("client_id", "mode", "rate", "note", "updated_at", "calls")
-    list_filter = ("mode",)
+    form = ClientPolicyForm
+    list_display = ("client_id", "issuer", "mode", "rate", "note", "updated_at", "calls")
+    list_filter = ("mode", "issuer")
     search_fields = ("client_id",)
     readonly_fields = ("calls",)
-    audit_fields = ("client_id", "mode", "rate", "note")
+    audit_fields = ("issuer", "client_id", "mode", "rate", "note")
 
     def audit_target(self, obj: ClientPolicy) -> str:
         return obj.client_id
 
     def audit_context(self, obj: ClientPolicy) -> dict[str, str]:
-        return {"client_id": obj.client_id}
+        return {"client_id": obj.client_id, "issuer": obj.issuer}
+
+
+# --- tenant aliases ------------------------------------------------------------------------------
+
+
+class TenantAliasForm(IssuerFormMixin):
+    class Meta:
+        model = TenantAlias
+        fields = ("issuer", "external_id", "tenant", "note")
+
+
+@admin.register(TenantAlias)
+class TenantAliasAdmin(AuditedAdmin):
+    """An operator's explicit join of another issuer's tenant claim value to a tenant."""
+
+    form = TenantAliasForm
+    list_display = ("external_id", "issuer", "tenant_label", "note", "created_at")
+    list_filter = ("issuer", "tenant")
+    search_fields = ("external_id", "tenant__external_id", "note")
+    autocomplete_fields = ("tenant",)
+    audit_fields = ("issuer", "external_id", "tenant", "note")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TenantAlias]:
+        return super().get_queryset(request).select_related("tenant")
+
+    @admin.display(description="tenant", ordering="tenant__external_id")
+    def tenant_label(self, obj: TenantAlias) -> str:
+        return obj.tenant_label
+
+    def audit_target(self, obj: TenantAlias) -> str:
+        return f"{obj.external_id} ({obj.issuer})"
+
+    def audit_snapshot(self, obj: Any) -> dict[str, Any]:
+        return {
+            "issuer": obj.issuer,
+            "external_id": obj.external_id,
+            "tenant": obj.tenant.external_id if obj.tenant_id else "",
+            "tenant_issuer": obj.tenant.issuer if obj.tenant_id else "",
+            "note": obj.note,
+        }
+
+    def audit_context(self, obj: TenantAlias) -> dict[str, str]:
+        # the row is found under the tenant the alias leads into, and the alias's issuer
+        return {"tenant": obj.tenant.external_id, "issuer": obj.issuer}
