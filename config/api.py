@@ -101,16 +101,6 @@ def _issuer_keys() -> dict[str, dict[str, Any]]:
     return states
 
 
-def _jwks(states: dict[str, dict[str, Any]]) -> Callable[[], None]:
-    def check() -> None:
-        if get_settings().preset == "none":
-            raise RuntimeError("no identity provider configured")
-        if not any(s["ok"] for s in states.values()):
-            raise RuntimeError("no signing keys available")
-
-    return check
-
-
 def _run(fn: Callable[[], None]) -> dict[str, Any]:
     started = time.perf_counter()
     try:
@@ -136,8 +126,15 @@ def _run(fn: Callable[[], None]) -> dict[str, Any]:
 def ready(request: HttpRequest) -> Status[dict[str, Any]]:
     started = time.perf_counter()
     issuers = _issuer_keys()
-    jwks = _run(_jwks(issuers))
-    jwks["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    errors = [state["error"] for state in issuers.values() if not state["ok"]]
+    if get_settings().preset == "none":
+        errors = ["NotConfigured"]
+    served = any(state["ok"] for state in issuers.values())  # some issuer's callers are served
+    jwks = {
+        "ok": served,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "error": None if served else (errors[0] if errors else "NoSigningKeys"),
+    }
     checks = {
         "database": _run(_db),
         "cache": _run(_cache("default")),

@@ -35,9 +35,10 @@ def audit_url(**filters: str) -> str:
     return f"{reverse('admin:audit_auditevent_changelist')}?{urlencode(filters)}"
 
 
-def tenant_audit_filters(tenant: Tenant) -> dict[str, str]:
-    """The audit changelist's filter for a tenant's rows (:meth:`Tenant.audit_rows`)."""
-    return {"tenant": tenant.external_id, "issuer__in": ",".join(tenant.audit_issuers())}
+def tenant_audit_url(tenant: Tenant, **more: str) -> str:
+    """The audit changelist filtered to a tenant's rows (:meth:`Tenant.audit_rows`)."""
+    issuers = ",".join(tenant.audit_issuers())
+    return audit_url(tenant=tenant.external_id, **more, issuer__in=issuers)
 
 
 def _tenant_rows() -> QuerySet[AuditEvent]:
@@ -60,7 +61,8 @@ def issuer_choices(current: str = "") -> list[tuple[str, str]]:
 
 
 class IssuerFormMixin(forms.ModelForm):
-    """``issuer`` as a choice of the configured issuers (the only ones tokens can come from)."""
+    """``issuer`` as a choice of the configured issuers (the only ones tokens can come from);
+    left out, it is the first configured issuer (the only one of a single-issuer deployment)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -68,11 +70,19 @@ class IssuerFormMixin(forms.ModelForm):
         if field is not None:
             current = self.instance.issuer if self.instance.pk else ""
             self.fields["issuer"] = forms.ChoiceField(
-                choices=issuer_choices(current),
+                choices=[("", "(the first configured issuer)"), *issuer_choices(current)],
                 initial=current or get_settings().default_issuer,
+                required=False,
                 help_text=field.help_text,
-                disabled=field.disabled,
             )
+
+    def clean_issuer(self) -> str:
+        value = str(self.cleaned_data.get("issuer") or "")
+        return (
+            value
+            or (self.instance.issuer if self.instance.pk else "")
+            or (get_settings().default_issuer)
+        )
 
 
 def _perm_name(perm: Permission) -> str:
@@ -192,6 +202,7 @@ class TenantAdmin(AuditedAdmin):
                 ),
                 binding_count=Count("client_bindings", distinct=True),
             )
+            .prefetch_related("aliases", "client_bindings")  # audit_issuers() of each row
         )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Tenant | None = None) -> Any:
@@ -229,7 +240,7 @@ class TenantAdmin(AuditedAdmin):
         since = timezone.localtime(timezone.now() - timedelta(hours=24)).isoformat()
         return format_html(
             '<a href="{}">{}</a>',
-            audit_url(**tenant_audit_filters(obj), created_at__gte=since),
+            tenant_audit_url(obj, created_at__gte=since),
             getattr(obj, "calls_last_24h", None) or 0,
         )
 
@@ -246,17 +257,17 @@ class TenantAdmin(AuditedAdmin):
             return format_html("{}", "(none yet)")
         now = timezone.now()
         links = []
-        rows, filters = obj.audit_rows(), tenant_audit_filters(obj)
+        rows = obj.audit_rows()
         for label, hours in (("24 h", 24), ("7 d", 24 * 7), ("30 d", 24 * 30)):
             since = now - timedelta(hours=hours)
             count = AuditEvent.objects.filter(rows, created_at__gte=since).count()
             links.append(
                 (
-                    audit_url(**filters, created_at__gte=since.isoformat()),
+                    tenant_audit_url(obj, created_at__gte=since.isoformat()),
                     f"{count} call(s) in the last {label}",
                 )
             )
-        links.append((audit_url(**filters), "all audit rows"))
+        links.append((tenant_audit_url(obj), "all audit rows"))
         aliases = reverse("admin:mcpauth_tenantalias_changelist")
         links.append((f"{aliases}?tenant__id__exact={obj.pk}", f"{obj.aliases.count()} alias(es)"))
         bound = list(ClientBinding.objects.filter(tenant=obj).values_list("issuer", "client_id"))

@@ -102,9 +102,9 @@ class Tenant(models.Model):
         those that reach it through an alias or a binding, and "" (rows written before issuers
         were recorded)."""
         issuers = {self.issuer, ""}
-        if self.pk is not None:
-            issuers.update(self.aliases.values_list("issuer", flat=True))
-            issuers.update(self.client_bindings.values_list("issuer", flat=True))
+        if self.pk is not None:  # .all(): served by prefetch_related when the caller used it
+            issuers.update(alias.issuer for alias in self.aliases.all())
+            issuers.update(binding.issuer for binding in self.client_bindings.all())
         return sorted(issuers)
 
     def audit_rows(self) -> Q:

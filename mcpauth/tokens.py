@@ -22,7 +22,7 @@ from typing import Any
 import jwt
 from jwt import PyJWK
 
-from mcpauth.conf import MCPAuthSettings, get_settings
+from mcpauth.conf import IssuerConfig, MCPAuthSettings, get_settings
 from mcpauth.exceptions import InvalidToken, ServiceUnavailable
 from mcpauth.jwks import (  # noqa: F401  (re-exported: the key set used to live here)
     JWKSFetchError,
@@ -171,6 +171,25 @@ def clear_cache() -> None:
     _verified.clear()
 
 
+def _issuer_of(raw: str, conf: MCPAuthSettings) -> IssuerConfig:
+    """The configured issuer the token names (unverified: it only picks the keys to verify
+    with). The keys are that issuer's only, so another issuer's key is an unknown key here.
+
+    With a single issuer, a token whose ``iss`` cannot be read is checked against it, so the
+    refusal names what PyJWT finds (a bad signature, a missing claim) as before.
+    """
+    try:
+        iss = unverified_issuer(raw)
+    except InvalidToken:
+        if len(conf.issuer_configs) == 1:
+            return conf.issuer_configs[0]
+        raise
+    issuer = conf.issuer_for(iss)
+    if issuer is None:
+        raise InvalidToken("Token issuer not accepted.", reason="wrong_issuer")
+    return issuer
+
+
 def unverified_issuer(raw: str) -> str:
     """The ``iss`` a compact JWS claims, read without verifying anything (to pick its keys)."""
     try:
@@ -222,11 +241,7 @@ def verify(raw: str, *, refetch: bool = True) -> VerifiedToken:
     if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
         raise InvalidToken("Malformed key id.", reason="malformed")
 
-    # The keys are the named issuer's only: another issuer's key is an unknown key here.
-    iss = unverified_issuer(raw)
-    issuer = conf.issuer_for(iss)
-    if issuer is None:
-        raise InvalidToken("Token issuer not accepted.", reason="wrong_issuer")
+    issuer = _issuer_of(raw, conf)
     keys = keyset(issuer.issuer)
     key = keys.get(kid, refetch=refetch)
     if _KEY_FAMILIES.get(alg[:2]) != key.key_type:
@@ -237,7 +252,7 @@ def verify(raw: str, *, refetch: bool = True) -> VerifiedToken:
             key=key.key,
             algorithms=[alg],
             audience=list(conf.audiences),
-            issuer=iss,  # one of this issuer's accepted values, checked again once verified
+            issuer=list(issuer.accepted),  # checked again once the signature is verified
             leeway=conf.leeway_seconds,
             options={"require": ["exp", "iss", "aud"], "verify_iat": True},
         )

@@ -13,7 +13,7 @@ import jwt
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from mcpauth import tokens
+from mcpauth import jwks, tokens
 from mcpauth.checks import assert_startup_ready, check_configuration
 from mcpauth.conf import get_settings
 from mcpauth.exceptions import InvalidToken, ServiceUnavailable
@@ -209,7 +209,9 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     c = Clock()
-    monkeypatch.setattr(tokens, "time", SimpleNamespace(monotonic=c.monotonic, time=time.time))
+    fake = SimpleNamespace(monotonic=c.monotonic, time=time.time)
+    monkeypatch.setattr(tokens, "time", fake)
+    monkeypatch.setattr(jwks, "time", fake)
     return c
 
 
@@ -366,8 +368,12 @@ def test_scalekit_preset_wiring(scalekit_env, settings, mint):
     other_issuer = f"{env}/resources/other"
     assert reason_of(_sk_token(scalekit_env.key, other_issuer, rid)) == "wrong_issuer"
     assert reason_of(_sk_token(scalekit_env.key, env, "res_other")) == "wrong_audience"
-    # the generic issuer's tokens are no longer accepted
-    assert reason_of(mint()) == "unknown_key"
+    # the generic issuer's tokens are no longer accepted: it is not a configured issuer
+    assert reason_of(mint()) == "wrong_issuer"
+    # one provider under two iss values: one key set, one tenant namespace
+    assert verify(_sk_token(scalekit_env.key, env, rid)).issuer == env
+    assert verify(_sk_token(scalekit_env.key, f"{env}/resources/{rid}", rid)).issuer == env
+    assert list(tokens.keysets()) == [env] and scalekit_env.fetches == 1
 
 
 def test_scalekit_metadata_document(scalekit_env, settings, client, db):
