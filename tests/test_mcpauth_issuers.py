@@ -8,6 +8,10 @@ HTTP to the live server.
 from __future__ import annotations
 
 import io
+import json
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx2
@@ -24,7 +28,7 @@ from mcpauth.checks import check_configuration
 from mcpauth.conf import get_settings, parse_issuers
 from mcpauth.exceptions import AccessDenied, InvalidToken
 from mcpauth.models import ClientBinding, ClientPolicy, Tenant, TenantAlias
-from mcpauth.tokens import Principal, TenantRef, keysets, verify
+from mcpauth.tokens import Principal, TenantRef, keyset, keysets, verify
 from tests.conftest import MCP_ACCEPT, call_tool, client_id_with_room, new_key
 from todos.models import Todo
 
@@ -70,8 +74,14 @@ def test_each_issuers_genuine_tokens_work_and_rows_carry_their_issuer(
     assert (row_of(b).issuer, row_of(b).tenant, row_of(b).outcome) == (idp_b.issuer, "acme", "ok")
     assert set(keysets()) == {idp.issuer, idp_b.issuer}
     assert verify(mint()).issuer == idp.issuer and verify(mint_b()).issuer == idp_b.issuer
-    # every row of these calls names its issuer
+    # every row of these calls names its issuer, and so does the export
     assert not AuditEvent.objects.filter(method="tools/call", issuer="").exists()
+    out = io.StringIO()
+    call_command("audit_export", "--format", "jsonl", "--issuer", idp_b.issuer, stdout=out)
+    exported = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(r["issuer"], r["request_id"]) for r in exported] == [
+        (idp_b.issuer, b.headers["x-request-id"])
+    ]
 
 
 def test_token_claiming_b_signed_with_as_key_is_refused(live, idp, idp_b, mint, rsa_key):
@@ -344,3 +354,63 @@ def test_readiness_reports_each_issuers_keys(live, idp, idp_b, settings):
     settings.MCPAUTH_JWKS_REFETCH_INTERVAL = 31
     resp = httpx2.get(f"{live.base}/health/ready", timeout=10)
     assert resp.status_code == 503 and resp.json()["status"] == "unavailable"
+
+
+# --- JWKS recovery (item 5) ----------------------------------------------------------------------
+
+
+def _jwks_attempts_bound(seconds: float) -> int:
+    """Fetch attempts backing off 1 s, 2 s, 4 s … can make in ``seconds``: 1 + log2(1 + s)."""
+    return 1 + int(math.log2(1 + seconds))
+
+
+def test_service_resumes_soon_after_the_jwks_answers_again(live, idp, mint, settings):
+    settings.MCPAUTH_JWKS_REFETCH_INTERVAL = 60  # fresh, cold key set (the old flat wait)
+    idp.down = True
+    token = mint()
+    started = time.monotonic()
+    refused = 0
+    while time.monotonic() - started < 5.0 and refused < 200:  # a 5 s outage, bounded
+        resp = call(live, token, "list_todos")
+        assert resp.status_code == 503, resp.text
+        assert int(resp.headers["retry-after"]) <= 8
+        refused += 1
+        time.sleep(0.05)
+    outage = time.monotonic() - started
+    attempts = keyset(idp.issuer).fetch_count
+    assert 2 <= attempts <= _jwks_attempts_bound(outage)  # backed off, not once per call
+    assert refused > attempts
+
+    idp.down = False
+    answered = time.monotonic()
+    for _ in range(300):  # bounded: 15 s at most
+        resp = call(live, token, "list_todos")
+        if resp.status_code == 200:
+            break
+        assert resp.status_code == 503
+        time.sleep(0.05)
+    resumed = time.monotonic() - answered
+    assert resp.status_code == 200
+    print(f"outage {outage:.1f} s: {attempts} attempts; resumed {resumed:.2f} s after")
+    assert resumed <= 10.0, f"service resumed {resumed:.1f} s after the JWKS answered"
+    assert keyset(idp.issuer).failures == 0  # the success reset the backoff
+
+
+def test_a_burst_during_the_outage_fetches_a_few_times(live, idp, mint, settings):
+    settings.MCPAUTH_JWKS_REFETCH_INTERVAL = 60  # fresh, cold key set
+    idp.down = True
+    idp.delay = 0.3  # a slow, failing IdP: callers arrive while a fetch is in flight
+    tokens = [mint(client_id=f"burst-{i}") for i in range(48)]
+    before = idp.attempts
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(lambda t: call(live, t, "list_todos").status_code, tokens))
+    elapsed = time.monotonic() - started
+    print(f"burst: {keyset(idp.issuer).fetch_count} fetches, {idp.attempts - before} requests")
+    assert statuses == [503] * 48
+    bound = _jwks_attempts_bound(elapsed)
+    assert 1 <= keyset(idp.issuer).fetch_count <= bound
+    # each attempt's discovery tries at most its two metadata URLs
+    assert 1 <= idp.attempts - before <= 2 * bound
+    assert AuditEvent.objects.filter(error_code="jwks_down").count() == 48
+    idp.delay = 0.0
