@@ -1,4 +1,5 @@
-"""Admin for tenants, tenant aliases, scope mappings, client bindings and client policies.
+"""Admin for tenants and scope mappings (client bindings, client policies and tenant aliases:
+:mod:`mcpauth.admin_clients`; what they share: :mod:`mcpauth.admin_base`).
 
 Every change made here is audited (``config/<object>.<action>``, actor = the staff username)
 in the transaction of the change itself, through :mod:`audit.config`. Each page links to the
@@ -23,16 +24,11 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from audit.config import diff, record_change, request_actor
 from audit.models import AuditEvent
-from mcpauth.conf import get_settings
+from mcpauth import admin_clients  # noqa: F401  (registers the client and alias admins)
+from mcpauth.admin_base import AuditedAdmin, IssuerFormMixin, audit_url, perm_name
 from mcpauth.models import ClientBinding, ClientPolicy, ScopeMapping, Tenant, TenantAlias
 from mcpauth.registry import registry
-
-
-def audit_url(**filters: str) -> str:
-    """The audit changelist filtered by ``filters`` (``tenant=…``, ``client_id=…``)."""
-    return f"{reverse('admin:audit_auditevent_changelist')}?{urlencode(filters)}"
 
 
 def tenant_audit_url(tenant: Tenant, **more: str) -> str:
@@ -50,110 +46,6 @@ def _tenant_rows() -> QuerySet[AuditEvent]:
     return AuditEvent.objects.filter(
         Q(issuer=OuterRef("issuer")) | Q(issuer="") | via, tenant=OuterRef("external_id")
     ).order_by()
-
-
-def issuer_choices(current: str = "") -> list[tuple[str, str]]:
-    """The configured issuers (and ``current``, kept when no longer configured)."""
-    issuers = [cfg.issuer for cfg in get_settings().issuer_configs]
-    if current and current not in issuers:
-        issuers.append(current)
-    return [(i, i) for i in issuers]
-
-
-class IssuerFormMixin(forms.ModelForm):
-    """``issuer`` as a choice of the configured issuers (the only ones tokens can come from);
-    left out, it is the first configured issuer (the only one of a single-issuer deployment)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        field = self.fields.get("issuer")
-        if field is not None:
-            current = self.instance.issuer if self.instance.pk else ""
-            self.fields["issuer"] = forms.ChoiceField(
-                choices=[("", "(the first configured issuer)"), *issuer_choices(current)],
-                initial=current or get_settings().default_issuer,
-                required=False,
-                help_text=field.help_text,
-            )
-
-    def clean_issuer(self) -> str:
-        value = str(self.cleaned_data.get("issuer") or "")
-        return (
-            value
-            or (self.instance.issuer if self.instance.pk else "")
-            or (get_settings().default_issuer)
-        )
-
-
-def _perm_name(perm: Permission) -> str:
-    return f"{perm.content_type.app_label}.{perm.codename}"
-
-
-class AuditedAdmin(admin.ModelAdmin):
-    """Audits every add, change and delete as ``config/<object>.<action>``."""
-
-    class Media:
-        css = {"all": ("audit/admin.css",)}
-
-    #: The fields whose values an audit row records.
-    audit_fields: tuple[str, ...] = ()
-
-    def audit_snapshot(self, obj: Any) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for name in self.audit_fields:
-            value = getattr(obj, name)
-            values[name] = str(value) if hasattr(value, "_meta") else value
-        return values
-
-    def audit_action(self, before: dict[str, Any], after: dict[str, Any], change: bool) -> str:
-        return "update" if change else "create"
-
-    def audit_target(self, obj: Any) -> str:
-        return str(obj)
-
-    def audit_context(self, obj: Any) -> dict[str, str]:
-        """``tenant``/``client_id``/``issuer`` columns for the audit row, so filters find it."""
-        return {}
-
-    def _record(self, request: HttpRequest, obj: Any, action: str, changes: dict[str, Any]) -> None:
-        record_change(
-            obj,
-            action,
-            target=self.audit_target(obj),
-            actor=request_actor(request),
-            changes=changes,
-            request=request,
-            **self.audit_context(obj),
-        )
-
-    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        before = {}
-        if change:
-            stored = type(obj)._default_manager.filter(pk=obj.pk).first()
-            before = self.audit_snapshot(stored) if stored is not None else {}
-        super().save_model(request, obj, form, change)
-        request._audit_before = before  # type: ignore[attr-defined]  # read by save_related
-
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        super().save_related(request, form, formsets, change)
-        obj = form.instance
-        before: dict[str, Any] = getattr(request, "_audit_before", {})
-        after = self.audit_snapshot(obj)
-        changes = diff(before, after)
-        if change and not changes:
-            return
-        self._record(request, obj, self.audit_action(before, after, change), changes)
-
-    def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        with transaction.atomic():
-            self._record(request, obj, "delete", diff(self.audit_snapshot(obj), {}))
-            super().delete_model(request, obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        with transaction.atomic():
-            for obj in queryset:
-                self._record(request, obj, "delete", diff(self.audit_snapshot(obj), {}))
-            super().delete_queryset(request, queryset)
 
 
 # --- tenants -------------------------------------------------------------------------------------
@@ -375,7 +267,7 @@ class ScopeMappingAdmin(AuditedAdmin):
         return {
             "scope": obj.scope,
             "description": obj.description,
-            "permissions": sorted(_perm_name(p) for p in obj.permissions.all())
+            "permissions": sorted(perm_name(p) for p in obj.permissions.all())
             if obj.pk is not None
             else [],
         }
@@ -385,132 +277,11 @@ class ScopeMappingAdmin(AuditedAdmin):
 
     @admin.display(description="permissions")
     def permission_list(self, obj: ScopeMapping) -> str:
-        return ", ".join(sorted(_perm_name(p) for p in obj.permissions.all()))
+        return ", ".join(sorted(perm_name(p) for p in obj.permissions.all()))
 
     @admin.display(description="unlocks tools")
     def unlocks(self, obj: ScopeMapping) -> str:
         if obj.pk is None:
             return "(save first)"
-        tools = registry.tools_needing(_perm_name(p) for p in obj.permissions.all())
+        tools = registry.tools_needing(perm_name(p) for p in obj.permissions.all())
         return ", ".join(tools) or "no tool on its own"
-
-
-# --- clients -------------------------------------------------------------------------------------
-
-
-class ClientCallsMixin:
-    """A link from a client's binding or policy to that client's audit rows (its issuer's)."""
-
-    @admin.display(description="calls")
-    def calls(self, obj: Any) -> SafeString:
-        if obj is None or not obj.client_id:
-            return format_html("{}", "(none yet)")
-        return format_html(
-            '<a href="{}">audit rows of {}</a>',
-            audit_url(client_id=obj.client_id, issuer=obj.issuer),
-            obj.client_id,
-        )
-
-
-class ClientBindingForm(IssuerFormMixin):
-    class Meta:
-        model = ClientBinding
-        fields = ("issuer", "client_id", "tenant")
-
-
-@admin.register(ClientBinding)
-class ClientBindingAdmin(ClientCallsMixin, AuditedAdmin):
-    form = ClientBindingForm
-    list_display = ("client_id", "issuer", "tenant_label", "created_at", "calls")
-    list_filter = ("issuer", "tenant")
-    search_fields = ("client_id", "tenant__external_id")
-    autocomplete_fields = ("tenant",)
-    readonly_fields = ("calls",)
-    audit_fields = ("issuer", "client_id", "tenant")
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[ClientBinding]:
-        return super().get_queryset(request).select_related("tenant")
-
-    @admin.display(description="tenant", ordering="tenant__external_id")
-    def tenant_label(self, obj: ClientBinding) -> str:
-        return obj.tenant.label
-
-    def audit_target(self, obj: ClientBinding) -> str:
-        return obj.client_id
-
-    def audit_snapshot(self, obj: Any) -> dict[str, Any]:
-        return {
-            "issuer": obj.issuer,
-            "client_id": obj.client_id,
-            "tenant": obj.tenant.external_id if obj.tenant_id else "",
-            "tenant_issuer": obj.tenant.issuer if obj.tenant_id else "",
-        }
-
-    def audit_context(self, obj: ClientBinding) -> dict[str, str]:
-        return {"client_id": obj.client_id, "tenant": obj.tenant.external_id, "issuer": obj.issuer}
-
-
-class ClientPolicyForm(IssuerFormMixin):
-    class Meta:
-        model = ClientPolicy
-        fields = ("issuer", "client_id", "mode", "rate", "note")
-
-
-@admin.register(ClientPolicy)
-class ClientPolicyAdmin(ClientCallsMixin, AuditedAdmin):
-    form = ClientPolicyForm
-    list_display = ("client_id", "issuer", "mode", "rate", "note", "updated_at", "calls")
-    list_filter = ("mode", "issuer")
-    search_fields = ("client_id",)
-    readonly_fields = ("calls",)
-    audit_fields = ("issuer", "client_id", "mode", "rate", "note")
-
-    def audit_target(self, obj: ClientPolicy) -> str:
-        return obj.client_id
-
-    def audit_context(self, obj: ClientPolicy) -> dict[str, str]:
-        return {"client_id": obj.client_id, "issuer": obj.issuer}
-
-
-# --- tenant aliases ------------------------------------------------------------------------------
-
-
-class TenantAliasForm(IssuerFormMixin):
-    class Meta:
-        model = TenantAlias
-        fields = ("issuer", "external_id", "tenant", "note")
-
-
-@admin.register(TenantAlias)
-class TenantAliasAdmin(AuditedAdmin):
-    """An operator's explicit join of another issuer's tenant claim value to a tenant."""
-
-    form = TenantAliasForm
-    list_display = ("external_id", "issuer", "tenant_label", "note", "created_at")
-    list_filter = ("issuer", "tenant")
-    search_fields = ("external_id", "tenant__external_id", "note")
-    autocomplete_fields = ("tenant",)
-    audit_fields = ("issuer", "external_id", "tenant", "note")
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[TenantAlias]:
-        return super().get_queryset(request).select_related("tenant")
-
-    @admin.display(description="tenant", ordering="tenant__external_id")
-    def tenant_label(self, obj: TenantAlias) -> str:
-        return obj.tenant_label
-
-    def audit_target(self, obj: TenantAlias) -> str:
-        return f"{obj.external_id} ({obj.issuer})"
-
-    def audit_snapshot(self, obj: Any) -> dict[str, Any]:
-        return {
-            "issuer": obj.issuer,
-            "external_id": obj.external_id,
-            "tenant": obj.tenant.external_id if obj.tenant_id else "",
-            "tenant_issuer": obj.tenant.issuer if obj.tenant_id else "",
-            "note": obj.note,
-        }
-
-    def audit_context(self, obj: TenantAlias) -> dict[str, str]:
-        # the row is found under the tenant the alias leads into, and the alias's issuer
-        return {"tenant": obj.tenant.external_id, "issuer": obj.issuer}
