@@ -40,9 +40,9 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         messages.append(
             checks.Error(
                 "No identity provider is configured and DEBUG is off.",
-                hint="Set SCALEKIT_ENVIRONMENT_URL and SCALEKIT_RESOURCE_ID, or MCPAUTH_ISSUER "
-                "(and MCPAUTH_AUDIENCE / MCPAUTH_JWKS_URL as needed). The development issuer "
-                "only runs with DEBUG=1.",
+                hint="Set SCALEKIT_ENVIRONMENT_URL and SCALEKIT_RESOURCE_ID, or MCPAUTH_ISSUER / "
+                "MCPAUTH_ISSUERS (and MCPAUTH_AUDIENCE / MCPAUTH_JWKS_URL as needed). The "
+                "development issuer only runs with DEBUG=1.",
                 id="mcpauth.E001",
             )
         )
