@@ -414,3 +414,36 @@ def test_a_burst_during_the_outage_fetches_a_few_times(live, idp, mint, settings
     assert 1 <= idp.attempts - before <= 2 * bound
     assert AuditEvent.objects.filter(error_code="jwks_down").count() == 48
     idp.delay = 0.0
+
+
+# --- the upgrade ----------------------------------------------------------------------------------
+
+
+def test_migration_assigns_existing_rows_to_the_issuer_configured_then(transactional_db, idp):
+    """Tenants, bindings and policies made before issuers existed become the configured
+    issuer's (``mcpauth`` 0004); the constraints of 0005 then hold."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = (
+        [("mcpauth", "0002_seed_scope_mappings")],
+        [("mcpauth", "0005_issuer_namespaces")],
+    )
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    acme = old.get_model("mcpauth", "Tenant").objects.create(external_id="acme", name="Acme")
+    old.get_model("mcpauth", "ClientBinding").objects.create(client_id="bot", tenant_id=acme.pk)
+    old.get_model("mcpauth", "ClientPolicy").objects.create(client_id="bot", mode="blocked")
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(after)
+    assert list(Tenant.objects.values_list("issuer", "external_id", "name")) == [
+        (idp.issuer, "acme", "Acme")
+    ]
+    assert ClientBinding.objects.get().issuer == idp.issuer
+    assert ClientPolicy.objects.get().issuer == idp.issuer
+    # B's acme can now be a tenant of its own; (issuer, external_id) stays unique
+    Tenant.objects.create(issuer="https://b.example", external_id="acme")
+    with pytest.raises(ValidationError):
+        Tenant(issuer=idp.issuer, external_id="acme").full_clean()
