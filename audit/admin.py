@@ -49,6 +49,7 @@ from audit.admin_mixins import VisibleNamesMixin
 from audit.display import reveal_hidden, reveal_hidden_text, visible, visible_text
 from audit.filters import (
     ClientFilter,
+    IssuerFilter,
     KindFilter,
     OutcomeFilter,
     TenantFilter,
@@ -226,6 +227,7 @@ class AuditEventAdmin(VisibleNamesMixin):
         ToolFilter,
         TenantFilter,
         ClientFilter,
+        IssuerFilter,
     )
     date_hierarchy = "created_at"
     search_fields = PREFIX_FIELDS
@@ -350,7 +352,10 @@ class AuditEventAdmin(VisibleNamesMixin):
                 None,
                 {"fields": ("when_field", "request_id", "outcome_field", "duration_ms")},
             ),
-            ("Caller", {"fields": ("tenant", "client_id", "subject", "token_id", "scopes")}),
+            (
+                "Caller",
+                {"fields": ("issuer", "tenant", "client_id", "subject", "token_id", "scopes")},
+            ),
             ("Request", {"fields": ("method", "tool", "pretty_arguments")}),
         ]
         if obj is None or obj.outcome != Outcome.OK or obj.error_code or obj.error_message:

@@ -36,6 +36,7 @@ _OBJECT_NAMES = {
     "scopemapping": "scope_mapping",
     "clientbinding": "client_binding",
     "clientpolicy": "client_policy",
+    "tenantalias": "tenant_alias",
 }
 
 
@@ -93,8 +94,10 @@ def record_change(
     tenant: str = "",
     client_id: str = "",
     cascade: list[list[Any]] | None = None,
+    issuer: str = "",
 ) -> int:
-    """Audit one configuration change: ``method`` = ``config/<object>.<action>``.
+    """Audit one configuration change: ``method`` = ``config/<object>.<action>``; ``issuer`` is
+    the issuer of the tenant, binding, policy or alias changed (its namespace).
 
     ``cascade``: for a delete, what else it deleted (``[[model label, count], ...]``), such as a
     tenant's data.
@@ -112,6 +115,7 @@ def record_change(
         request=request,
         tenant=tenant,
         client_id=client_id,
+        issuer=issuer,
     )
 
 
@@ -186,6 +190,7 @@ def _record(
     tenant: str = "",
     client_id: str = "",
     request_id: str | None = None,
+    issuer: str = "",
 ) -> int:
     return record(
         outcome=Outcome.OK,
@@ -194,6 +199,7 @@ def _record(
         method=method,
         tenant=tenant,
         client_id=client_id,
+        issuer=issuer,
         actor=actor,
         client_ip=_client_ip(request) if request is not None else None,
         user_agent=request.META.get("HTTP_USER_AGENT", "") if request is not None else "",

@@ -63,6 +63,7 @@ EXPORT_FIELDS: tuple[str, ...] = (
     "arguments",
     "actor",
     "trace_id",
+    "issuer",
 )
 #: Rows joined into one chunk of output (one write / one HTTP chunk).
 ROWS_PER_CHUNK = 500

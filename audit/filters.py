@@ -287,3 +287,22 @@ class ClientFilter(_ExactValueFilter):
             .distinct()
         )
         return self.with_current([(client, visible(client)) for client in clients])
+
+
+class IssuerFilter(_ExactValueFilter):
+    """Issuers seen among the most recent rows (a bounded subquery, not a full DISTINCT)."""
+
+    title = "issuer (recent)"
+    parameter_name = field_name = "issuer"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        recent = AuditEvent.objects.order_by("-created_at", "-id").values("pk")
+        issuers = (
+            AuditEvent.objects.filter(pk__in=recent[:RECENT_CLIENT_ROWS])
+            .exclude(issuer="")
+            .order_by("issuer")
+            .values_list("issuer", flat=True)
+            .distinct()
+        )
+        choices = [(issuer, visible(issuer)) for issuer in issuers]
+        return self.with_current([*choices, ("", f"{NONE_LABEL} unauthenticated or older rows")])

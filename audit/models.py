@@ -137,6 +137,13 @@ class AuditEvent(AppendOnlyModel):
         db_default="",
         help_text="The OpenTelemetry trace id of the request.",
     )
+    issuer = models.CharField(
+        max_length=255,
+        blank=True,
+        db_default="",
+        help_text="The identity provider that issued the caller's verified token (the namespace "
+        "of client_id and subject); for a configuration change, the issuer of what changed.",
+    )
 
     class Meta(AppendOnlyModel.Meta):
         ordering = ["-created_at", "-id"]

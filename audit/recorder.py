@@ -46,9 +46,15 @@ def record(
     arguments: Any = None,
     actor: str = "",
     trace_id: str = "",
+    issuer: str = "",
 ) -> int:
-    """Insert one audit row; return its id."""
+    """Insert one audit row; return its id.
+
+    ``issuer``: the issuer of the caller's verified token (taken from ``principal`` when given);
+    for a configuration change, the issuer of the tenant, binding or policy it concerns.
+    """
     if principal is not None:
+        issuer = principal.issuer
         client_id = principal.client_id
         subject = principal.subject
         tenant = principal.tenant.external_id
@@ -74,6 +80,7 @@ def record(
         arguments=redact(arguments) if arguments is not None else {},
         actor=_ident(actor, 255),
         trace_id=_ident(trace_id, 32),
+        issuer=_ident(issuer, 255),
     )
 
 

@@ -3,9 +3,11 @@
 The model is CloudTrail's log-file validation: digests, chained, signed, and a command to check
 them (:mod:`audit.verify`).
 
-* **Canonical row.** A row is the JSON array of its :data:`CANONICAL_FIELDS` values (compact,
-  UTF-8, object keys sorted, ``created_at`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``), read back from
-  the database as the ORM returns it. ``row digest`` = SHA-256 of those bytes.
+* **Canonical row.** A row is the JSON array of the values of its seal version's fields
+  (:data:`FIELDS_BY_VERSION`; new seals: :data:`CANONICAL_FIELDS`, compact, UTF-8, object keys
+  sorted, ``created_at`` as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``), read back from the database as the
+  ORM returns it. ``row digest`` = SHA-256 of those bytes. A seal keeps the version it was made
+  with, so seals made before a field was added still verify, and new ones cover it.
 * **Block.** The rows with ids from the previous block's ``last_id + 1`` to this block's
   ``last_id``, at most ``AUDIT_SEAL_BLOCK_ROWS``. ``rows_hash`` = SHA-256 over the row digests in
   id order. The blocks tile the id space, so every row with an id inside a sealed range must be
@@ -42,11 +44,9 @@ from audit.conf import get_settings
 from audit.horizon import settled_horizon
 from audit.models import AuditEvent, AuditSeal
 
-VERSION = 1
 GENESIS = "0" * 64
-#: The fields a version-1 seal covers, in this order. Adding a field to AuditEvent needs a new
-#: seal version (the test suite compares this with the model).
-CANONICAL_FIELDS: tuple[str, ...] = (
+#: The fields a version-1 seal covers, in this order.
+FIELDS_V1: tuple[str, ...] = (
     "id",
     "created_at",
     "request_id",
@@ -68,6 +68,15 @@ CANONICAL_FIELDS: tuple[str, ...] = (
     "actor",
     "trace_id",
 )
+#: Every seal version and the fields its rows' digests cover. A new field is appended in a new
+#: version (the test suite compares the newest with the model); old versions never change.
+FIELDS_BY_VERSION: dict[int, tuple[str, ...]] = {
+    1: FIELDS_V1,
+    2: (*FIELDS_V1, "issuer"),
+}
+#: The version new seals are made with, and its fields.
+VERSION = max(FIELDS_BY_VERSION)
+CANONICAL_FIELDS: tuple[str, ...] = FIELDS_BY_VERSION[VERSION]
 #: The columns the rollup needs, as positions in a canonical row.
 _POS = {name: i for i, name in enumerate(CANONICAL_FIELDS)}
 DIGEST_PREFIX = 8
@@ -96,12 +105,16 @@ def row_digest(row: Row) -> bytes:
     return hashlib.sha256(canonical_row(row)).digest()
 
 
-def rows_of(first_id: int, last_id: int, *, using: str | None = None) -> Iterator[Row]:
-    """The rows with ``first_id <= id <= last_id``, in id order, as canonical tuples."""
+def rows_of(
+    first_id: int, last_id: int, *, using: str | None = None, version: int = VERSION
+) -> Iterator[Row]:
+    """The rows with ``first_id <= id <= last_id``, in id order, as canonical tuples of seal
+    version ``version``."""
     queryset = AuditEvent.objects.using(using or router.db_for_read(AuditEvent)).filter(
         id__gte=first_id, id__lte=last_id
     )
-    return iter(queryset.order_by("id").values_list(*CANONICAL_FIELDS).iterator(chunk_size=2000))
+    fields = FIELDS_BY_VERSION[version]
+    return iter(queryset.order_by("id").values_list(*fields).iterator(chunk_size=2000))
 
 
 def id_runs(ids: Iterable[int]) -> list[list[int]]:

@@ -213,6 +213,7 @@ OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = os.environ.get(
 
 # --- mcpauth (see mcpauth/conf.py for every default) -----------------------------------------
 MCPAUTH_ISSUER = os.environ.get("MCPAUTH_ISSUER", "")
+MCPAUTH_ISSUERS = os.environ.get("MCPAUTH_ISSUERS", "")  # "ISSUER[=JWKS_URL] ..." (mcpauth.conf)
 MCPAUTH_AUDIENCE = os.environ.get("MCPAUTH_AUDIENCE", "")
 MCPAUTH_JWKS_URL = os.environ.get("MCPAUTH_JWKS_URL", "")
 MCPAUTH_TENANT_CLAIM = os.environ.get("MCPAUTH_TENANT_CLAIM", "oid")

@@ -1,12 +1,10 @@
-"""Admin for tenants, scope mappings, client bindings and client policies.
+"""Admin for tenants and scope mappings (client bindings, client policies and tenant aliases:
+:mod:`mcpauth.admin_clients`; what they share: :mod:`mcpauth.admin_base`).
 
 Every change made here is audited (``config/<object>.<action>``, actor = the staff username)
 in the transaction of the change itself, through :mod:`audit.config`. Each page links to the
 audit rows it governs: a tenant to its calls, bindings and policies; a client's binding or
-policy to that client's calls; a scope mapping shows the tools it unlocks. Tenant ids and names
-and client ids are shown by :mod:`audit.display` (look-alike characters escaped and marked).
-
-Domain apps' model admins inherit :class:`TenantOwnedAdmin` (:mod:`mcpauth.admin_owned`).
+policy to that client's calls; a scope mapping shows the tools it unlocks.
 """
 
 from __future__ import annotations
@@ -26,12 +24,13 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from audit.admin_mixins import VisibleNamesMixin, cascade
-from audit.config import diff, record_change, request_actor
 from audit.display import visible
 from audit.models import AuditEvent
-from mcpauth.admin_owned import TenantListFilter, TenantOwnedAdmin, tenant_label
-from mcpauth.models import ClientBinding, ClientPolicy, ScopeMapping, Tenant
+from mcpauth import admin_clients  # noqa: F401  (registers the client and alias admins)
+from mcpauth.admin_base import AuditedAdmin, IssuerFormMixin, audit_url, perm_name
+from mcpauth.admin_clients import ClientBindingAdmin, ClientPolicyAdmin, TenantAliasAdmin
+from mcpauth.admin_owned import TenantOwnedAdmin
+from mcpauth.models import ClientBinding, ClientPolicy, ScopeMapping, Tenant, TenantAlias
 from mcpauth.registry import registry
 
 __all__ = [
@@ -39,103 +38,43 @@ __all__ = [
     "ClientPolicyAdmin",
     "ScopeMappingAdmin",
     "TenantAdmin",
+    "TenantAliasAdmin",
     "TenantOwnedAdmin",
 ]
 
 
-def audit_url(**filters: str) -> str:
-    """The audit changelist filtered by ``filters`` (``tenant=…``, ``client_id=…``)."""
-    return f"{reverse('admin:audit_auditevent_changelist')}?{urlencode(filters)}"
+def tenant_audit_url(tenant: Tenant, **more: str) -> str:
+    """The audit changelist filtered to a tenant's rows (:meth:`Tenant.audit_rows`)."""
+    issuers = ",".join(tenant.audit_issuers())
+    return audit_url(tenant=tenant.external_id, **more, issuer__in=issuers)
 
 
-def _perm_name(perm: Permission) -> str:
-    return f"{perm.content_type.app_label}.{perm.codename}"
-
-
-class AuditedAdmin(VisibleNamesMixin):
-    """Audits every add, change and delete as ``config/<object>.<action>``."""
-
-    #: The fields whose values an audit row records.
-    audit_fields: tuple[str, ...] = ()
-
-    def audit_snapshot(self, obj: Any) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        for name in self.audit_fields:
-            value = getattr(obj, name)
-            values[name] = str(value) if hasattr(value, "_meta") else value
-        return values
-
-    def audit_action(self, before: dict[str, Any], after: dict[str, Any], change: bool) -> str:
-        return "update" if change else "create"
-
-    def audit_target(self, obj: Any) -> str:
-        return str(obj)
-
-    def audit_context(self, obj: Any) -> dict[str, str]:
-        """``tenant``/``client_id`` columns for the audit row, so filters find it."""
-        return {}
-
-    def _record(
-        self,
-        request: HttpRequest,
-        obj: Any,
-        action: str,
-        changes: dict[str, Any],
-        cascade: list[list[Any]] | None = None,
-    ) -> None:
-        record_change(
-            obj,
-            action,
-            target=self.audit_target(obj),
-            actor=request_actor(request),
-            changes=changes,
-            request=request,
-            cascade=cascade,
-            **self.audit_context(obj),
-        )
-
-    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        before = {}
-        if change:
-            stored = type(obj)._default_manager.filter(pk=obj.pk).first()
-            before = self.audit_snapshot(stored) if stored is not None else {}
-        super().save_model(request, obj, form, change)
-        request._audit_before = before  # type: ignore[attr-defined]  # read by save_related
-
-    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        super().save_related(request, form, formsets, change)
-        obj = form.instance
-        before: dict[str, Any] = getattr(request, "_audit_before", {})
-        after = self.audit_snapshot(obj)
-        changes = diff(before, after)
-        if change and not changes:
-            return
-        self._record(request, obj, self.audit_action(before, after, change), changes)
-
-    def _record_delete(self, request: HttpRequest, obj: Any) -> None:
-        """Before the delete: the row names what it also deletes (a tenant's data, say)."""
-        changes = diff(self.audit_snapshot(obj), {})
-        self._record(request, obj, "delete", changes, cascade=cascade(obj))
-
-    def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        with transaction.atomic():
-            self._record_delete(request, obj)
-            super().delete_model(request, obj)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        with transaction.atomic():
-            for obj in queryset:
-                self._record_delete(request, obj)
-            super().delete_queryset(request, queryset)
+def _tenant_rows() -> QuerySet[AuditEvent]:
+    """Audit rows of the outer query's tenant, as :meth:`Tenant.audit_rows` selects them."""
+    via = Q(issuer__in=TenantAlias.objects.filter(tenant=OuterRef(OuterRef("pk"))).values("issuer"))
+    via |= Q(
+        issuer__in=ClientBinding.objects.filter(tenant=OuterRef(OuterRef("pk"))).values("issuer")
+    )
+    return AuditEvent.objects.filter(
+        Q(issuer=OuterRef("issuer")) | Q(issuer="") | via, tenant=OuterRef("external_id")
+    ).order_by()
 
 
 # --- tenants -------------------------------------------------------------------------------------
 
 
+class TenantForm(IssuerFormMixin):
+    class Meta:
+        model = Tenant
+        fields = ("issuer", "external_id", "name", "suspended")
+
+
 @admin.register(Tenant)
 class TenantAdmin(AuditedAdmin):
+    form = TenantForm
     list_display = (
         "external_id_column",
+        "issuer_column",
         "name_column",
         "status",
         "last_seen",
@@ -143,14 +82,14 @@ class TenantAdmin(AuditedAdmin):
         "bindings",
         "created_at",
     )
-    list_filter = ("suspended",)
-    search_fields = ("external_id", "name")
+    list_filter = ("suspended", "issuer")
+    search_fields = ("external_id", "name", "issuer")
     actions = ["suspend", "unsuspend"]
     readonly_fields = ("activity",)
-    audit_fields = ("external_id", "name", "suspended")
+    audit_fields = ("issuer", "external_id", "name", "suspended")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
-        rows = AuditEvent.objects.filter(tenant=OuterRef("external_id")).order_by()
+        rows = _tenant_rows()
         since = timezone.now() - timedelta(hours=24)
         return (
             super()
@@ -167,12 +106,14 @@ class TenantAdmin(AuditedAdmin):
                 ),
                 binding_count=Count("client_bindings", distinct=True),
             )
+            .prefetch_related("aliases", "client_bindings")  # audit_issuers() of each row
         )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Tenant | None = None) -> Any:
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None and obj.has_audit_rows():
-            fields.insert(0, "external_id")  # named by audit rows: immutable (Tenant.clean)
+            # named by audit rows: immutable (Tenant.clean)
+            fields[:0] = ["issuer", "external_id"]
         return fields
 
     def audit_action(self, before: dict[str, Any], after: dict[str, Any], change: bool) -> str:
@@ -184,11 +125,15 @@ class TenantAdmin(AuditedAdmin):
         return obj.external_id
 
     def audit_context(self, obj: Tenant) -> dict[str, str]:
-        return {"tenant": obj.external_id}
+        return {"tenant": obj.external_id, "issuer": obj.issuer}
 
     @admin.display(description="external id", ordering="external_id")
     def external_id_column(self, obj: Tenant) -> SafeString:
         return visible(obj.external_id)
+
+    @admin.display(description="issuer", ordering="issuer")
+    def issuer_column(self, obj: Tenant) -> SafeString:
+        return visible(obj.issuer)
 
     @admin.display(description="name", ordering="name")
     def name_column(self, obj: Tenant) -> SafeString:
@@ -211,7 +156,7 @@ class TenantAdmin(AuditedAdmin):
         since = timezone.localtime(timezone.now() - timedelta(hours=24)).isoformat()
         return format_html(
             '<a href="{}">{}</a>',
-            audit_url(tenant=obj.external_id, created_at__gte=since),
+            tenant_audit_url(obj, created_at__gte=since),
             getattr(obj, "calls_last_24h", None) or 0,
         )
 
@@ -228,21 +173,28 @@ class TenantAdmin(AuditedAdmin):
             return format_html("{}", "(none yet)")
         now = timezone.now()
         links = []
+        rows = obj.audit_rows()
         for label, hours in (("24 h", 24), ("7 d", 24 * 7), ("30 d", 24 * 30)):
             since = now - timedelta(hours=hours)
-            count = AuditEvent.objects.filter(tenant=obj.external_id, created_at__gte=since).count()
+            count = AuditEvent.objects.filter(rows, created_at__gte=since).count()
             links.append(
                 (
-                    audit_url(tenant=obj.external_id, created_at__gte=since.isoformat()),
+                    tenant_audit_url(obj, created_at__gte=since.isoformat()),
                     f"{count} call(s) in the last {label}",
                 )
             )
-        links.append((audit_url(tenant=obj.external_id), "all audit rows"))
-        clients = list(ClientBinding.objects.filter(tenant=obj).values_list("client_id", flat=True))
+        links.append((tenant_audit_url(obj), "all audit rows"))
+        aliases = reverse("admin:mcpauth_tenantalias_changelist")
+        links.append((f"{aliases}?tenant__id__exact={obj.pk}", f"{obj.aliases.count()} alias(es)"))
+        bound = list(ClientBinding.objects.filter(tenant=obj).values_list("issuer", "client_id"))
+        clients = sorted({client for _issuer, client in bound})
         bindings = reverse("admin:mcpauth_clientbinding_changelist")
-        links.append((f"{bindings}?tenant__id__exact={obj.pk}", f"{len(clients)} binding(s)"))
+        links.append((f"{bindings}?tenant__id__exact={obj.pk}", f"{len(bound)} binding(s)"))
         policies = reverse("admin:mcpauth_clientpolicy_changelist")
-        n_policies = ClientPolicy.objects.filter(client_id__in=clients).count()
+        same_client = Q(pk__in=[])
+        for issuer, client in bound:
+            same_client |= Q(issuer=issuer, client_id=client)
+        n_policies = ClientPolicy.objects.filter(same_client).count()
         links.append(
             (
                 f"{policies}?{urlencode({'client_id__in': ','.join(clients)})}",
@@ -250,7 +202,7 @@ class TenantAdmin(AuditedAdmin):
             )
         )
         last = (
-            AuditEvent.objects.filter(tenant=obj.external_id)
+            AuditEvent.objects.filter(rows)
             .order_by("-created_at")
             .values_list("created_at", flat=True)
             .first()
@@ -339,7 +291,7 @@ class ScopeMappingAdmin(AuditedAdmin):
         return {
             "scope": obj.scope,
             "description": obj.description,
-            "permissions": sorted(_perm_name(p) for p in obj.permissions.all())
+            "permissions": sorted(perm_name(p) for p in obj.permissions.all())
             if obj.pk is not None
             else [],
         }
@@ -349,76 +301,11 @@ class ScopeMappingAdmin(AuditedAdmin):
 
     @admin.display(description="permissions")
     def permission_list(self, obj: ScopeMapping) -> str:
-        return ", ".join(sorted(_perm_name(p) for p in obj.permissions.all()))
+        return ", ".join(sorted(perm_name(p) for p in obj.permissions.all()))
 
     @admin.display(description="unlocks tools")
     def unlocks(self, obj: ScopeMapping) -> str | SafeString:
         if obj.pk is None:
             return "(save first)"
-        tools = registry.tools_needing(_perm_name(p) for p in obj.permissions.all())
+        tools = registry.tools_needing(perm_name(p) for p in obj.permissions.all())
         return format_html_join(", ", "{}", ((visible(t),) for t in tools)) or "no tool on its own"
-
-
-# --- clients -------------------------------------------------------------------------------------
-
-
-class ClientCallsMixin:
-    """A link from a client's binding or policy to that client's audit rows."""
-
-    @admin.display(description="calls")
-    def calls(self, obj: Any) -> SafeString:
-        if obj is None or not obj.client_id:
-            return format_html("{}", "(none yet)")
-        return format_html(
-            '<a href="{}">audit rows of {}</a>',
-            audit_url(client_id=obj.client_id),
-            visible(obj.client_id),
-        )
-
-    @admin.display(description="client id", ordering="client_id")
-    def client_id_column(self, obj: Any) -> SafeString:
-        return visible(obj.client_id)
-
-
-@admin.register(ClientBinding)
-class ClientBindingAdmin(ClientCallsMixin, AuditedAdmin):
-    list_display = ("client_id_column", "tenant_column", "created_at", "calls")
-    list_filter = (("tenant", TenantListFilter),)
-    search_fields = ("client_id", "tenant__external_id")
-    autocomplete_fields = ("tenant",)
-    readonly_fields = ("calls",)
-    audit_fields = ("client_id", "tenant")
-
-    def audit_target(self, obj: ClientBinding) -> str:
-        return obj.client_id
-
-    def audit_snapshot(self, obj: Any) -> dict[str, Any]:
-        return {
-            "client_id": obj.client_id,
-            "tenant": obj.tenant.external_id if obj.tenant_id else "",
-        }
-
-    def audit_context(self, obj: ClientBinding) -> dict[str, str]:
-        return {"client_id": obj.client_id, "tenant": obj.tenant.external_id}
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[ClientBinding]:
-        return super().get_queryset(request).select_related("tenant")
-
-    @admin.display(description="tenant", ordering="tenant__external_id")
-    def tenant_column(self, obj: ClientBinding) -> SafeString:
-        return visible(tenant_label(obj.tenant))
-
-
-@admin.register(ClientPolicy)
-class ClientPolicyAdmin(ClientCallsMixin, AuditedAdmin):
-    list_display = ("client_id_column", "mode", "rate", "note", "updated_at", "calls")
-    list_filter = ("mode",)
-    search_fields = ("client_id",)
-    readonly_fields = ("calls",)
-    audit_fields = ("client_id", "mode", "rate", "note")
-
-    def audit_target(self, obj: ClientPolicy) -> str:
-        return obj.client_id
-
-    def audit_context(self, obj: ClientPolicy) -> dict[str, str]:
-        return {"client_id": obj.client_id}

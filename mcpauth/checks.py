@@ -14,6 +14,10 @@
   parameters do not match the function's, positional-only arguments ...);
 * ``mcpauth.E031`` an app's ``mcp.py`` builds a FastMCP server of its own (nothing on it would
   be served);
+* ``mcpauth.E010`` ``MCPAUTH_JWKS_URL`` is set while several issuers are configured (one JWKS
+  for several issuers would let one issuer's key vouch for another);
+* ``mcpauth.E011`` an ``MCPAUTH_ISSUERS`` entry is malformed (not an http(s) issuer or JWKS URL,
+  or one issuer given two JWKS URLs);
 * ``mcpauth.W010`` the rate-limit cache is not shared between workers while ``DEBUG`` is off;
 * ``mcpauth.W011`` ``ALLOWED_HOSTS`` contains ``*``, which disables DNS-rebinding protection;
 * ``mcpauth.W012`` the development issuer is active;
@@ -52,12 +56,13 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         messages.append(
             checks.Error(
                 "No identity provider is configured and DEBUG is off.",
-                hint="Set SCALEKIT_ENVIRONMENT_URL and SCALEKIT_RESOURCE_ID, or MCPAUTH_ISSUER "
-                "(and MCPAUTH_AUDIENCE / MCPAUTH_JWKS_URL as needed). The development issuer "
-                "only runs with DEBUG=1.",
+                hint="Set SCALEKIT_ENVIRONMENT_URL and SCALEKIT_RESOURCE_ID, or MCPAUTH_ISSUER / "
+                "MCPAUTH_ISSUERS (and MCPAUTH_AUDIENCE / MCPAUTH_JWKS_URL as needed). The "
+                "development issuer only runs with DEBUG=1.",
                 id="mcpauth.E001",
             )
         )
+    messages.extend(issuer_messages())
     if not conf.base_url.startswith(("http://", "https://")):
         messages.append(
             checks.Error(
@@ -144,6 +149,34 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
                 "MCPAUTH_ROW_LEVEL_SECURITY is off: tenant isolation rests on the ORM alone.",
                 hint="Remove MCPAUTH_ROW_LEVEL_SECURITY=False and run migrate.",
                 id="mcpauth.W042",
+            )
+        )
+    return messages
+
+
+def issuer_messages() -> list[checks.CheckMessage]:
+    """Problems with the issuers' configuration (``E010``, ``E011``)."""
+    conf = get_settings()
+    messages: list[checks.CheckMessage] = []
+    if conf.preset == "oidc" and conf.jwks_url and len(conf.issuer_configs) > 1:
+        messages.append(
+            checks.Error(
+                f"MCPAUTH_JWKS_URL names one JWKS for {len(conf.issuer_configs)} issuers: a key "
+                "is only accepted for the issuer whose JWKS served it.",
+                hint="Give each issuer its own JWKS URL in MCPAUTH_ISSUERS "
+                "('https://a.example/=https://a.example/jwks.json https://b.example/=...'), or "
+                "leave it out to discover it from the issuer's metadata.",
+                id="mcpauth.E010",
+            )
+        )
+    for problem in conf.issuer_problems:
+        messages.append(
+            checks.Error(
+                problem + ".",
+                hint="MCPAUTH_ISSUERS holds 'ISSUER' or 'ISSUER=JWKS_URL' items separated by "
+                "spaces or commas (in settings: a mapping {issuer: jwks_url or ''}); both are "
+                "absolute http(s) URLs, the issuer without query or fragment.",
+                id="mcpauth.E011",
             )
         )
     return messages

@@ -8,7 +8,7 @@ mutates ``django.conf.settings``.
 Identity-provider presets, in order of precedence:
 
 * **scalekit** when ``SCALEKIT_ENVIRONMENT_URL`` and ``SCALEKIT_RESOURCE_ID`` are set;
-* **oidc** when ``MCPAUTH_ISSUER`` is set;
+* **oidc** when ``MCPAUTH_ISSUER`` or ``MCPAUTH_ISSUERS`` is set (one or more issuers);
 * **dev** (a local RSA key under ``var/``) only when neither is set and ``DEBUG`` is on;
 * **none** otherwise, which the system check ``mcpauth.E001`` reports and startup refuses.
 """
@@ -86,19 +86,105 @@ def origin_key(origin: str) -> OriginKey | None:
 
 
 @dataclass(frozen=True)
+class IssuerConfig:
+    """One identity provider: its keys and its tenants are its own.
+
+    A signing key is accepted only for the issuer whose JWKS served it; tenants, client bindings,
+    client policies and audit rows are namespaced by :attr:`issuer`.
+    """
+
+    #: The issuer's identifier (its ``iss``); the namespace of its tenants and clients.
+    issuer: str
+    #: Every ``iss`` value accepted for this issuer, :attr:`issuer` first (Scalekit's
+    #: resource-scoped issuer is the same provider).
+    accepted: tuple[str, ...]
+    #: Explicit JWKS URL; empty: discovered from the issuer's metadata.
+    jwks_url: str = ""
+    #: The development issuer, whose keys are in process (no HTTP).
+    dev: bool = False
+
+
+def parse_issuers(value: Any) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """``MCPAUTH_ISSUERS`` → ``((issuer, jwks_url or ""), ...)`` and the problems found.
+
+    Accepted forms: a mapping ``{issuer: jwks_url or ""}``; a list whose items are an issuer, an
+    ``"ISSUER=JWKS_URL"`` string, an ``(issuer, jwks_url)`` pair or ``{"issuer": ...,
+    "jwks_url": ...}``; or one string of such items separated by spaces, commas or newlines
+    (what the environment variable holds). An issuer has no query (OIDC), so the first ``=``
+    separates it from its JWKS URL.
+    """
+    if not value:
+        return (), ()
+    raw: list[Any]
+    if isinstance(value, str):
+        raw = [v for v in value.replace(",", " ").split() if v]
+    elif isinstance(value, dict):
+        raw = [(k, v) for k, v in value.items()]
+    elif isinstance(value, list | tuple):
+        raw = list(value)
+    else:
+        return (), (f"MCPAUTH_ISSUERS must be a mapping, a list or a string, not {type(value)}",)
+    entries: dict[str, str] = {}
+    problems: list[str] = []
+    for item in raw:
+        issuer: Any
+        jwks: Any
+        if isinstance(item, str):
+            issuer, _, jwks = item.partition("=")
+        elif isinstance(item, dict):
+            issuer, jwks = item.get("issuer"), item.get("jwks_url") or ""
+        elif isinstance(item, list | tuple) and len(item) == 2:
+            issuer, jwks = item[0], item[1] or ""
+        else:
+            problems.append(f"MCPAUTH_ISSUERS entry {item!r} is not an issuer or a pair")
+            continue
+        if not isinstance(issuer, str) or not isinstance(jwks, str):
+            problems.append(f"MCPAUTH_ISSUERS entry {item!r} is not made of strings")
+            continue
+        issuer, jwks = issuer.strip(), jwks.strip()
+        problem = url_problem(issuer, "issuer") or (jwks and url_problem(jwks, "JWKS URL"))
+        if problem:
+            problems.append(f"MCPAUTH_ISSUERS: {problem}")
+            continue
+        if issuer in entries and entries[issuer] != jwks:
+            problems.append(f"MCPAUTH_ISSUERS names issuer {issuer!r} twice with two JWKS URLs")
+            continue
+        entries[issuer] = jwks
+    return tuple(entries.items()), tuple(problems)
+
+
+def url_problem(url: str, what: str) -> str | None:
+    """Why ``url`` is not an absolute http(s) URL without query or fragment, or ``None``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"{what} {url!r} is not an absolute http(s) URL"
+    if what == "issuer" and (parts.query or parts.fragment):
+        return f"{what} {url!r} has a query or fragment"
+    return None
+
+
+@dataclass(frozen=True)
 class MCPAuthSettings:
     debug: bool
     #: Public base URL of this server (``BASE_URL``); the MCP resource is ``base_url + "/mcp"``.
     base_url: str
     preset: Preset
-    #: Accepted ``iss`` values.
+    #: Accepted ``iss`` values, every issuer's (see :attr:`issuer_configs`).
     issuers: tuple[str, ...]
     #: Accepted ``aud`` values; a token must carry at least one of them.
     audiences: tuple[str, ...]
-    #: Explicit JWKS URL; when empty it is discovered from the first issuer's metadata.
+    #: ``MCPAUTH_JWKS_URL`` (or Scalekit's ``{env}/keys``): the single issuer's JWKS URL; each
+    #: issuer's own is in :attr:`issuer_configs` (empty there: discovered).
     jwks_url: str
     #: Advertised in the protected-resource metadata (RFC 9728).
     authorization_servers: tuple[str, ...]
+    #: The issuers, each with its own keys and tenants (first: the default for commands).
+    issuer_configs: tuple[IssuerConfig, ...] = ()
+    #: Problems with ``MCPAUTH_ISSUERS`` (entries left out), reported by ``mcpauth.E011``.
+    issuer_problems: tuple[str, ...] = ()
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     #: Accepted JOSE ``typ`` header values (case-insensitive). A missing ``typ`` is refused
     #: unless ``require_typ`` is off.
@@ -107,8 +193,12 @@ class MCPAuthSettings:
     leeway_seconds: int = 30
     max_token_bytes: int = 8192
     jwks_cache_ttl: int = 3600
-    #: At most one JWKS refetch per this many seconds for an unknown ``kid``.
+    #: At most one JWKS refetch per this many seconds for an unknown ``kid``; also the longest
+    #: wait between attempts while the JWKS fails (retries back off from one second).
     jwks_refetch_interval: int = 60
+    #: While an issuer's keys never loaded: the longest wait between fetch attempts (capped by
+    #: ``jwks_refetch_interval``), so service resumes within this long of the JWKS answering.
+    jwks_retry_max: float = 8.0
     jwks_timeout: float = 3.0
     tenant_claim: str = "oid"
     auto_provision_tenants: bool = True
@@ -155,6 +245,20 @@ class MCPAuthSettings:
         keys = (origin_key(o) for o in (self.base_url, *self.allowed_origins))
         return frozenset(k for k in keys if k is not None)
 
+    @cached_property
+    def _issuer_index(self) -> dict[str, IssuerConfig]:
+        return {iss: cfg for cfg in self.issuer_configs for iss in cfg.accepted}
+
+    def issuer_for(self, iss: str) -> IssuerConfig | None:
+        """The configured issuer that accepts the ``iss`` value ``iss``, or ``None``."""
+        return self._issuer_index.get(iss)
+
+    @property
+    def default_issuer(self) -> str:
+        """The first configured issuer (``""`` when none): what a tenant, binding or policy
+        created without naming an issuer belongs to."""
+        return self.issuer_configs[0].issuer if self.issuer_configs else ""
+
     @property
     def resource_url(self) -> str:
         return f"{self.base_url}/mcp"
@@ -177,6 +281,7 @@ def _build() -> MCPAuthSettings:
     sk_env = str(getattr(s, "SCALEKIT_ENVIRONMENT_URL", "") or "").rstrip("/")
     sk_resource = str(getattr(s, "SCALEKIT_RESOURCE_ID", "") or "")
     issuer_setting = split_list(getattr(s, "MCPAUTH_ISSUER", ""))
+    explicit, problems = parse_issuers(getattr(s, "MCPAUTH_ISSUERS", None))
     jwks_url = str(getattr(s, "MCPAUTH_JWKS_URL", "") or "")
     auth_servers = split_list(getattr(s, "MCPAUTH_AUTHORIZATION_SERVERS", ""))
     var_dir = Path(getattr(s, "VAR_DIR", Path(s.BASE_DIR) / "var"))
@@ -188,9 +293,19 @@ def _build() -> MCPAuthSettings:
         audiences = tuple(dict.fromkeys((sk_resource, resource, *extra_audiences)))
         jwks_url = jwks_url or f"{sk_env}/keys"
         auth_servers = auth_servers or (f"{sk_env}/resources/{sk_resource}",)
-    elif issuer_setting:
+        # one provider under two iss values: one key set, one tenant namespace
+        configs: tuple[IssuerConfig, ...] = (IssuerConfig(sk_env, issuers, jwks_url),)
+    elif issuer_setting or explicit:
         preset = "oidc"
-        issuers = issuer_setting
+        given = dict(explicit)
+        names = tuple(dict.fromkeys((*issuer_setting, *given)))
+        configs = tuple(
+            IssuerConfig(
+                name, (name,), given.get(name) or (jwks_url if n == 0 and len(names) == 1 else "")
+            )
+            for n, name in enumerate(names)
+        )
+        issuers = names
         audiences = extra_audiences or (resource,)
         auth_servers = auth_servers or (issuers[0],)
     elif debug:
@@ -198,9 +313,10 @@ def _build() -> MCPAuthSettings:
         issuers = (f"{base_url}/dev-issuer",)
         audiences = extra_audiences or (resource,)
         auth_servers = issuers
+        configs = (IssuerConfig(issuers[0], issuers, dev=True),)
     else:
         preset = "none"
-        issuers, audiences = (), extra_audiences or (resource,)
+        issuers, audiences, configs = (), extra_audiences or (resource,), ()
 
     algorithms = tuple(
         a
@@ -216,12 +332,15 @@ def _build() -> MCPAuthSettings:
         audiences=audiences,
         jwks_url=jwks_url,
         authorization_servers=auth_servers,
+        issuer_configs=configs,
+        issuer_problems=problems,
         algorithms=algorithms,
         require_typ=bool(getattr(s, "MCPAUTH_REQUIRE_TYP", True)),
         leeway_seconds=int(getattr(s, "MCPAUTH_LEEWAY_SECONDS", 30)),
         max_token_bytes=int(getattr(s, "MCPAUTH_MAX_TOKEN_BYTES", 8192)),
         jwks_cache_ttl=int(getattr(s, "MCPAUTH_JWKS_CACHE_TTL", 3600)),
         jwks_refetch_interval=int(getattr(s, "MCPAUTH_JWKS_REFETCH_INTERVAL", 60)),
+        jwks_retry_max=float(getattr(s, "MCPAUTH_JWKS_RETRY_MAX", 8.0)),
         jwks_timeout=float(getattr(s, "MCPAUTH_JWKS_TIMEOUT", 3.0)),
         tenant_claim=str(getattr(s, "MCPAUTH_TENANT_CLAIM", "oid") or "oid"),
         auto_provision_tenants=bool(getattr(s, "MCPAUTH_AUTO_PROVISION_TENANTS", True)),

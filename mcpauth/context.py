@@ -126,8 +126,9 @@ class CallContext:
         }
         if self.principal is not None:
             fields["principal"] = self.principal
-        elif self.token is not None:
+        elif self.token is not None:  # verified, then refused (tenant, ...): its issuer is known
             fields.update(
+                issuer=self.token.issuer,
                 client_id=self.token.client_id,
                 subject=self.token.subject,
                 token_id=self.token.token_id,

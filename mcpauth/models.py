@@ -1,5 +1,10 @@
 """Tenants, the scope→permission map, client→tenant bindings and per-client policies.
 
+Tenants, bindings, policies and tenant aliases are namespaced by issuer: the same tenant claim
+or ``client_id`` from two identity providers names two different things, unless an operator
+joins them (:class:`TenantAlias`, or a binding to another issuer's tenant). Created without an
+issuer, they belong to the first configured one (:func:`default_issuer`).
+
 :class:`TenantOwned` is the abstract base for app models whose rows belong to one tenant.
 """
 
@@ -11,11 +16,12 @@ from typing import Any
 from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Q
 from django.db.models.signals import class_prepared
 from django.dispatch import receiver
 
 from mcpauth import revocation
-from mcpauth.conf import parse_rate
+from mcpauth.conf import get_settings, parse_rate
 from mcpauth.exceptions import CrossTenantAccess
 from mcpauth.managers import (
     ScopedManager,
@@ -25,6 +31,18 @@ from mcpauth.managers import (
     tenant_relations,
 )
 from mcpauth.tenant_scope import active_tenant
+
+ISSUER_HELP = "The identity provider (its iss) whose tokens name this; its namespace."
+
+
+def default_issuer() -> str:
+    """The first configured issuer: what a tenant, binding, policy or alias created without
+    naming one belongs to (the only issuer of a single-issuer deployment)."""
+    return get_settings().default_issuer
+
+
+def issuer_field(**kwargs: Any) -> models.CharField[str, str]:
+    return models.CharField(max_length=255, default=default_issuer, help_text=ISSUER_HELP, **kwargs)
 
 
 class ConfigQuerySet(models.QuerySet[Any]):
@@ -55,12 +73,16 @@ ConfigManager = models.Manager.from_queryset(ConfigQuerySet)
 
 
 class Tenant(models.Model):
-    """One customer organisation. ``external_id`` is the IdP's id (e.g. Scalekit ``oid``).
+    """One customer organisation of one issuer. ``external_id`` is that issuer's id for it (e.g.
+    Scalekit ``oid``): ``(issuer, external_id)`` is unique, and the same claim value from another
+    issuer is another tenant unless a :class:`TenantAlias` maps it here.
 
-    ``external_id`` cannot change once audit rows name it: they would no longer point at it.
+    ``issuer`` and ``external_id`` cannot change once audit rows name the tenant: they would no
+    longer point at it.
     """
 
-    external_id = models.CharField(max_length=255, unique=True)
+    issuer = issuer_field()
+    external_id = models.CharField(max_length=255)
     name = models.CharField(max_length=255, blank=True)
     suspended = models.BooleanField(
         default=False, help_text="A suspended tenant gets 403 on every MCP call."
@@ -70,27 +92,120 @@ class Tenant(models.Model):
     objects = ConfigManager()
 
     class Meta:
-        ordering = ["external_id"]
+        ordering = ["external_id", "issuer"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["issuer", "external_id"], name="mcpauth_tenant_issuer_external_id"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name or self.external_id
 
+    @property
+    def label(self) -> str:
+        """``external_id`` with its issuer, for lists that mix issuers."""
+        return f"{self.external_id} ({self.issuer or 'no issuer'})"
+
+    def audit_issuers(self) -> list[str]:
+        """The issuers whose audit rows naming this tenant's external id are its rows: its own,
+        those that reach it through an alias or a binding, and "" (rows written before issuers
+        were recorded)."""
+        issuers = {self.issuer, ""}
+        if self.pk is not None:  # .all(): served by prefetch_related when the caller used it
+            issuers.update(alias.issuer for alias in self.aliases.all())
+            issuers.update(binding.issuer for binding in self.client_bindings.all())
+        return sorted(issuers)
+
+    def audit_rows(self) -> Q:
+        """The audit rows of calls in this tenant (see :meth:`audit_issuers`)."""
+        return Q(tenant=self.external_id, issuer__in=self.audit_issuers())
+
     def has_audit_rows(self, external_id: str | None = None) -> bool:
         from audit.models import AuditEvent  # audit imports nothing from here at import time
 
+        # any issuer: whichever rows name this external id keep it (and its issuer) fixed
         return AuditEvent.objects.filter(tenant=external_id or self.external_id).exists()
 
     def clean(self) -> None:
-        if self.pk is None:
-            return
-        stored = Tenant.objects.filter(pk=self.pk).values_list("external_id", flat=True).first()
-        if stored is not None and stored != self.external_id and self.has_audit_rows(stored):
+        if TenantAlias.objects.filter(issuer=self.issuer, external_id=self.external_id).exists():
             raise ValidationError(
                 {
-                    "external_id": "This tenant's external id is named by audit rows and can no "
-                    "longer change. Create a new tenant instead."
+                    "external_id": "This issuer's tenant claim value is an alias of another "
+                    "tenant; remove the alias first."
                 }
             )
+        if self.pk is None:
+            return
+        stored = Tenant.objects.filter(pk=self.pk).values("issuer", "external_id").first()
+        if (
+            stored is not None
+            and (stored["issuer"], stored["external_id"]) != (self.issuer, self.external_id)
+            and self.has_audit_rows(stored["external_id"])
+        ):
+            raise ValidationError(
+                {
+                    "external_id": "This tenant's issuer and external id are named by audit "
+                    "rows and can no longer change. Create a new tenant instead."
+                }
+            )
+
+
+class TenantAlias(models.Model):
+    """An operator's explicit mapping: tokens of ``issuer`` whose tenant claim is
+    ``external_id`` act in ``tenant`` (typically one organisation known to two issuers).
+
+    Without an alias, that claim value is a tenant of its own. An alias cannot shadow a tenant
+    that issuer already has under that claim value (:meth:`clean`).
+    """
+
+    issuer = issuer_field()
+    external_id = models.CharField(
+        max_length=255, help_text="The tenant claim value, as this issuer's tokens carry it."
+    )
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="aliases")
+    note = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ConfigManager()
+
+    class Meta:
+        ordering = ["issuer", "external_id"]
+        verbose_name_plural = "tenant aliases"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["issuer", "external_id"], name="mcpauth_tenantalias_issuer_external_id"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.external_id} ({self.issuer}) → {self.tenant_label}"
+
+    @property
+    def tenant_label(self) -> str:
+        return self.tenant.label if self.tenant_id else "?"
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.issuer and not get_settings().issuer_for(self.issuer):
+            stored = (
+                TenantAlias.objects.filter(pk=self.pk).values_list("issuer", flat=True).first()
+                if self.pk is not None
+                else None
+            )
+            if stored != self.issuer:  # an alias kept from an earlier configuration may stay
+                errors["issuer"] = f"{self.issuer!r} is not a configured issuer."
+        if not self.external_id or self.external_id != self.external_id.strip():
+            errors["external_id"] = "The claim value must not be empty or padded with spaces."
+        shadowed = Tenant.objects.filter(issuer=self.issuer, external_id=self.external_id)
+        if self.external_id and shadowed.exists():
+            errors["external_id"] = (
+                f"This issuer already has its own tenant {self.external_id!r}: an alias cannot "
+                "shadow it (its data would become unreachable). Suspend or delete that tenant "
+                "first, or bind it differently."
+            )
+        if errors:
+            raise ValidationError(errors)
 
 
 #: RFC 6749 §3.3 scope-token: printable ASCII except space, '"' and '\'.
@@ -151,30 +266,43 @@ class ScopeMapping(models.Model):
 
 
 class ClientBinding(models.Model):
-    """Tenant for a machine client whose tokens carry no tenant claim."""
+    """Tenant for a machine client of ``issuer`` whose tokens carry no tenant claim.
 
-    client_id = models.CharField(max_length=255, unique=True)
+    ``(issuer, client_id)`` is unique: another issuer's client with the same id is unbound. The
+    tenant is usually the issuer's own; binding to another issuer's tenant is an explicit
+    operator mapping, like a :class:`TenantAlias`.
+    """
+
+    issuer = issuer_field()
+    client_id = models.CharField(max_length=255)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="client_bindings")
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = ConfigManager()
 
     class Meta:
-        ordering = ["client_id"]
+        ordering = ["client_id", "issuer"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["issuer", "client_id"], name="mcpauth_clientbinding_issuer_client_id"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.client_id} → {self.tenant}"
 
 
 class ClientPolicy(models.Model):
-    """Per-client override of the default rate limit."""
+    """Per-client override of the default rate limit, for ``client_id`` of ``issuer`` only
+    (another issuer's client with the same id keeps the defaults)."""
 
     class Mode(models.TextChoices):
         CUSTOM = "custom", "custom rate"
         UNLIMITED = "unlimited", "unlimited"
         BLOCKED = "blocked", "blocked (403 on every call)"
 
-    client_id = models.CharField(max_length=255, unique=True)
+    issuer = issuer_field()
+    client_id = models.CharField(max_length=255)
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.CUSTOM)
     rate = models.CharField(
         max_length=32, blank=True, help_text="For custom: N/s, N/m, N/h or N/d, e.g. 600/m."
@@ -185,8 +313,13 @@ class ClientPolicy(models.Model):
     objects = ConfigManager()
 
     class Meta:
-        ordering = ["client_id"]
+        ordering = ["client_id", "issuer"]
         verbose_name_plural = "client policies"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["issuer", "client_id"], name="mcpauth_clientpolicy_issuer_client_id"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.client_id}: {self.mode}"

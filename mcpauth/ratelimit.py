@@ -1,9 +1,10 @@
 """Per-client rate limits on django-ratelimit's core, in a shared cache.
 
-* Authenticated calls are keyed by OAuth ``client_id`` (never by tenant, which may be missing),
-  so the limit holds however many workers or hosts serve ``/mcp`` when the cache is shared
-  (Redis via ``REDIS_URL``).
-* Rate: a :class:`~mcpauth.models.ClientPolicy` override (custom, unlimited, blocked), else the
+* Authenticated calls are keyed by OAuth ``client_id`` within its issuer (never by tenant,
+  which may be missing): two issuers' clients with one id count apart. The limit holds however
+  many workers or hosts serve ``/mcp`` when the cache is shared (Redis via ``REDIS_URL``).
+* Rate: the client's :class:`~mcpauth.models.ClientPolicy` override for its issuer (custom,
+  unlimited, blocked), else the
   most generous ``MCPAUTH_SCOPE_RATE_LIMITS`` tier the token holds, else ``MCPAUTH_RATE_LIMIT``.
 * Refusals of requests that carry no admitted caller are budgeted per client IP
   (``mcpauth.floods``).
@@ -65,12 +66,19 @@ class _Req:
     method = "POST"
 
 
-def _policy(client_id: str) -> tuple[str, str] | None:
+def _policy(issuer: str, client_id: str) -> tuple[str, str] | None:
     def load() -> tuple[str, str] | None:
-        row = ClientPolicy.objects.filter(client_id=client_id).values("mode", "rate").first()
+        rows = ClientPolicy.objects.filter(issuer=issuer, client_id=client_id)
+        row = rows.values("mode", "rate").first()
         return (row["mode"], row["rate"]) if row else None
 
-    return _policies.get_or_load(client_id, load)
+    return _policies.get_or_load((issuer, client_id), load)
+
+
+def _group(principal: Principal) -> str:
+    """django-ratelimit's group: one per issuer, so that two issuers' clients with the same id
+    never share a counter (the window still follows the client id)."""
+    return f"mcpauth.client {principal.issuer}" if principal.issuer else "mcpauth.client"
 
 
 def _per_second(rate: str) -> float:
@@ -84,7 +92,7 @@ def rate_for(principal: Principal) -> tuple[str | None, str]:
     Raises :class:`AccessDenied` for a blocked client.
     """
     conf = get_settings()
-    policy = _policy(principal.client_id)
+    policy = _policy(principal.issuer, principal.client_id)
     if policy is not None:
         mode, rate = policy
         if mode == ClientPolicy.Mode.BLOCKED:
@@ -215,7 +223,7 @@ def hit(principal: Principal) -> Usage | None:
     rate, policy = rate_for(principal)
     if rate is None:
         return None
-    return _usage("mcpauth.client", principal.client_id, rate, increment=True, policy=policy)
+    return _usage(_group(principal), principal.client_id, rate, increment=True, policy=policy)
 
 
 async def ahit(principal: Principal, rated: tuple[str | None, str] | None = None) -> Usage | None:
@@ -228,7 +236,7 @@ async def ahit(principal: Principal, rated: tuple[str | None, str] | None = None
     rate, policy = rated if rated is not None else rate_for(principal)
     if rate is None:
         return None
-    group, value = "mcpauth.client", principal.client_id
+    group, value = _group(principal), principal.client_id
     cache = _redis()
     if cache is None:
         backend = caches[get_settings().rate_limit_cache]

@@ -1,11 +1,16 @@
 """Which tenant a verified token belongs to. Exactly one, or the call is refused.
 
-1. the claim named by ``MCPAUTH_TENANT_CLAIM`` (default ``oid``, Scalekit's organisation id);
-2. else an admin-managed :class:`~mcpauth.models.ClientBinding` for the token's ``client_id``;
+Everything is looked up within the token's issuer (``VerifiedToken.issuer``):
+
+1. the claim named by ``MCPAUTH_TENANT_CLAIM`` (default ``oid``, Scalekit's organisation id):
+   the issuer's tenant with that external id, else an operator's
+   :class:`~mcpauth.models.TenantAlias` for (issuer, claim value);
+2. else an admin-managed :class:`~mcpauth.models.ClientBinding` for (issuer, ``client_id``);
 3. else 403. There is never a shared default tenant.
 
-Unknown tenants are created on first sight unless ``MCPAUTH_AUTO_PROVISION_TENANTS`` is off.
-A suspended tenant is refused with 403.
+Unknown tenants are created on first sight, for the token's issuer, unless
+``MCPAUTH_AUTO_PROVISION_TENANTS`` is off. The same claim value from another issuer is another
+tenant. A suspended tenant is refused with 403.
 """
 
 from __future__ import annotations
@@ -18,13 +23,13 @@ from mcpauth import revocation
 from mcpauth.conf import get_settings
 from mcpauth.exceptions import AccessDenied, InvalidToken
 from mcpauth.localcache import TTLCache, require_io
-from mcpauth.models import ClientBinding, Tenant
+from mcpauth.models import ClientBinding, Tenant, TenantAlias
 from mcpauth.tokens import TenantRef, VerifiedToken
 
 _ttl = lambda: get_settings().cache_ttl  # noqa: E731
-#: external_id -> (TenantRef, suspended) or None
+#: (issuer, external_id) -> (TenantRef, suspended) or None
 _by_external_id: TTLCache[tuple[TenantRef, bool] | None] = TTLCache(_ttl)
-#: client_id -> (TenantRef, suspended) or None
+#: (issuer, client_id) -> (TenantRef, suspended) or None
 _by_client: TTLCache[tuple[TenantRef, bool] | None] = TTLCache(_ttl)
 
 
@@ -42,40 +47,60 @@ def _claim_value(claims: dict[str, Any], name: str) -> str | None:
     return str(value)
 
 
-def _load_tenant(external_id: str) -> tuple[TenantRef, bool] | None:
-    row = Tenant.objects.filter(external_id=external_id).values("id", "suspended").first()
-    if row is None:
-        return None
-    return TenantRef(row["id"], external_id), row["suspended"]
+_TENANT_VALUES = ("tenant_id", "tenant__external_id", "tenant__issuer", "tenant__suspended")
 
 
-def _load_binding(client_id: str) -> tuple[TenantRef, bool] | None:
+def _ref(row: dict[str, Any]) -> tuple[TenantRef, bool]:
+    return (
+        TenantRef(row["tenant_id"], row["tenant__external_id"], row["tenant__issuer"]),
+        row["tenant__suspended"],
+    )
+
+
+def _load_tenant(issuer: str, external_id: str) -> tuple[TenantRef, bool] | None:
     row = (
-        ClientBinding.objects.filter(client_id=client_id)
-        .values("tenant_id", "tenant__external_id", "tenant__suspended")
+        Tenant.objects.filter(issuer=issuer, external_id=external_id)
+        .values("id", "suspended")
         .first()
     )
-    if row is None:
-        return None
-    return TenantRef(row["tenant_id"], row["tenant__external_id"]), row["tenant__suspended"]
+    if row is not None:
+        return TenantRef(row["id"], external_id, issuer), row["suspended"]
+    alias = (
+        TenantAlias.objects.filter(issuer=issuer, external_id=external_id)
+        .values(*_TENANT_VALUES)
+        .first()
+    )
+    return _ref(alias) if alias is not None else None
+
+
+def _load_binding(issuer: str, client_id: str) -> tuple[TenantRef, bool] | None:
+    row = (
+        ClientBinding.objects.filter(issuer=issuer, client_id=client_id)
+        .values(*_TENANT_VALUES)
+        .first()
+    )
+    return _ref(row) if row is not None else None
 
 
 def resolve(token: VerifiedToken) -> TenantRef:
     conf = get_settings()
+    issuer = token.issuer
     external_id = _claim_value(token.claims, conf.tenant_claim)
     if external_id is not None:
-        found = _by_external_id.get_or_load(external_id, lambda: _load_tenant(external_id))
+        key = (issuer, external_id)
+        found = _by_external_id.get_or_load(key, lambda: _load_tenant(issuer, external_id))
         if found is None:
             if not conf.auto_provision_tenants:
                 raise AccessDenied("Unknown tenant.", reason="unknown_tenant")
             require_io()
             tenant, _ = Tenant.objects.get_or_create(
-                external_id=external_id, defaults={"name": external_id}
+                issuer=issuer, external_id=external_id, defaults={"name": external_id}
             )
-            found = (TenantRef(tenant.pk, external_id), tenant.suspended)
-            _by_external_id.put(external_id, found)  # after the save signal cleared the cache
+            found = (TenantRef(tenant.pk, external_id, issuer), tenant.suspended)
+            _by_external_id.put(key, found)  # after the save signal cleared the cache
     else:
-        found = _by_client.get_or_load(token.client_id, lambda: _load_binding(token.client_id))
+        key = (issuer, token.client_id)
+        found = _by_client.get_or_load(key, lambda: _load_binding(issuer, token.client_id))
         if found is None:
             raise AccessDenied(
                 f"No tenant: the token has no '{conf.tenant_claim}' claim and client is not "
@@ -94,7 +119,7 @@ def clear_cache(**_: Any) -> None:
     _by_client.clear()
 
 
-for _model in (Tenant, ClientBinding):
+for _model in (Tenant, TenantAlias, ClientBinding):
     post_save.connect(
         revocation.changed, sender=_model, dispatch_uid=f"mcpauth-tenancy-{_model.__name__}"
     )

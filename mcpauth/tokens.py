@@ -1,35 +1,46 @@
 """JWT in, frozen :class:`Principal` out.
 
-:func:`verify` checks a bearer token against the configured issuer's JWKS (signature with an
-explicit asymmetric allow-list, ``iss``, ``aud``, ``exp``/``nbf``/``iat``) and extracts the
-identity claims. :func:`principal_for` adds the tenant (``mcpauth.tenancy``) and the permissions
-the scopes grant (``mcpauth.scopes``), producing the one ``Principal`` a request carries.
+:func:`verify` checks a bearer token against the JWKS of the issuer it names, which must be a
+configured one (signature with an explicit asymmetric allow-list, ``iss``, ``aud``,
+``exp``/``nbf``/``iat``), and extracts the identity claims. A key is only looked up in the key
+set of the token's issuer (:mod:`mcpauth.jwks`): a token claiming issuer B signed with a key
+from issuer A's JWKS is refused. :func:`principal_for` adds the tenant (``mcpauth.tenancy``)
+and the permissions the scopes grant (``mcpauth.scopes``), producing the one ``Principal`` a
+request carries.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
-import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 from jwt import PyJWK
 
-from mcpauth.conf import MCPAuthSettings, get_settings
+from mcpauth.conf import IssuerConfig, MCPAuthSettings, get_settings
 from mcpauth.exceptions import InvalidToken, ServiceUnavailable
-from mcpauth.localcache import require_io
+from mcpauth.jwks import (  # noqa: F401  (re-exported: the key set used to live here)
+    JWKSFetchError,
+    KeySet,
+    _http_get_json,
+    _parse_jwks,
+    discover_jwks_uri,
+    keyset,
+    keysets,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class TenantRef:
     id: int
     external_id: str
+    #: The issuer the tenant belongs to (its namespace): ``(issuer, external_id)`` is unique.
+    issuer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +54,10 @@ class Principal:
     permissions: frozenset[str]
     #: ``jti``, or a short sha256 fingerprint of the token; never the token itself.
     token_id: str
+    #: The issuer that vouched for the token (the namespace of ``client_id`` and ``subject``).
+    #: The tenant's own issuer is ``tenant.issuer``: another one only through an operator's
+    #: alias or client binding.
+    issuer: str = ""
 
     def has_perm(self, perm: str) -> bool:
         return perm in self.permissions
@@ -58,181 +73,13 @@ class VerifiedToken:
     subject: str
     scopes: frozenset[str]
     token_id: str
+    #: The configured issuer whose key verified the token (``IssuerConfig.issuer``).
+    issuer: str = ""
 
 
 def fingerprint(raw: str) -> str:
     """A short, non-reversible token identifier for logs and audit rows."""
     return "sha256:" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:16]
-
-
-# --- JWKS ---------------------------------------------------------------------------------
-
-
-class JWKSFetchError(Exception):
-    pass
-
-
-def _http_get_json(url: str, timeout: float) -> dict[str, Any]:
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise JWKSFetchError(f"refusing non-HTTP(S) URL {url!r}")
-    req = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-            body = resp.read(1_048_576)
-        data = json.loads(body)
-    except (OSError, ValueError, urllib.error.URLError) as exc:
-        raise JWKSFetchError(f"GET {url} failed: {exc}") from exc
-    if not isinstance(data, dict):
-        raise JWKSFetchError(f"GET {url}: expected a JSON object")
-    return data
-
-
-def discover_jwks_uri(issuer: str, timeout: float) -> str:
-    """Find ``jwks_uri`` in the issuer's OpenID or OAuth metadata (RFC 8414)."""
-    parts = urllib.parse.urlsplit(issuer)
-    origin = f"{parts.scheme}://{parts.netloc}"
-    path = parts.path.rstrip("/")
-    candidates = [
-        f"{issuer.rstrip('/')}/.well-known/openid-configuration",
-        f"{origin}/.well-known/oauth-authorization-server{path}",
-    ]
-    if path:
-        candidates.append(f"{origin}/.well-known/openid-configuration{path}")
-    errors = []
-    for url in candidates:
-        try:
-            meta = _http_get_json(url, timeout)
-        except JWKSFetchError as exc:
-            errors.append(str(exc))
-            continue
-        uri = meta.get("jwks_uri")
-        if isinstance(uri, str) and uri:
-            return uri
-        errors.append(f"{url}: no jwks_uri")
-    raise JWKSFetchError("; ".join(errors))
-
-
-def _parse_jwks(data: dict[str, Any]) -> dict[str | None, PyJWK]:
-    keys: dict[str | None, PyJWK] = {}
-    for entry in data.get("keys", []) if isinstance(data.get("keys"), list) else []:
-        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
-            continue
-        if entry.get("kty") not in ("RSA", "EC", "OKP"):
-            continue  # never accept symmetric ("oct") keys
-        try:
-            jwk = PyJWK(entry)
-        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError):
-            continue
-        keys[entry.get("kid")] = jwk
-    return keys
-
-
-class KeySet:
-    """Cached signing keys with a TTL and a throttled refetch.
-
-    * keys are refreshed after ``jwks_cache_ttl`` seconds;
-    * whatever the reason (first load, unknown ``kid``, expiry, readiness probe), at most one
-      fetch is attempted per ``jwks_refetch_interval`` seconds: while no key has ever loaded,
-      calls in that interval are refused with the last attempt's error instead of fetching;
-    * when a fetch fails, the keys already cached keep working.
-    """
-
-    def __init__(self, conf: MCPAuthSettings) -> None:
-        self.conf = conf
-        self.keys: dict[str | None, PyJWK] = {}
-        self.fetched_at: float | None = None
-        self.last_attempt: float = float("-inf")
-        self.fetch_count = 0
-        #: why the last attempt failed (None when it succeeded or none was made)
-        self.last_error: str | None = None
-        self._jwks_uri = conf.jwks_url
-        self._lock = threading.Lock()
-
-    def _load(self) -> dict[str | None, PyJWK]:
-        if self.conf.preset == "dev":
-            from mcpauth import devissuer
-
-            return _parse_jwks(devissuer.jwks())
-        if not self._jwks_uri:
-            self._jwks_uri = discover_jwks_uri(self.conf.issuers[0], self.conf.jwks_timeout)
-        return _parse_jwks(_http_get_json(self._jwks_uri, self.conf.jwks_timeout))
-
-    def _refresh(self) -> None:
-        require_io()
-        with self._lock:
-            now = time.monotonic()
-            if now - self.last_attempt < self.conf.jwks_refetch_interval:
-                # throttled: someone fetched (or tried) very recently
-                if self.fetched_at is None and not self.keys:
-                    raise JWKSFetchError(self.last_error or "no signing keys loaded yet")
-                return
-            self.last_attempt = now
-            self.fetch_count += 1
-            from mcpauth.observability import metrics
-
-            try:
-                keys = self._load()
-            except JWKSFetchError as exc:
-                self.last_error = str(exc)
-                metrics.jwks_refresh("error")
-                if self.fetched_at is None and not self.keys:
-                    raise
-                return
-            metrics.jwks_refresh("ok")
-            self.keys = keys
-            self.fetched_at = now
-            self.last_error = None
-
-    def get(self, kid: str | None, *, refetch: bool = True) -> PyJWK:
-        """The key for ``kid``; an unknown one triggers a (throttled) refetch unless not
-        ``refetch``."""
-        now = time.monotonic()
-        if self.fetched_at is None or now - self.fetched_at > self.conf.jwks_cache_ttl:
-            try:
-                self._refresh()
-            except JWKSFetchError as exc:
-                raise ServiceUnavailable(
-                    "The identity provider's signing keys are unavailable.", reason="jwks_down"
-                ) from exc
-        key = self._lookup(kid)
-        if key is None and refetch:
-            try:
-                self._refresh()
-            except JWKSFetchError:
-                pass
-            key = self._lookup(kid)
-        if key is None:
-            raise InvalidToken("Unknown signing key.", reason="unknown_key")
-        return key
-
-    def ensure_loaded(self) -> int:
-        """Fetch keys if none are cached (for readiness, throttled like every fetch); return how
-        many are cached. Raises ``JWKSFetchError`` with the last attempt's error while none is."""
-        if self.fetched_at is None:
-            self._refresh()
-        return len(self.keys)
-
-    def _lookup(self, kid: str | None) -> PyJWK | None:
-        if kid is None:
-            return next(iter(self.keys.values())) if len(self.keys) == 1 else None
-        return self.keys.get(kid)
-
-
-_keyset: KeySet | None = None
-_keyset_lock = threading.Lock()
-
-
-def keyset() -> KeySet:
-    """The process-wide key set for the current settings (rebuilt when they change)."""
-    global _keyset
-    conf = get_settings()
-    ks = _keyset
-    if ks is None or ks.conf is not conf:
-        with _keyset_lock:
-            if _keyset is None or _keyset.conf is not conf:
-                _keyset = KeySet(conf)
-            ks = _keyset
-    return ks
 
 
 # --- verification -------------------------------------------------------------------------
@@ -305,7 +152,7 @@ def _from_cache(raw: str, conf: MCPAuthSettings) -> VerifiedToken | None:
     hit = _verified.get(raw)
     if hit is None:
         return None
-    ks = keyset()
+    ks = keysets().get(hit.token.issuer)
     if hit.conf is not conf or hit.keys is not ks or ks.keys.get(hit.kid) is not hit.key:
         _verified.pop(raw, None)  # settings changed or the key left the JWKS: verify afresh
         return None
@@ -322,6 +169,42 @@ def _from_cache(raw: str, conf: MCPAuthSettings) -> VerifiedToken | None:
 
 def clear_cache() -> None:
     _verified.clear()
+
+
+def _issuer_of(raw: str, conf: MCPAuthSettings) -> IssuerConfig:
+    """The configured issuer the token names (unverified: it only picks the keys to verify
+    with). The keys are that issuer's only, so another issuer's key is an unknown key here.
+
+    With a single issuer, a token whose ``iss`` cannot be read is checked against it, so the
+    refusal names what PyJWT finds (a bad signature, a missing claim) as before.
+    """
+    try:
+        iss = unverified_issuer(raw)
+    except InvalidToken:
+        if len(conf.issuer_configs) == 1:
+            return conf.issuer_configs[0]
+        raise
+    issuer = conf.issuer_for(iss)
+    if issuer is None:
+        raise InvalidToken("Token issuer not accepted.", reason="wrong_issuer")
+    return issuer
+
+
+def unverified_issuer(raw: str) -> str:
+    """The ``iss`` a compact JWS claims, read without verifying anything (to pick its keys)."""
+    try:
+        segment = raw.split(".")[1]
+        payload = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (IndexError, ValueError, binascii.Error) as exc:
+        raise InvalidToken("Malformed token.", reason="malformed") from exc
+    if not isinstance(payload, dict):
+        raise InvalidToken("Malformed token.", reason="malformed")
+    iss = payload.get("iss")
+    if iss is None:
+        raise InvalidToken("Token lacks the 'iss' claim.", reason="missing_claim")
+    if not isinstance(iss, str):
+        raise InvalidToken("Token issuer not accepted.", reason="wrong_issuer")
+    return iss
 
 
 def verify(raw: str, *, refetch: bool = True) -> VerifiedToken:
@@ -358,7 +241,9 @@ def verify(raw: str, *, refetch: bool = True) -> VerifiedToken:
     if kid is not None and (not isinstance(kid, str) or len(kid) > 256):
         raise InvalidToken("Malformed key id.", reason="malformed")
 
-    key = keyset().get(kid, refetch=refetch)
+    issuer = _issuer_of(raw, conf)
+    keys = keyset(issuer.issuer)
+    key = keys.get(kid, refetch=refetch)
     if _KEY_FAMILIES.get(alg[:2]) != key.key_type:
         raise InvalidToken("Token algorithm does not match its key.", reason="disallowed_alg")
     try:
@@ -367,7 +252,7 @@ def verify(raw: str, *, refetch: bool = True) -> VerifiedToken:
             key=key.key,
             algorithms=[alg],
             audience=list(conf.audiences),
-            issuer=list(conf.issuers),
+            issuer=list(issuer.accepted),  # checked again once the signature is verified
             leeway=conf.leeway_seconds,
             options={"require": ["exp", "iss", "aud"], "verify_iat": True},
         )
@@ -400,13 +285,14 @@ def verify(raw: str, *, refetch: bool = True) -> VerifiedToken:
         subject=subject,
         scopes=_scopes(claims),
         token_id=token_id,
+        issuer=issuer.issuer,
     )
     if len(_verified) >= _VERIFIED_MAX:
         _verified.clear()
     _verified[raw] = _Verified(
         token=verified,
         conf=conf,
-        keys=keyset(),
+        keys=keys,
         key=key,
         kid=kid,
         exp=float(claims["exp"]),
@@ -429,4 +315,5 @@ def principal_for(token: VerifiedToken) -> Principal:
         scopes=token.scopes,
         permissions=scopes.permissions_for(token.scopes),
         token_id=token.token_id,
+        issuer=token.issuer,
     )

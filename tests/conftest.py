@@ -11,6 +11,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,8 @@ class FakeIdP:
     attempts: int = 0
     down: bool = False
     delay: float = 0.0
+    #: serve OpenID metadata (off: only the JWKS, whose URL must then be configured)
+    discovery: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -100,9 +103,9 @@ class FakeIdP:
         return {"keys": [k.jwk() for k in self.keys]}
 
 
-@pytest.fixture(scope="session")
-def idp(rsa_key: SigningKey) -> Iterator[FakeIdP]:
-    state = FakeIdP(keys=[rsa_key])
+@contextmanager
+def serve_idp(state: FakeIdP) -> Iterator[FakeIdP]:
+    """Serve ``state``'s OpenID metadata and JWKS on a loopback port (its ``url``)."""
 
     def route(path: str) -> tuple[int, Any]:
         with state.lock:
@@ -111,7 +114,7 @@ def idp(rsa_key: SigningKey) -> Iterator[FakeIdP]:
             time.sleep(state.delay)
         if state.down:
             return 503, None
-        if path == "/.well-known/openid-configuration":
+        if path == "/.well-known/openid-configuration" and state.discovery:
             return 200, {"issuer": state.issuer, "jwks_uri": f"{state.url}/jwks.json"}
         if path == "/jwks.json":
             with state.lock:
@@ -122,6 +125,48 @@ def idp(rsa_key: SigningKey) -> Iterator[FakeIdP]:
     with json_server(route) as url:
         state.url = url
         yield state
+
+
+@pytest.fixture(scope="session")
+def idp(rsa_key: SigningKey) -> Iterator[FakeIdP]:
+    with serve_idp(FakeIdP(keys=[rsa_key])) as state:
+        yield state
+
+
+@pytest.fixture(scope="session")
+def b_key() -> SigningKey:
+    """The second issuer's signing key (another kid than ``rsa_key``'s)."""
+    return new_key("b-key-1")
+
+
+@pytest.fixture(scope="session")
+def _idp_b(b_key: SigningKey) -> Iterator[FakeIdP]:
+    with serve_idp(FakeIdP(keys=[b_key])) as state:
+        yield state
+
+
+@pytest.fixture
+def idp_b(_idp_b: FakeIdP, b_key: SigningKey, idp: FakeIdP, settings: Any) -> FakeIdP:
+    """A second issuer, with its own JWKS, configured next to ``idp`` (``MCPAUTH_ISSUER`` names
+    both); its knobs start clean."""
+    _idp_b.keys = [b_key]
+    _idp_b.down = False
+    _idp_b.delay = 0.0
+    _idp_b.discovery = True
+    settings.MCPAUTH_ISSUER = f"{idp.issuer} {_idp_b.issuer}"
+    return _idp_b
+
+
+@pytest.fixture
+def mint_b(mint: Minter, idp_b: FakeIdP, b_key: SigningKey) -> Minter:
+    """``mint`` for the second issuer: its ``iss``, signed with its key."""
+
+    def _mint(**kwargs: Any) -> str:
+        kwargs.setdefault("iss", idp_b.issuer)
+        kwargs.setdefault("key", b_key)
+        return mint(**kwargs)
+
+    return _mint
 
 
 BASE_URL = "http://127.0.0.1:8000"
@@ -150,6 +195,7 @@ def _fresh_state(idp: FakeIdP, rsa_key: SigningKey) -> Iterator[None]:
     """Per-process caches and the IdP's knobs start clean in every test."""
     idp.keys = [rsa_key]
     idp.down = False
+    idp.discovery = True
     idp.delay = 0.0
     for clear in (
         tenancy.clear_cache,

@@ -18,6 +18,7 @@ from django.urls import reverse
 
 from audit.models import AuditEvent, Outcome
 from audit.recorder import record
+from mcpauth.conf import get_settings
 from mcpauth.models import ClientBinding, ClientPolicy, ScopeMapping, Tenant
 
 pytestmark = pytest.mark.django_db
@@ -214,6 +215,7 @@ def test_admin_edits_are_audited(staff):
             {
                 "target": "svc",
                 "changes": {
+                    "issuer": [None, get_settings().default_issuer],
                     "client_id": [None, "svc"],
                     "mode": [None, "custom"],
                     "rate": [None, "10/m"],
@@ -227,6 +229,7 @@ def test_admin_edits_are_audited(staff):
             {
                 "target": "svc",
                 "changes": {
+                    "issuer": [get_settings().default_issuer, None],
                     "client_id": ["svc", None],
                     "mode": ["custom", None],
                     "rate": ["10/m", None],

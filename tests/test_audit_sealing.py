@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from audit import keys
+from audit import keys, sealing
 from audit.models import AppendOnlyError, AuditEvent, AuditRollup, AuditSeal, Outcome
 from audit.recorder import record
 from audit.retention import retention_transaction
@@ -158,6 +159,44 @@ def test_only_the_retention_transaction_may_delete_and_only_for_itself():
 def test_canonical_fields_are_every_field_of_the_model():
     # A new AuditEvent field must be covered by a new seal version, not silently left out.
     assert set(CANONICAL_FIELDS) == {f.attname for f in AuditEvent._meta.concrete_fields}
+
+
+def test_seals_of_an_earlier_version_still_verify_and_new_ones_cover_the_issuer(monkeypatch):
+    """Issue 16: ``issuer`` joined the canonical row in seal version 2; version-1 seals (made
+    before, without it) keep verifying, and version-2 seals notice a changed issuer."""
+    old_rows = make(3, issuer="")
+    with monkeypatch.context() as patch:  # the sealer as it was before the issuer existed
+        patch.setattr(sealing, "VERSION", 1)
+        patch.setattr(sealing, "CANONICAL_FIELDS", sealing.FIELDS_V1)
+        (v1,) = seal_pending().seals
+    assert (v1.version, v1.last_id) == (1, old_rows[-1].pk)
+    new_rows = make(3, issuer="https://issuer-a.example")
+    (v2,) = seal_pending().seals
+    assert (v2.version, v2.prev_hash) == (2, v1.seal_hash)
+    report = verify()
+    assert report.ok and report.seals == 2 and report.rows == 6
+    assert "The audit trail is intact." in run("audit_verify")
+    tamper(
+        "UPDATE audit_auditevent SET issuer = %s WHERE id = %s",
+        ["https://issuer-b.example", new_rows[1].pk],
+    )
+    assert problems() == [f"row {new_rows[1].pk} was changed (seal {v2.pk})"]
+    # a seal's version is signed: relabelling it breaks the seal, it cannot dodge the issuer
+    tamper("UPDATE audit_auditseal SET version = 1 WHERE id = %s", [v2.pk])
+    assert any("header was altered" in p for p in problems())
+    # an unknown version is reported, not guessed
+    tamper("UPDATE audit_auditseal SET version = 9 WHERE id = %s", [v2.pk])
+    assert any("unknown seal version 9" in p for p in problems())
+
+
+def test_seal_versions_only_ever_append_fields():
+    versions = sorted(sealing.FIELDS_BY_VERSION)
+    assert versions == list(range(1, len(versions) + 1))
+    for older, newer in itertools.pairwise(versions):
+        old, new = sealing.FIELDS_BY_VERSION[older], sealing.FIELDS_BY_VERSION[newer]
+        assert new[: len(old)] == old and len(new) > len(old)
+    assert sealing.CANONICAL_FIELDS == sealing.FIELDS_BY_VERSION[sealing.VERSION]
+    assert sealing.FIELDS_BY_VERSION[2][-1] == "issuer"
 
 
 def test_blocks_tile_the_ids_and_chain_with_signatures():

@@ -83,10 +83,13 @@ class OIDCProvider:
     issuer: str = ""
     kids: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: the signing keys it was started with
+    keys: list[SigningKey] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
     def start(self, keys: list[SigningKey]) -> None:
+        self.keys = list(keys)
         jwks_path = self.workdir / "jwks.json"
         jwks_path.write_text(json.dumps({"keys": [private_jwk(k) for k in keys]}))
         jwks_path.chmod(0o600)
@@ -185,6 +188,17 @@ def oidc(provider: OIDCProvider, live: Any, settings: Any) -> OIDCProvider:
     settings.MCPAUTH_AUDIENCE = ""
     settings.MCPAUTH_TENANT_CLAIM = "org_id"
     return provider
+
+
+@pytest.fixture(scope="module")
+def provider_b(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OIDCProvider]:
+    """A second, independent provider: its own port, issuer and signing key."""
+    idp = OIDCProvider(workdir=tmp_path_factory.mktemp("oidc-provider-b"))
+    idp.start([new_key("op-b-key-1")])
+    try:
+        yield idp
+    finally:
+        idp.stop()
 
 
 def claims_of(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -442,3 +456,42 @@ async def test_mcp_sdk_client_credentials_discovers_provider_and_calls_tools(
     assert (str(todo.pk), todo.tenant.external_id, todo.created_by) == (todo_id, "acme", "mcp-rw")
     rows = AuditEvent.objects.filter(client_id="mcp-rw", tool="create_todo")
     assert [r.outcome async for r in rows.order_by("created_at", "id")] == ["ok"]
+
+
+# --- two real providers as two issuers (issue 16) ------------------------------------------------
+
+
+def test_two_providers_are_two_issuers_with_their_own_keys_and_tenants(
+    provider, provider_b, live, settings
+):
+    """Both providers issue tokens for client ``mcp-rw`` with ``org_id`` = acme: the same
+    client id and tenant claim value, from two issuers, are two clients and two tenants."""
+    settings.MCPAUTH_ISSUER = f"{provider.issuer} {provider_b.issuer}"
+    settings.MCPAUTH_JWKS_URL = ""
+    settings.MCPAUTH_AUDIENCE = ""
+    settings.MCPAUTH_TENANT_CLAIM = "org_id"
+    a, b = provider.token("mcp-rw"), provider_b.token("mcp-rw")
+    assert claims_of(a)[1]["org_id"] == claims_of(b)[1]["org_id"] == "acme"
+    made_a = post_tool(live.base, a, "create_todo", {"title": "A's"})
+    made_b = post_tool(live.base, b, "create_todo", {"title": "B's"})
+    assert made_a.status_code == made_b.status_code == 200
+    for token, title in ((a, "A's"), (b, "B's")):
+        listed = post_tool(live.base, token, "list_todos").json()["result"]["structuredContent"]
+        assert [t["title"] for t in listed["todos"]] == [title]
+    assert (audit_row(made_a).issuer, audit_row(made_b).issuer) == (
+        provider.issuer,
+        provider_b.issuer,
+    )
+    owners = set(Todo.all_tenants.values_list("title", "tenant__issuer", "tenant__external_id"))
+    assert owners == {("A's", provider.issuer, "acme"), ("B's", provider_b.issuer, "acme")}
+
+    # B's token re-signed with A's key (A's kid) still claims B: B's JWKS never served that key
+    header, claims = claims_of(b)
+    forged = jwt.encode(
+        claims,
+        provider.keys[0].private,
+        algorithm="RS256",
+        headers={**header, "kid": provider.keys[0].kid},
+    )
+    assert_invalid_token(post_tool(live.base, forged, "list_todos"), "unknown_key")
+    assert audit_row(post_tool(live.base, forged, "list_todos")).tenant == ""

@@ -12,6 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from mcpauth import ratelimit, tenancy
+from mcpauth.conf import get_settings
 from mcpauth.exceptions import AccessDenied
 from mcpauth.models import ClientBinding, ClientPolicy, ScopeMapping, Tenant
 from mcpauth.scopes import permissions_for
@@ -525,18 +526,25 @@ def test_import_into_empty_database(tmp_path: Path) -> None:
 
 def _token(client_id: str, **claims: Any) -> VerifiedToken:
     return VerifiedToken(
-        claims=claims, client_id=client_id, subject="s", scopes=frozenset(), token_id="t"
+        claims=claims,
+        client_id=client_id,
+        subject="s",
+        scopes=frozenset(),
+        token_id="t",
+        issuer=get_settings().default_issuer,
     )
 
 
 def _principal(client_id: str) -> Principal:
+    issuer = get_settings().default_issuer
     return Principal(
         client_id=client_id,
         subject="s",
-        tenant=TenantRef(1, "acme"),
+        tenant=TenantRef(1, "acme", issuer),
         scopes=frozenset(),
         permissions=frozenset(),
         token_id="t",
+        issuer=issuer,
     )
 
 
@@ -550,13 +558,20 @@ def test_clients_list() -> None:
     ClientBinding.objects.create(client_id="bot-1", tenant=acme)
     ClientPolicy.objects.create(client_id="bot-1", rate="600/m", note="batch jobs")
     ClientPolicy.objects.create(client_id="bot-2", mode="blocked")
+    iss = get_settings().default_issuer
     out = run("clients", "list").splitlines()
-    assert out[0].split() == ["CLIENT_ID", "TENANT", "POLICY", "NOTE"]
-    assert out[1].split() == ["bot-1", "acme", "600/m", "batch", "jobs"]
-    assert out[2].split() == ["bot-2", "-", "blocked"]
+    assert out[0].split() == ["CLIENT_ID", "TENANT", "POLICY", "ISSUER", "NOTE"]
+    assert out[1].split() == ["bot-1", "acme", "600/m", iss, "batch", "jobs"]
+    assert out[2].split() == ["bot-2", "-", "blocked", iss]
     assert json.loads(run("clients", "list", "--json")) == [
-        {"client_id": "bot-1", "tenant": "acme", "policy": "600/m", "note": "batch jobs"},
-        {"client_id": "bot-2", "tenant": None, "policy": "blocked", "note": ""},
+        {
+            "client_id": "bot-1",
+            "issuer": iss,
+            "tenant": "acme",
+            "policy": "600/m",
+            "note": "batch jobs",
+        },
+        {"client_id": "bot-2", "issuer": iss, "tenant": None, "policy": "blocked", "note": ""},
     ]
 
 
@@ -697,13 +712,21 @@ def test_tenants_list() -> None:
     run("clients", "bind", "bot-1", "acme", "--create-tenant")
     run("clients", "bind", "bot-2", "acme")
     Tenant.objects.create(external_id="globex", name="Globex Corp", suspended=True)
+    iss = get_settings().default_issuer
     out = run("clients", "tenants").splitlines()
-    assert out[0].split() == ["TENANT", "NAME", "STATUS", "BOUND_CLIENTS"]
-    assert out[1].split() == ["acme", "acme", "active", "2"]
-    assert out[2].split() == ["globex", "Globex", "Corp", "suspended", "0"]
+    assert out[0].split() == ["TENANT", "NAME", "STATUS", "BOUND_CLIENTS", "ALIASES", "ISSUER"]
+    assert out[1].split() == ["acme", "acme", "active", "2", "0", iss]
+    assert out[2].split() == ["globex", "Globex", "Corp", "suspended", "0", "0", iss]
+    common = {"issuer": iss, "aliases": 0}
     assert json.loads(run("clients", "tenants", "--json")) == [
-        {"external_id": "acme", "name": "acme", "suspended": False, "bound_clients": 2},
-        {"external_id": "globex", "name": "Globex Corp", "suspended": True, "bound_clients": 0},
+        {"external_id": "acme", "name": "acme", "suspended": False, "bound_clients": 2, **common},
+        {
+            "external_id": "globex",
+            "name": "Globex Corp",
+            "suspended": True,
+            "bound_clients": 0,
+            **common,
+        },
     ]
 
 

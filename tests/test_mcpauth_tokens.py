@@ -13,7 +13,7 @@ import jwt
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from mcpauth import tokens
+from mcpauth import jwks, tokens
 from mcpauth.checks import assert_startup_ready, check_configuration
 from mcpauth.conf import get_settings
 from mcpauth.exceptions import InvalidToken, ServiceUnavailable
@@ -209,7 +209,9 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     c = Clock()
-    monkeypatch.setattr(tokens, "time", SimpleNamespace(monotonic=c.monotonic, time=time.time))
+    fake = SimpleNamespace(monotonic=c.monotonic, time=time.time)
+    monkeypatch.setattr(tokens, "time", fake)
+    monkeypatch.setattr(jwks, "time", fake)
     return c
 
 
@@ -366,8 +368,12 @@ def test_scalekit_preset_wiring(scalekit_env, settings, mint):
     other_issuer = f"{env}/resources/other"
     assert reason_of(_sk_token(scalekit_env.key, other_issuer, rid)) == "wrong_issuer"
     assert reason_of(_sk_token(scalekit_env.key, env, "res_other")) == "wrong_audience"
-    # the generic issuer's tokens are no longer accepted
-    assert reason_of(mint()) == "unknown_key"
+    # the generic issuer's tokens are no longer accepted: it is not a configured issuer
+    assert reason_of(mint()) == "wrong_issuer"
+    # one provider under two iss values: one key set, one tenant namespace
+    assert verify(_sk_token(scalekit_env.key, env, rid)).issuer == env
+    assert verify(_sk_token(scalekit_env.key, f"{env}/resources/{rid}", rid)).issuer == env
+    assert list(tokens.keysets()) == [env] and scalekit_env.fetches == 1
 
 
 def test_scalekit_metadata_document(scalekit_env, settings, client, db):
@@ -502,3 +508,100 @@ def test_opaque_scopes_grant_nothing(scope):
 def test_bad_scope_claims_say_what_is_wrong(claims, message):
     with pytest.raises(InvalidToken, match=message):
         tokens._scopes(claims)
+
+
+# --- issue 16: JWKS fetches back off, reset on success ------------------------------------------
+
+
+def _fetches_at(ks: KeySet, clock: Clock, kid: str | None, waits: list[float]) -> None:
+    """Each wait in ``waits``: no fetch just before it ends, exactly one when it has."""
+    for wait in waits:
+        count = ks.fetch_count
+        clock.now += wait - 0.01
+        for _ in range(5):
+            try:
+                ks.get(kid)
+            except (ServiceUnavailable, InvalidToken):
+                pass
+        assert ks.fetch_count == count, f"fetched before {wait} s had passed"
+        clock.now += 0.01
+        try:
+            ks.get(kid)
+        except (ServiceUnavailable, InvalidToken):
+            pass
+        assert ks.fetch_count == count + 1, f"no fetch once {wait} s had passed"
+
+
+def test_never_loaded_keys_back_off_from_a_second_to_the_retry_cap(idp, rsa_key, clock, settings):
+    settings.MCPAUTH_JWKS_REFETCH_INTERVAL = 60
+    idp.down = True
+    ks = KeySet(get_settings())
+    with pytest.raises(ServiceUnavailable) as info:
+        ks.get(rsa_key.kid)
+    assert ks.fetch_count == 1 and info.value.retry_after == 1
+    _fetches_at(ks, clock, rsa_key.kid, [1, 2, 4, 8, 8, 8])  # capped by MCPAUTH_JWKS_RETRY_MAX
+    with pytest.raises(ServiceUnavailable) as info:
+        ks.get(rsa_key.kid)
+    assert info.value.retry_after == 8
+    idp.down = False
+    clock.now += 8
+    assert ks.get(rsa_key.kid)  # resumed at the next attempt: at most 8 s after recovery
+    assert (ks.failures, ks.last_error) == (0, None)
+    # the success reset the backoff: the next outage starts again from one second
+    settings.MCPAUTH_JWKS_RETRY_MAX = 3
+    ks = KeySet(get_settings())
+    idp.down = True
+    with pytest.raises(ServiceUnavailable):
+        ks.get(rsa_key.kid)
+    _fetches_at(ks, clock, rsa_key.kid, [1, 2, 3, 3])
+
+
+def test_refresh_failures_with_cached_keys_back_off_up_to_the_interval(
+    idp, rsa_key, clock, settings
+):
+    settings.MCPAUTH_JWKS_REFETCH_INTERVAL = 20
+    ks = KeySet(get_settings())
+    assert ks.get(rsa_key.kid)
+    idp.down = True
+    # unknown kids: the first refetch after the interval, then 1, 2, 4 … up to the interval
+    _fetches_at(ks, clock, "unknown", [20, 1, 2, 4, 8, 16, 20, 20])
+    assert ks.get(rsa_key.kid)  # the cached key kept working throughout
+    idp.down = False
+    clock.now += 20
+    with pytest.raises(InvalidToken):
+        ks.get("unknown")  # fetched (and still unknown): the backoff is reset
+    assert ks.failures == 0
+    _fetches_at(ks, clock, "unknown", [20])
+
+
+def test_one_issuers_outage_leaves_the_other_alone(idp, idp_b, rsa_key, b_key, clock, mint_b):
+    idp.down = True
+    with pytest.raises(ServiceUnavailable):
+        tokens.keyset(idp.issuer).get(rsa_key.kid)
+    assert verify(mint_b()).issuer == idp_b.issuer
+    assert tokens.keyset(idp_b.issuer).failures == 0
+    assert tokens.keyset(idp.issuer).failures == 1
+
+
+def test_a_key_is_only_looked_up_in_its_issuers_key_set(idp, idp_b, mint, rsa_key, b_key):
+    assert verify(mint()).issuer == idp.issuer  # A's keys loaded
+    assert reason_of(mint(iss=idp_b.issuer, key=rsa_key)) == "unknown_key"
+    assert reason_of(mint(iss=idp_b.issuer, key=rsa_key, headers={"kid": b_key.kid})) == (
+        "bad_signature"
+    )
+    assert reason_of(mint(key=b_key)) == "unknown_key"  # and the other way round
+    assert set(tokens.keyset(idp_b.issuer).keys) == {b_key.kid}
+
+
+def test_unreadable_iss_with_several_issuers_is_refused(idp, idp_b, mint, rsa_key):
+    assert reason_of(mint(drop=("iss",))) == "missing_claim"
+    claims = jwt.decode(mint(), options={"verify_signature": False})
+    listed = jwt.api_jws.PyJWS().encode(
+        json.dumps({**claims, "iss": [idp.issuer]}).encode(),
+        rsa_key.private,
+        algorithm="RS256",
+        headers={"kid": rsa_key.kid, "typ": "at+jwt"},
+    )
+    assert reason_of(listed) == "wrong_issuer"
+    header, _payload, sig = mint().split(".")
+    assert reason_of(f"{header}.bm90LWpzb24.{sig}") == "malformed"

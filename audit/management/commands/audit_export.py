@@ -46,7 +46,7 @@ def _plain(text: str) -> str:
 class Command(BaseCommand):
     help = (
         "Export audit events as CSV or JSONL (oldest first) to stdout or --output, optionally "
-        "filtered by time range, tenant and outcome. Arguments are already redacted."
+        "filtered by time range, tenant, issuer and outcome. Arguments are already redacted."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -59,6 +59,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--until", metavar="WHEN", help="Only rows created before WHEN.")
         parser.add_argument("--tenant", help="Only this tenant (its external id).")
+        parser.add_argument(
+            "--issuer", help="Only rows of this issuer (the caller's token's, or the change's)."
+        )
         parser.add_argument("--outcome", choices=Outcome.values, help="Only this outcome.")
         parser.add_argument(
             "--format", choices=export.FORMATS, default="csv", help="Output format (default csv)."
@@ -127,6 +130,8 @@ class Command(BaseCommand):
             queryset = queryset.filter(created_at__lt=until)
         if options["tenant"] is not None:
             queryset = queryset.filter(tenant=options["tenant"])
+        if options["issuer"] is not None:
+            queryset = queryset.filter(issuer=options["issuer"])
         if options["outcome"] is not None:
             queryset = queryset.filter(outcome=options["outcome"])
         filters = [
@@ -135,6 +140,7 @@ class Command(BaseCommand):
                 ("since", "since"),
                 ("until", "until"),
                 ("tenant", "tenant"),
+                ("issuer", "issuer"),
                 ("outcome", "outcome"),
                 ("after_id", "after_id"),
                 ("follow", "follow"),

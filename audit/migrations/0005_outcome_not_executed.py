@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit', '0003_seals_rollup_append_only'),
+        ('audit', '0004_issuer'),
     ]
 
     operations = [
