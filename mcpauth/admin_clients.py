@@ -26,7 +26,7 @@ class ClientBindingForm(IssuerFormMixin):
 @admin.register(ClientBinding)
 class ClientBindingAdmin(ClientCallsMixin, AuditedAdmin):
     form = ClientBindingForm
-    list_display = ("client_id_column", "issuer_column", "tenant_label", "created_at", "calls")
+    list_display = ("client_id_column", "issuer_column", "tenant_column", "created_at", "calls")
     list_filter = ("issuer", ("tenant", TenantListFilter))
     search_fields = ("client_id", "tenant__external_id")
     autocomplete_fields = ("tenant",)
@@ -37,7 +37,7 @@ class ClientBindingAdmin(ClientCallsMixin, AuditedAdmin):
         return super().get_queryset(request).select_related("tenant")
 
     @admin.display(description="tenant", ordering="tenant__external_id")
-    def tenant_label(self, obj: ClientBinding) -> SafeString:
+    def tenant_column(self, obj: ClientBinding) -> SafeString:
         return visible(obj.tenant.label)
 
     def audit_target(self, obj: ClientBinding) -> str:

@@ -277,7 +277,8 @@ def test_client_binding_and_policy_lists_show_client_ids_visibly(auditor):
         assert ["svc\\u200dbot"] == cell_texts(content, "field-client_id_column")
         assert "audit rows of svc<span" in content
     content = page(auditor, reverse("admin:mcpauth_clientbinding_changelist"))
-    assert cell_texts(content, "field-tenant_column") == ["\\u0430cme"]
+    # the tenant is labelled with its issuer: "\\u0430cme (https://issuer...)"
+    assert [t.split(" (")[0] for t in cell_texts(content, "field-tenant_column")] == ["\\u0430cme"]
     sidebar = content[content.index('id="changelist-filter"') :]
     assert '<span class="mcp-esc mcp-esc-other"' in sidebar and ">acme</a>" in sidebar
 
