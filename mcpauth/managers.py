@@ -72,7 +72,7 @@ def confine_raw(model: type[models.Model], raw_query: str, params: Any, tenant_i
     The query must select the model's tenant column (``SELECT *`` does); the database refuses
     it otherwise, which is the point: a confined ``raw()`` never returns unchecked rows.
     """
-    column = model._meta.get_field("tenant").column
+    column = tenant_column(model)
     inner = raw_query.strip().rstrip(";").strip()
     if isinstance(params, dict):
         params = {**params, _RAW_TENANT_PARAM: tenant_id}
@@ -83,6 +83,12 @@ def confine_raw(model: type[models.Model], raw_query: str, params: Any, tenant_i
     # the raw SQL is the caller's own; only the tenant is a parameter
     sql = f'SELECT * FROM ({inner}) mcpauth_raw WHERE mcpauth_raw."{column}" = {marker}'  # noqa: S608
     return sql, params
+
+
+def tenant_column(model: type[models.Model]) -> str:
+    """The database column of ``model``'s tenant foreign key."""
+    field = model._meta.get_field("tenant")
+    return str(getattr(field, "column", "tenant_id"))
 
 
 def is_tenant_owned(model: Any) -> bool:
@@ -154,7 +160,7 @@ def _check_tenant_write(
 class ScopedQuerySet(models.QuerySet[M]):
     """``all_tenants``' queryset: confined to the running body's tenant, if any."""
 
-    def raw(
+    def raw(  # type: ignore[override]
         self,
         raw_query: str,
         params: Any = (),

@@ -394,7 +394,9 @@ class TenantOwned(models.Model):
                 return True
         return related_in_tenant(field, getattr(self, field.attname), tenant_id)
 
-    def _do_update(self, base_qs: Any, using: Any, pk_val: Any, *args: Any, **kwargs: Any) -> bool:
+    def _do_update(  # type: ignore[override]  # (django-stubs and Django 5.2 disagree on it)
+        self, base_qs: Any, using: Any, pk_val: Any, *args: Any, **kwargs: Any
+    ) -> bool:
         updated = bool(super()._do_update(base_qs, using, pk_val, *args, **kwargs))
         if not updated and not self._state.adding and active_tenant() is not None:
             # Django would INSERT a row with this primary key: inside a governed call that is

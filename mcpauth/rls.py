@@ -42,7 +42,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model
 
 from mcpauth.conf import get_settings
-from mcpauth.managers import is_tenant_owned, tenant_relations
+from mcpauth.managers import is_tenant_owned, tenant_column, tenant_relations
 from mcpauth.tenant_scope import active_tenant
 
 log = logging.getLogger(__name__)
@@ -181,14 +181,14 @@ def expected_constraints() -> list[tuple[str, str, str]]:
     for model in tenant_owned_models():
         for fk in tenant_relations(model):
             target = fk.related_model._meta
-            target_col = fk.target_field.column
-            target_tenant = target.get_field("tenant").column
+            target_col = str(fk.target_field.column)
+            target_tenant = tenant_column(fk.related_model)
             unique = _name(UNIQUE_PREFIX, target.db_table, target_col)
             if unique not in seen_unique:
                 seen_unique.add(unique)
                 out.append((target.db_table, unique, f'UNIQUE ("{target_col}", "{target_tenant}")'))
             name = _name(CONSTRAINT_PREFIX, model._meta.db_table, fk.column)
-            own_tenant = model._meta.get_field("tenant").column
+            own_tenant = tenant_column(model)
             out.append(
                 (
                     model._meta.db_table,
@@ -226,7 +226,7 @@ def install(using: str = DEFAULT_DB_ALIAS, *, stdout: Any = None) -> list[str]:
             cursor.execute(sql)
         for model in tenant_owned_models():
             table = qn(model._meta.db_table)
-            column = qn(model._meta.get_field("tenant").column)
+            column = qn(tenant_column(model))
             for sql in _policy_sql(table, column, role):
                 cursor.execute(sql)
         cursor.execute(
