@@ -30,6 +30,7 @@ _OBJECT_NAMES = {
     "scopemapping": "scope_mapping",
     "clientbinding": "client_binding",
     "clientpolicy": "client_policy",
+    "downstreamsecret": "downstream_secret",
 }
 
 

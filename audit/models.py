@@ -35,6 +35,9 @@ FAILURES: tuple[str, ...] = tuple(o for o in Outcome.values if o != Outcome.OK)
 #: ``method`` prefixes of the rows the trail writes about itself (configuration changes and
 #: exports), as opposed to MCP calls.
 SELF_AUDIT_PREFIXES: tuple[str, ...] = ("config/", "audit/")
+#: ``method`` prefix of the rows that record a call the server made to another system on behalf
+#: of an MCP call (``outbound/<downstream>``; same ``request_id`` as that call).
+OUTBOUND_PREFIX = "outbound/"
 
 
 class AppendOnlyError(Exception):
@@ -167,6 +170,11 @@ class AuditEvent(AppendOnlyModel):
         """A configuration change or export, not an MCP call."""
         return self.method.startswith(SELF_AUDIT_PREFIXES)
 
+    @property
+    def is_outbound(self) -> bool:
+        """A call to another system made by an MCP call (``outbound/<downstream>``)."""
+        return self.method.startswith(OUTBOUND_PREFIX)
+
 
 class AuditSeal(AppendOnlyModel):
     """One signed block of the hash chain over :class:`AuditEvent` rows (see audit.sealing).
@@ -218,6 +226,7 @@ class AuditRollup(models.Model):
     class Kind(models.TextChoices):
         CALL = "call", "MCP call"
         CONFIG = "config", "configuration change or export"
+        OUTBOUND = "outbound", "outbound call"
 
     day = models.DateField()
     tenant = models.CharField(max_length=255, blank=True)

@@ -2,10 +2,11 @@
 
 Public API (see the README's "Add your own tools")::
 
-    from mcpauth import current_principal, tool
+    from mcpauth import current_principal, downstream, tool
 """
 
+from mcpauth import downstream
 from mcpauth.context import current_principal
 from mcpauth.registry import tool
 
-__all__ = ["current_principal", "tool"]
+__all__ = ["current_principal", "downstream", "tool"]

@@ -377,3 +377,7 @@ class ClientPolicyAdmin(ClientCallsMixin, AuditedAdmin):
 
     def audit_context(self, obj: ClientPolicy) -> dict[str, str]:
         return {"client_id": obj.client_id}
+
+
+# Stored downstream secrets: write-only (mcpauth.downstream.admin registers itself).
+from mcpauth.downstream import admin as _downstream_admin  # noqa: E402, F401

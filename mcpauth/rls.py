@@ -23,6 +23,11 @@ composite constraint ``(fk, tenant_id) → (target, tenant_id)``, so a row can o
 of its own tenant, whatever wrote it. Foreign-key checks bypass row-level security in
 PostgreSQL; this constraint is what stops a row from referencing another tenant's row.
 
+**Platform-only tables.** A model marked ``mcpauth_platform_only`` (the stored downstream
+secrets) is the platform's own: the restricted role gets no privilege on its table at all, so
+no query of a governed body can read it; the platform reads it in its own context
+(``mcpauth.tenant_scope.platform``).
+
 Everything is (re)installed after ``migrate`` (``post_migrate``), idempotently, for every
 installed ``TenantOwned`` model: an app gets it by subclassing ``TenantOwned``, nothing else.
 ``mcpauth.E040`` (a database check: ``manage.py check --database default``) reports a table
@@ -71,6 +76,11 @@ def tenant_owned_models() -> list[type[Model]]:
     return [
         m for m in apps.get_models() if is_tenant_owned(m) and m._meta.managed and not m._meta.proxy
     ]
+
+
+def platform_only_models() -> list[type[Model]]:
+    """Every installed model the restricted role must not touch (``mcpauth_platform_only``)."""
+    return [m for m in apps.get_models() if getattr(m, "mcpauth_platform_only", False)]
 
 
 def _name(prefix: str, *parts: str) -> str:
@@ -224,6 +234,8 @@ def install(using: str = DEFAULT_DB_ALIAS, *, stdout: Any = None) -> list[str]:
             f'GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO "{role}"',
         ):
             cursor.execute(sql)
+        for model in platform_only_models():
+            cursor.execute(f'REVOKE ALL ON {qn(model._meta.db_table)} FROM "{role}"')
         for model in tenant_owned_models():
             table = qn(model._meta.db_table)
             column = qn(model._meta.get_field("tenant").column)
@@ -309,6 +321,15 @@ def problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
             "SELECT conname, convalidated FROM pg_constraint WHERE conname LIKE 'mcpauth\\_t%%'"
         )
         constraints = dict(cursor.fetchall())
+        role = get_settings().tenant_db_role
+        for model in platform_only_models():
+            cursor.execute(
+                "SELECT has_table_privilege(r.oid, %s, 'SELECT') FROM pg_roles r "
+                "WHERE r.rolname = %s",
+                [model._meta.db_table, role],
+            )
+            if (cursor.fetchone() or (False,))[0]:
+                found.append(f"table {model._meta.db_table} is readable by the role {role}")
     for table, name, _clause in expected_constraints():
         if name not in constraints:
             found.append(f"table {table} lacks the composite tenant constraint {name}")

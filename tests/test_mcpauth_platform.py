@@ -322,5 +322,7 @@ def test_current_uses_the_bound_call() -> None:
 def test_public_api_is_importable_from_the_package() -> None:
     import mcpauth
 
-    assert mcpauth.__all__ == ["current_principal", "tool"]
+    assert mcpauth.__all__ == ["current_principal", "downstream", "tool"]
     assert inspect.isfunction(mcpauth.tool) and inspect.isfunction(mcpauth.current_principal)
+    assert inspect.isfunction(mcpauth.downstream.client)
+    assert inspect.isfunction(mcpauth.downstream.async_client)
