@@ -302,6 +302,7 @@ def test_a_client_reaches_its_downstream_only(
         "elsewhere is refused."
     )
     call, [out] = rows_of(reply.request_id)
+    assert call.outcome == "denied"
     assert (out.outcome, out.error_code, out.status) == ("denied", "origin_refused", 0)
     assert world.seen == []
 
@@ -421,7 +422,7 @@ def test_sqlite_a_tool_that_wrote_first_holds_the_lock_and_says_so(
     )
     assert reply.data["status"] == 200
     call, [out] = rows_of(reply.request_id)
-    assert out.arguments["write_lock_held"] is True
+    assert (call.outcome, out.arguments["write_lock_held"]) == ("ok", True)
     assert any("holding SQLite's write lock" in r.getMessage() for r in caplog.records)
     assert Receipt.all_tenants.get().label == "first"  # the write still commits with the row
 
