@@ -26,10 +26,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import StringIO
 from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
+from django.core.management import call_command
+
+from audit.models import AuditEvent
+from mcpauth import scopes
+from mcpauth.models import ScopeMapping
 
 JWT_FAMILIES = ("partner", "ledger", "mesh")
 
@@ -239,3 +245,44 @@ def call_tool_over_mcp(
         payload = resp.json()
     result = payload.get("result") or {"error": payload.get("error")}
     return ToolReply(resp.status_code, resp.headers.get("x-request-id", ""), result)
+
+
+# --- shared by the downstream tests ------------------------------------------------------------
+
+#: The tests' MCPAUTH_ENCRYPTION_KEYS entry.
+KEY = "test-encryption-key-0123456789-abcdefghij"
+
+
+def grant_outbound_tools() -> None:
+    """``todo:read`` also grants the outbound test tools (the default minted tokens have it)."""
+    from django.contrib.auth.models import Permission
+
+    mapping = ScopeMapping.objects.get(scope="todo:read")
+    mapping.permissions.add(
+        Permission.objects.get(content_type__app_label="outbound", codename="add_receipt")
+    )
+    scopes.clear_cache()
+
+
+def set_secret(name: str, value: str, tenant: str | None = None) -> str:
+    out = StringIO()
+    args = ["downstreams", "set-secret", name] + (["--tenant", tenant] if tenant else [])
+    call_command(*args, stdin=StringIO(value + "\n"), stdout=out)
+    return out.getvalue()
+
+
+def rows_of(request_id: str) -> tuple[AuditEvent, list[AuditEvent]]:
+    rows = list(AuditEvent.objects.filter(request_id=request_id).order_by("id"))
+    calls = [r for r in rows if not r.method.startswith("outbound/")]
+    assert len(calls) == 1, rows
+    return calls[0], [r for r in rows if r.method.startswith("outbound/")]
+
+
+def no_secret_anywhere(*secrets: str) -> None:
+    """No audit row holds any of ``secrets``, in any column."""
+    for row in AuditEvent.objects.all():
+        text = json.dumps(
+            [row.arguments, row.error_message, row.error_code, row.method, row.tool], default=str
+        )
+        for secret in secrets:
+            assert secret not in text, row

@@ -13,24 +13,29 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
-from io import StringIO
 from typing import Any
 
 import pytest
 from django.core.cache import caches
-from django.core.management import call_command
 from django.db import connection
 from django.urls import reverse
 
 from audit.models import AuditEvent
-from mcpauth import scopes
 from mcpauth.downstream import oauth
-from mcpauth.models import ScopeMapping, Tenant
+from mcpauth.models import Tenant
 from tests.conftest import RESOURCE, FakeIdP, LiveServer, Minter, free_port
-from tests.downstream_service import DownstreamService, call_tool_over_mcp, serve
+from tests.downstream_service import (
+    KEY,
+    DownstreamService,
+    call_tool_over_mcp,
+    grant_outbound_tools,
+    no_secret_anywhere,
+    rows_of,
+    serve,
+    set_secret,
+)
 from tests.outbound.models import Receipt
 
-KEY = "test-encryption-key-0123456789-abcdefghij"
 SHARED_KEY = "crm-shared-key-0001"
 
 
@@ -38,17 +43,6 @@ SHARED_KEY = "crm-shared-key-0001"
 def service(idp: FakeIdP) -> Iterator[DownstreamService]:
     with serve(DownstreamService(issuers={idp.issuer: f"{idp.url}/jwks.json"})) as svc:
         yield svc
-
-
-def grant_outbound_tools() -> None:
-    """``todo:read`` also grants the outbound test tools (the default minted tokens have it)."""
-    from django.contrib.auth.models import Permission
-
-    mapping = ScopeMapping.objects.get(scope="todo:read")
-    mapping.permissions.add(
-        Permission.objects.get(content_type__app_label="outbound", codename="add_receipt")
-    )
-    scopes.clear_cache()
 
 
 def declarations(svc: DownstreamService) -> dict[str, Any]:
@@ -78,30 +72,6 @@ def world(live: LiveServer, service: DownstreamService, settings: Any) -> Downst
     grant_outbound_tools()
     yield service
     service.gate.set()
-
-
-def set_secret(name: str, value: str, tenant: str | None = None) -> str:
-    out = StringIO()
-    args = ["downstreams", "set-secret", name] + (["--tenant", tenant] if tenant else [])
-    call_command(*args, stdin=StringIO(value + "\n"), stdout=out)
-    return out.getvalue()
-
-
-def rows_of(request_id: str) -> tuple[AuditEvent, list[AuditEvent]]:
-    rows = list(AuditEvent.objects.filter(request_id=request_id).order_by("id"))
-    calls = [r for r in rows if not r.method.startswith("outbound/")]
-    assert len(calls) == 1, rows
-    return calls[0], [r for r in rows if r.method.startswith("outbound/")]
-
-
-def no_secret_anywhere(*secrets: str) -> None:
-    """No audit row holds any of ``secrets``, in any column."""
-    for row in AuditEvent.objects.all():
-        text = json.dumps(
-            [row.arguments, row.error_message, row.error_code, row.method, row.tool], default=str
-        )
-        for secret in secrets:
-            assert secret not in text, row
 
 
 # --- api_key ----------------------------------------------------------------------------------
