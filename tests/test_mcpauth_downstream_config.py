@@ -110,7 +110,7 @@ def test_a_bad_entry_is_left_out_and_reported(
     assert list(conf.downstreams) == ["ok"]
     [message] = [m for m in check_downstreams() if m.id == "mcpauth.E050"]
     assert problem in message.msg and repr(name) in message.msg
-    with pytest.raises(ImproperlyConfigured, match="mcpauth.E050"):
+    with pytest.raises(ImproperlyConfigured, match=r"mcpauth\.E050"):
         mcpauth_checks.assert_startup_ready()
 
 
