@@ -241,11 +241,13 @@ def test_a_tool_cannot_see_the_callers_bearer_token(
     assert token not in json.dumps(reply.result)
 
 
+@pytest.mark.parametrize("where", ["header", "query", "body"])
 def test_a_tool_that_got_the_token_anyway_cannot_send_it(
-    world: DownstreamService, live: LiveServer, mint: Minter
+    world: DownstreamService, live: LiveServer, mint: Minter, where: str
 ) -> None:
     token = mint()
-    reply = call_tool_over_mcp(live.url, token, "pass_through", {"name": "open", "token": token})
+    arguments = {"name": "open", "token": token, "where": where}
+    reply = call_tool_over_mcp(live.url, token, "pass_through", arguments)
     assert reply.is_error and "token passthrough is refused" in reply.text
     call, [out] = rows_of(reply.request_id)
     assert (call.outcome, out.outcome, out.error_code) == ("denied", "denied", "token_passthrough")

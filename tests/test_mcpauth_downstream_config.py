@@ -120,17 +120,26 @@ def test_keys_are_required_for_stored_secrets_and_must_be_long_enough(settings: 
         "lan": {"url": "http://10.0.0.5/api", "auth": "forward"},
         "local": {"url": "http://127.0.0.1:9/api", "auth": "forward"},
         "public": {"url": "http://example.com", "auth": "none"},
+        "idp": {
+            "url": "https://idp.example",
+            "auth": "client_credentials",
+            "token_url": "http://idp.example/token",
+            "client_id": "me",
+            "client_secret": "in-settings",
+        },
     }
+    warnings = ["mcpauth.W053", "mcpauth.W053"]
     settings.MCPAUTH_ENCRYPTION_KEYS = []
-    assert ids(check_downstreams()) == ["mcpauth.E051", "mcpauth.W053"]
+    assert ids(check_downstreams()) == ["mcpauth.E051", *warnings]
     settings.MCPAUTH_ENCRYPTION_KEYS = ["too-short"]
-    assert ids(check_downstreams()) == ["mcpauth.E051", "mcpauth.E052", "mcpauth.W053"]
+    assert ids(check_downstreams()) == ["mcpauth.E051", "mcpauth.E052", *warnings]
     settings.MCPAUTH_ENCRYPTION_KEYS = [KEY, KEY]
-    assert ids(check_downstreams()) == ["mcpauth.E052", "mcpauth.W053"]
+    assert ids(check_downstreams()) == ["mcpauth.E052", *warnings]
     settings.MCPAUTH_ENCRYPTION_KEYS = f"{KEY}, {OLD_KEY}"  # the env form
-    assert ids(check_downstreams()) == ["mcpauth.W053"]
+    assert ids(check_downstreams()) == warnings
     assert [m.msg for m in check_downstreams()] == [
-        "Downstream 'lan' receives credentials over plain http (http://10.0.0.5/api)."
+        "Downstream 'idp' sends credentials over plain http (http://idp.example/token).",
+        "Downstream 'lan' sends credentials over plain http (http://10.0.0.5/api).",
     ]
 
 

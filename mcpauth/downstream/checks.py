@@ -5,12 +5,13 @@
   ``MCPAUTH_ENCRYPTION_KEYS`` is configured;
 * ``mcpauth.E052`` an ``MCPAUTH_ENCRYPTION_KEYS`` entry is shorter than 32 characters, or listed
   twice;
-* ``mcpauth.W053`` a downstream that receives credentials is reached over plain http on a host
-  that is not loopback.
+* ``mcpauth.W053`` a downstream that receives credentials, or the token endpoint a client
+  secret is sent to, is reached over plain http on a host that is not loopback.
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 from django.core import checks
@@ -58,15 +59,18 @@ def check_downstreams() -> list[checks.CheckMessage]:
             )
         )
     for name, ds in sorted(conf.downstreams.items()):
-        scheme, host, _port = ds.origin
-        if ds.kind != "none" and scheme == "http" and not is_loopback(host):
-            messages.append(
-                checks.Warning(
-                    f"Downstream {name!r} receives credentials over plain http ({ds.url}).",
-                    hint="Use https for any downstream that is not on this machine.",
-                    id="mcpauth.W053",
+        urls = [ds.url] if ds.kind != "none" else []
+        urls += [u for u in (ds.token_url, ds.issuer) if u]
+        for url in urls:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme == "http" and not is_loopback((parts.hostname or "").rstrip(".")):
+                messages.append(
+                    checks.Warning(
+                        f"Downstream {name!r} sends credentials over plain http ({url}).",
+                        hint="Use https for anything that is not on this machine.",
+                        id="mcpauth.W053",
+                    )
                 )
-            )
     return messages
 
 

@@ -3,8 +3,9 @@
 Every request the tool's client sends passes here, and only here:
 
 1. it must stay on the downstream's origin and under its base path (a redirect or an absolute
-   URL elsewhere is refused), and must not carry the caller's own bearer token anywhere (token
-   passthrough is refused, whatever way the tool got hold of it);
+   URL elsewhere is refused), and must not carry the caller's own bearer token in its URL,
+   headers or (non-streamed) body (token passthrough is refused, whatever way the tool got hold
+   of it);
 2. the credential for the current caller is resolved (:mod:`.credentials`) and set on a *copy*
    of the request: the tool's request and ``response.request`` never show it;
 3. the request is sent with the downstream's timeouts; on SQLite a sync tool's empty
@@ -98,9 +99,11 @@ class Binding:
         raw = caller.raw_token()
         if not raw:
             return False
-        if raw in str(request.url):
+        if raw in str(request.url) or any(raw in value for value in request.headers.values()):
             return True
-        return any(raw in value for value in request.headers.values())
+        if isinstance(request.stream, httpx2.ByteStream):  # a body given in full (not streamed)
+            return raw.encode() in request.content
+        return False
 
     def memo(self) -> credentials.Credential | None:
         """The credential this client already resolved, while it is fresh."""

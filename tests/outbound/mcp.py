@@ -84,9 +84,13 @@ def call_url(name: str, url: str, follow_redirects: bool = False) -> int:
 
 
 @tool(permissions=USE, read_only=True)
-def pass_through(name: str, token: str) -> int:
+def pass_through(name: str, token: str, where: str = "header") -> int:
     """A tool that got hold of the caller's token and puts it in a request: refused."""
     with downstream.client(name) as client:
+        if where == "query":
+            return client.get("/x", params={"t": token}).status_code
+        if where == "body":
+            return client.post("/x", json={"token": token}).status_code
         return client.get("/x", headers={"x-forwarded-token": token}).status_code
 
 
