@@ -67,7 +67,7 @@ def stored_secret(ds: Downstream, tenant_id: int | None) -> str:
     else:
         rows = rows.filter(tenant_id=tenant_id)
     with platform():
-        row = rows.first()
+        row = rows.order_by("pk").first()  # (the model's ordering would join the tenant)
     if row is None:
         whose = " for your tenant" if tenant_id is not None else ""
         raise CredentialRefused(
