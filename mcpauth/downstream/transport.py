@@ -11,11 +11,18 @@ Every request the tool's client sends passes here, and only here:
 3. the request is sent with the downstream's timeouts; on SQLite a sync tool's empty
    transaction is released for the wait (:mod:`.sqlite`);
 4. one outbound audit row is noted (:mod:`.records`), whatever happened.
+
+The connection pool underneath is the process's, one per downstream origin (and event loop, for
+async clients): a tool's client costs no TLS context of its own and reuses kept-alive connections.
+Only headers carry credentials, set per request, so sharing connections shares nothing else.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 import httpx2
@@ -33,6 +40,34 @@ from mcpauth.downstream.errors import (
 if TYPE_CHECKING:
     from mcpauth.context import CallContext
     from mcpauth.downstream.conf import Downstream
+
+
+Origin = tuple[str, str, int]
+#: Connection pools per downstream origin (and event loop): they hold connections, no
+#: credentials, and their number is bounded by the declared origins.
+_pools: dict[Origin, httpx2.HTTPTransport] = {}
+_async_pools: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[Origin, httpx2.AsyncHTTPTransport]
+] = weakref.WeakKeyDictionary()
+_pools_lock = threading.Lock()
+
+
+def _pool(ds: Downstream) -> httpx2.HTTPTransport:
+    pool = _pools.get(ds.origin)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.get(ds.origin)
+            if pool is None:
+                pool = _pools[ds.origin] = httpx2.HTTPTransport(retries=0, trust_env=False)
+    return pool
+
+
+def _async_pool(ds: Downstream) -> httpx2.AsyncHTTPTransport:
+    pools = _async_pools.setdefault(asyncio.get_running_loop(), {})
+    pool = pools.get(ds.origin)
+    if pool is None:
+        pool = pools[ds.origin] = httpx2.AsyncHTTPTransport(retries=0, trust_env=False)
+    return pool
 
 
 def _host(url: httpx2.URL) -> str:
@@ -178,7 +213,7 @@ def _internal(exc: Exception) -> CredentialUnavailable:
 class SyncTransport(httpx2.BaseTransport):
     def __init__(self, binding: Binding) -> None:
         self.binding = binding
-        self.inner = httpx2.HTTPTransport(retries=0, trust_env=False)
+        self.inner = _pool(binding.downstream)
 
     def _note(self, noted_late: bool) -> None:
         if noted_late:  # the call's own row is written already: this one is written now
@@ -217,13 +252,12 @@ class SyncTransport(httpx2.BaseTransport):
         return response
 
     def close(self) -> None:
-        self.inner.close()
+        """The pool is the process's: closing a tool's client keeps it."""
 
 
 class AsyncTransport(httpx2.AsyncBaseTransport):
     def __init__(self, binding: Binding) -> None:
         self.binding = binding
-        self.inner = httpx2.AsyncHTTPTransport(retries=0, trust_env=False)
 
     async def _note(self, noted_late: bool) -> None:
         if noted_late:
@@ -251,7 +285,8 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
                     await self._note(binding.failed(entry, _internal(exc), started))
                     raise
             entry.obtained = credential.obtained
-            response = await self.inner.handle_async_request(binding.wire(request, credential))
+            pool = _async_pool(binding.downstream)
+            response = await pool.handle_async_request(binding.wire(request, credential))
         except DownstreamError as exc:
             await self._note(binding.failed(entry, exc, started))
             raise
@@ -263,4 +298,4 @@ class AsyncTransport(httpx2.AsyncBaseTransport):
         return response
 
     async def aclose(self) -> None:
-        await self.inner.aclose()
+        """The pool is the process's (per event loop): closing a tool's client keeps it."""
