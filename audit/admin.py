@@ -56,7 +56,7 @@ from audit.filters import (
     TimeRangeFilter,
     ToolFilter,
 )
-from audit.models import AuditEvent, Outcome
+from audit.models import OUTBOUND_PREFIX, AuditEvent, Outcome
 
 __all__ = ["AuditEventAdmin", "EstimatedCountPaginator", "OverviewAdmin"]
 
@@ -83,7 +83,11 @@ FILTER_LABELS = {
     "created_at__lt": "until",
     "id__gt": "after id",
 }
-KIND_LABELS = {"call": "MCP calls", "config": "configuration and data changes, exports"}
+KIND_LABELS = {
+    "call": "MCP calls",
+    "outbound": "outbound calls",
+    "config": "configuration and data changes, exports",
+}
 #: The identifiers that search matches by prefix (each has an index that serves LIKE 'x%').
 PREFIX_FIELDS = ("request_id", "token_id", "client_id", "subject")
 BADGE_CLASS: dict[str, str] = {
@@ -96,6 +100,8 @@ BADGE_CLASS: dict[str, str] = {
     Outcome.SERVER_ERROR: "bad",
 }
 REASON_CHARS = 60
+#: The most outbound calls listed on a call's detail page (the rest: "all rows of this request").
+MAX_OUTBOUND_LISTED = 100
 #: What an empty cell shows (an en dash).
 NO_VALUE = "\u2013"
 
@@ -237,7 +243,14 @@ class AuditEventAdmin(VisibleNamesMixin):
     paginator = EstimatedCountPaginator
     list_per_page = 100
     actions = None
-    readonly_fields = ("when_field", "outcome_field", "pretty_arguments", "related")
+    readonly_fields = (
+        "when_field",
+        "outcome_field",
+        "pretty_arguments",
+        "related",
+        "outbound_calls",
+        "made_by",
+    )
 
     class Media:
         css = {"all": ("audit/admin.css",)}
@@ -273,6 +286,13 @@ class AuditEventAdmin(VisibleNamesMixin):
 
     @admin.display(description="call")
     def call_column(self, obj: AuditEvent) -> SafeString:
+        if obj.is_outbound:
+            return format_html(
+                '<span class="mcp-method" title="{}, made by {}">{}</span>',
+                obj.method,
+                obj.tool,
+                _short(obj.method, 24),
+            )
         if obj.tool:
             return format_html(
                 '<span title="{} {}">{}</span>',
@@ -362,12 +382,72 @@ class AuditEventAdmin(VisibleNamesMixin):
             fieldsets.append(("Error", {"fields": ("error_code", "error_message")}))
         if obj is not None and obj.actor:
             fieldsets.append(("Configuration or data change, export", {"fields": ("actor",)}))
+        if obj is not None and obj.is_outbound:
+            fieldsets.append(("Outbound call", {"fields": ("made_by",)}))
+        elif obj is not None and not obj.is_self_audit:
+            fieldsets.append(("Outbound calls", {"fields": ("outbound_calls",)}))
         fieldsets.append(("Connection", {"fields": ("client_ip", "user_agent", "trace_id")}))
         fieldsets.append(("Related rows", {"fields": ("related",)}))
         return [
             (title, {**options, "fields": tuple(shown_field(f) for f in options["fields"])})
             for title, options in fieldsets
         ]
+
+    @admin.display(description="made to other systems")
+    def outbound_calls(self, obj: AuditEvent) -> SafeString:
+        """The calls this MCP call made to other systems (same request id), in order."""
+        rows = list(
+            AuditEvent.objects.filter(
+                request_id=obj.request_id, method__startswith=OUTBOUND_PREFIX
+            ).order_by("id")[: MAX_OUTBOUND_LISTED + 1]
+        )
+        if not rows:
+            return format_html("{}", "(none)")
+        items = []
+        for row in rows[:MAX_OUTBOUND_LISTED]:
+            args = row.arguments if isinstance(row.arguments, dict) else {}
+            items.append(
+                (
+                    reverse("admin:audit_auditevent_change", args=[row.pk]),
+                    row.method.removeprefix(OUTBOUND_PREFIX),
+                    f"{args.get('http_method', '')} {args.get('host', '')}{args.get('path', '')}",
+                    outcome_badge(row.outcome, row.status),
+                    row.error_code or "",
+                    f"{row.duration_ms:.1f} ms",
+                    str(args.get("auth", "")),
+                )
+            )
+        listed = format_html_join(
+            "",
+            '<li><a href="{}">{}</a> <code>{}</code> {} <code>{}</code> {} · {}</li>',
+            items,
+        )
+        more = ""
+        if len(rows) > MAX_OUTBOUND_LISTED:
+            more = format_html(
+                '<li><a href="{}">all outbound calls of this request</a></li>',
+                changelist_url(request_id=obj.request_id, kind="outbound"),
+            )
+        return format_html('<ul class="mcp-links mcp-outbound">{}{}</ul>', listed, more)
+
+    @admin.display(description="made by")
+    def made_by(self, obj: AuditEvent) -> SafeString:
+        """The MCP call that made this outbound call."""
+        parent = (
+            AuditEvent.objects.filter(request_id=obj.request_id)
+            .exclude(method__startswith=OUTBOUND_PREFIX)
+            .order_by("id")
+            .first()
+        )
+        if parent is None:
+            return format_html("{}", "(the call's own row is not in the trail)")
+        return format_html(
+            '<a href="{}">{} {}</a> {}',
+            reverse("admin:audit_auditevent_change", args=[parent.pk]),
+            parent.method,
+            parent.tool,
+            outcome_badge(parent.outcome, parent.status),
+        )
 
     @admin.display(description="time")
     def when_field(self, obj: AuditEvent) -> str:

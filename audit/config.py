@@ -37,6 +37,7 @@ _OBJECT_NAMES = {
     "clientbinding": "client_binding",
     "clientpolicy": "client_policy",
     "tenantalias": "tenant_alias",
+    "downstreamsecret": "downstream_secret",
 }
 
 

@@ -25,7 +25,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from audit.display import visible
-from audit.models import FAILURES, SELF_AUDIT_PREFIXES, AuditEvent, Outcome
+from audit.models import FAILURES, OUTBOUND_PREFIX, SELF_AUDIT_PREFIXES, AuditEvent, Outcome
 from audit.timeparse import parse_instant
 from mcpauth.models import Tenant
 from mcpauth.registry import registry
@@ -51,6 +51,16 @@ def self_audit_q() -> Q:
     for prefix in SELF_AUDIT_PREFIXES:
         query |= Q(method__startswith=prefix)
     return query
+
+
+def outbound_q() -> Q:
+    """Rows of calls to other systems made by MCP calls (``outbound/<downstream>``)."""
+    return Q(method__startswith=OUTBOUND_PREFIX)
+
+
+def not_a_call_q() -> Q:
+    """Rows that are not MCP calls: the trail's own, and outbound calls."""
+    return self_audit_q() | outbound_q()
 
 
 class OutcomeFilter(admin.ListFilter):
@@ -211,11 +221,17 @@ class KindFilter(admin.SimpleListFilter):
     parameter_name = "kind"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("call", "MCP calls"), ("config", "configuration and data changes, exports")]
+        return [
+            ("call", "MCP calls"),
+            ("outbound", "outbound calls"),
+            ("config", "configuration and data changes, exports"),
+        ]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() == "call":
-            return queryset.exclude(self_audit_q())
+            return queryset.exclude(not_a_call_q())
+        if self.value() == "outbound":
+            return queryset.filter(outbound_q())
         if self.value() == "config":
             return queryset.filter(self_audit_q())
         return queryset

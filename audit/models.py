@@ -38,6 +38,9 @@ FAILURES: tuple[str, ...] = tuple(o for o in Outcome.values if o != Outcome.OK)
 #: ``method`` prefixes of the rows the trail writes about itself (configuration and data changes
 #: made in the admin or by command, exports, pruning), as opposed to MCP calls.
 SELF_AUDIT_PREFIXES: tuple[str, ...] = ("config/", "data/", "audit/")
+#: ``method`` prefix of the rows that record a call the server made to another system on behalf
+#: of an MCP call (``outbound/<downstream>``; same ``request_id`` as that call).
+OUTBOUND_PREFIX = "outbound/"
 
 
 class AppendOnlyError(Exception):
@@ -177,6 +180,11 @@ class AuditEvent(AppendOnlyModel):
         """A configuration or data change, export or prune, not an MCP call."""
         return self.method.startswith(SELF_AUDIT_PREFIXES)
 
+    @property
+    def is_outbound(self) -> bool:
+        """A call to another system made by an MCP call (``outbound/<downstream>``)."""
+        return self.method.startswith(OUTBOUND_PREFIX)
+
 
 class AuditSeal(AppendOnlyModel):
     """One signed block of the hash chain over :class:`AuditEvent` rows (see audit.sealing).
@@ -228,6 +236,7 @@ class AuditRollup(models.Model):
     class Kind(models.TextChoices):
         CALL = "call", "MCP call"
         CONFIG = "config", "configuration change or export"
+        OUTBOUND = "outbound", "outbound call"
 
     day = models.DateField()
     tenant = models.CharField(max_length=255, blank=True)

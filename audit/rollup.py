@@ -15,14 +15,18 @@ from typing import Any
 
 from django.db import connections, router
 
-from audit.models import SELF_AUDIT_PREFIXES, AuditEvent, AuditRollup
+from audit.models import OUTBOUND_PREFIX, SELF_AUDIT_PREFIXES, AuditEvent, AuditRollup
 
 Key = tuple[date, str, str, str, str, str]
 _COLUMNS = ("day", "tenant", "client_id", "tool", "outcome", "kind")
 
 
 def kind_of(method: str) -> str:
-    return AuditRollup.Kind.CONFIG if method.startswith(SELF_AUDIT_PREFIXES) else "call"
+    if method.startswith(SELF_AUDIT_PREFIXES):
+        return AuditRollup.Kind.CONFIG
+    if method.startswith(OUTBOUND_PREFIX):
+        return AuditRollup.Kind.OUTBOUND
+    return "call"
 
 
 def utc_day(value: datetime) -> date:

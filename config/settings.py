@@ -7,6 +7,7 @@ environment; apps read their settings through their own typed accessor (``mcpaut
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -225,6 +226,13 @@ MCPAUTH_TRUSTED_PROXIES = int(os.environ.get("MCPAUTH_TRUSTED_PROXIES", "0"))
 MCPAUTH_ALLOWED_ORIGINS = env_list("MCPAUTH_ALLOWED_ORIGINS")
 MCPAUTH_LOOPBACK_ORIGINS_ANY_PORT = env_bool("MCPAUTH_LOOPBACK_ORIGINS_ANY_PORT", False)
 MCPAUTH_BODY_TIMEOUT = float(os.environ.get("MCPAUTH_BODY_TIMEOUT", "30"))
+# Other systems tools call (README "Call other systems from a tool"): a JSON object of
+# name -> declaration, and the keys that encrypt stored downstream secrets (newest first).
+try:
+    MCPAUTH_DOWNSTREAMS = json.loads(os.environ.get("MCPAUTH_DOWNSTREAMS") or "{}")
+except ValueError as exc:
+    raise ImproperlyConfigured(f"MCPAUTH_DOWNSTREAMS is not valid JSON: {exc}") from None
+MCPAUTH_ENCRYPTION_KEYS = env_list("MCPAUTH_ENCRYPTION_KEYS")
 SCALEKIT_ENVIRONMENT_URL = os.environ.get("SCALEKIT_ENVIRONMENT_URL", "")
 SCALEKIT_RESOURCE_ID = os.environ.get("SCALEKIT_RESOURCE_ID", "")
 

@@ -309,3 +309,7 @@ class ScopeMappingAdmin(AuditedAdmin):
             return "(save first)"
         tools = registry.tools_needing(perm_name(p) for p in obj.permissions.all())
         return format_html_join(", ", "{}", ((visible(t),) for t in tools)) or "no tool on its own"
+
+
+# Stored downstream secrets: write-only (mcpauth.downstream.admin registers itself).
+from mcpauth.downstream import admin as _downstream_admin  # noqa: E402, F401

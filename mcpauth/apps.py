@@ -23,5 +23,15 @@ class MCPAuthConfig(AppConfig):
                 rls.install_wrapper(connection)
         post_migrate.connect(rls.post_migrate, sender=self, dispatch_uid="mcpauth-rls")
 
+        # Downstream calls: their system checks, and SQLite's write lock released while a sync
+        # tool waits on one (mcpauth.downstream.sqlite).
+        from mcpauth.downstream import checks as downstream_checks  # noqa: F401
+        from mcpauth.downstream.sqlite import install_tracker
+
+        connection_created.connect(install_tracker, dispatch_uid="mcpauth-downstream-sqlite")
+        for connection in connections.all(initialized_only=True):
+            if connection.connection is not None:
+                install_tracker(connection)
+
         # Every installed app's mcp.py registers its tools, as admin.py registers models.
         autodiscover()

@@ -311,7 +311,10 @@ def check_tools(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMess
 
 def assert_startup_ready() -> None:
     """Raise ImproperlyConfigured when a ``mcpauth`` check reports an error."""
-    errors = [m for m in [*check_configuration(), *check_tools()] if m.is_serious()]
+    from mcpauth.downstream.checks import check_downstreams
+
+    checks_run = [*check_configuration(), *check_tools(), *check_downstreams()]
+    errors = [m for m in checks_run if m.is_serious()]
     if errors:
         lines = [f"{m.id}: {m.msg} HINT: {m.hint}" for m in errors]
         raise ImproperlyConfigured("mcpauth is misconfigured:\n  " + "\n  ".join(lines))

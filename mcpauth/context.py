@@ -101,6 +101,8 @@ class CallContext:
     outcome: str = ""
     #: Per-request logs/metrics/traces state (``mcpauth.observability.request.Observation``).
     observation: Any = None
+    #: Outbound calls not yet in the audit trail (``mcpauth.downstream.records.OutboundLog``).
+    outbound: Any = None
 
     def refresh_db(self) -> None:
         """:func:`refresh_connections` once per request and worker thread."""

@@ -438,3 +438,7 @@ def _confine_django_paths(sender: type[models.Model], **_: Any) -> None:
     if issubclass(sender, TenantOwned) and not sender._meta.abstract:
         sender._meta.default_manager_name = "all_tenants"
         sender._meta.base_manager_name = "all_tenants"
+
+
+# The stored downstream secrets (mcpauth.downstream), in their own module.
+from mcpauth.downstream.models import DownstreamSecret  # noqa: E402, F401

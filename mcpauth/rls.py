@@ -23,6 +23,11 @@ composite constraint ``(fk, tenant_id) → (target, tenant_id)``, so a row can o
 of its own tenant, whatever wrote it. Foreign-key checks bypass row-level security in
 PostgreSQL; this constraint is what stops a row from referencing another tenant's row.
 
+**Platform-only tables.** A model marked ``mcpauth_platform_only`` (the stored downstream
+secrets) is the platform's own: the restricted role gets no privilege on its table at all, so
+no query of a governed body can read it; the platform reads it in its own context
+(``mcpauth.tenant_scope.platform``).
+
 Everything is (re)installed after ``migrate`` (``post_migrate``), idempotently, for every
 installed ``TenantOwned`` model: an app gets it by subclassing ``TenantOwned``, nothing else.
 ``mcpauth.W040`` (a database check: ``manage.py check --database default``) reports a table
@@ -70,6 +75,31 @@ def tenant_owned_models() -> list[type[Model]]:
     """Every installed concrete, managed ``TenantOwned`` model."""
     return [
         m for m in apps.get_models() if is_tenant_owned(m) and m._meta.managed and not m._meta.proxy
+    ]
+
+
+#: Apps whose tables are the platform's, never a tool body's: users, sessions, the admin log,
+#: the audit trail and mcpauth's configuration (except what is granted below).
+PLATFORM_APPS = frozenset({"auth", "admin", "sessions", "audit", "mcpauth"})
+#: Granted back to the restricted role: a governed sync body writes its audit row in its own
+#: transaction (``INSERT … RETURNING id``), and may read its own tenant's row.
+AUDIT_TABLE = "audit_auditevent"
+TENANT_TABLE = "mcpauth_tenant"
+
+
+def platform_only_models() -> list[type[Model]]:
+    """Every installed model the restricted role gets no privilege on: the platform apps'
+    (but the tenant and audit tables, granted narrowly) and models marked
+    ``mcpauth_platform_only`` (the stored downstream secrets)."""
+    return [
+        m
+        for m in apps.get_models(include_auto_created=True)
+        if getattr(m, "mcpauth_platform_only", False)
+        or (
+            m._meta.app_label in PLATFORM_APPS
+            and m._meta.db_table not in (AUDIT_TABLE, TENANT_TABLE)
+            and not is_tenant_owned(m)
+        )
     ]
 
 
@@ -174,6 +204,26 @@ def _policy_sql(table: str, column: str, role: str) -> list[str]:
     ]
 
 
+def _narrow_grants_sql(qn: Callable[[str], str], role: str) -> list[str]:
+    """The audit table: insert only (``RETURNING id`` needs the id). The tenant table: read
+    only, and only the body's own tenant's row."""
+    audit, tenant = qn(AUDIT_TABLE), qn(TENANT_TABLE)
+    own = f"id = current_setting('{TENANT_SETTING}')::bigint"
+    return [
+        f'REVOKE ALL ON {audit} FROM "{role}"',
+        f'GRANT INSERT, SELECT (id) ON {audit} TO "{role}"',
+        f'REVOKE ALL ON {tenant} FROM "{role}"',
+        f'GRANT SELECT ON {tenant} TO "{role}"',
+        f"ALTER TABLE {tenant} ENABLE ROW LEVEL SECURITY",
+        f"ALTER TABLE {tenant} FORCE ROW LEVEL SECURITY",
+        f"DROP POLICY IF EXISTS {POLICY_ALL} ON {tenant}",
+        f"CREATE POLICY {POLICY_ALL} ON {tenant} AS PERMISSIVE TO PUBLIC "
+        "USING (true) WITH CHECK (true)",
+        f"DROP POLICY IF EXISTS {POLICY_TENANT} ON {tenant}",
+        f'CREATE POLICY {POLICY_TENANT} ON {tenant} AS RESTRICTIVE TO "{role}" USING ({own})',
+    ]
+
+
 def expected_constraints() -> list[tuple[str, str, str]]:
     """``(table, constraint name, ADD CONSTRAINT clause)`` for every composite tenant key."""
     out: list[tuple[str, str, str]] = []
@@ -223,6 +273,10 @@ def install(using: str = DEFAULT_DB_ALIAS, *, stdout: Any = None) -> list[str]:
             f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO "{role}"',
             f'GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO "{role}"',
         ):
+            cursor.execute(sql)
+        for model in platform_only_models():
+            cursor.execute(f'REVOKE ALL ON {qn(model._meta.db_table)} FROM "{role}"')
+        for sql in _narrow_grants_sql(qn, role):
             cursor.execute(sql)
         for model in tenant_owned_models():
             table = qn(model._meta.db_table)
@@ -309,6 +363,16 @@ def problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
             "SELECT conname, convalidated FROM pg_constraint WHERE conname LIKE 'mcpauth\\_t%%'"
         )
         constraints = dict(cursor.fetchall())
+        role = get_settings().tenant_db_role
+        for model in platform_only_models():
+            cursor.execute(
+                "SELECT has_table_privilege(r.oid, c.oid, 'SELECT') FROM pg_roles r, pg_class c "
+                "WHERE r.rolname = %s AND c.relname = %s "
+                "AND c.relnamespace = current_schema()::regnamespace",
+                [role, model._meta.db_table],
+            )
+            if (cursor.fetchone() or (False,))[0]:
+                found.append(f"table {model._meta.db_table} is readable by the role {role}")
     for table, name, _clause in expected_constraints():
         if name not in constraints:
             found.append(f"table {table} lacks the composite tenant constraint {name}")

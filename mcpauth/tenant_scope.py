@@ -38,3 +38,18 @@ def confined(tenant_id: int) -> Iterator[int]:
         yield tenant_id
     finally:
         _tenant.reset(token)
+
+
+@contextmanager
+def platform() -> Iterator[None]:
+    """Run the block as the platform, not confined to the body's tenant.
+
+    For the platform's own reads while a body runs (a downstream's stored secret, read when the
+    tool's client sends a request): the tables read here are not the tenant's, and on
+    PostgreSQL the restricted role has no privilege on them at all.
+    """
+    token = _tenant.set(None)
+    try:
+        yield
+    finally:
+        _tenant.reset(token)

@@ -36,7 +36,11 @@ governance layer records a request method sent that way as ``not_executed``).
 
 In all cases the request first gets what FastMCP's ``RequestContextMiddleware`` gives it (the
 HTTP request in FastMCP's context variable, the transport type), so ``get_http_request()`` and
-``Context`` work in tools as they do on plain FastMCP.
+``Context`` work in tools as they do on plain FastMCP, minus the ``Authorization`` header: no
+tool can read (and so pass through) the caller's bearer token; the platform keeps it for a
+declared token exchange or forward (:mod:`mcpauth.downstream.caller`). Outbound calls a tool
+made and that are not yet in the audit trail are written when the request is served
+(:mod:`mcpauth.downstream.records`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
+from asgiref.sync import sync_to_async
 from fastmcp import FastMCP
 from fastmcp.server.context import reset_transport, set_transport
 from fastmcp.server.http import StreamableHTTPASGIApp, set_http_request
@@ -87,6 +92,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 
 from mcpauth.context import CallContext
+from mcpauth.downstream import caller, records
 from mcpauth.types import Message, Scope, Send, header
 
 log = logging.getLogger(__name__)
@@ -202,10 +208,11 @@ class Transport:
             await anyio.sleep_forever()
             raise AssertionError("unreachable")
 
+        scope, bearer = caller.without_authorization(scope)
         request = Request(scope, receive)
         transport_token = set_transport(TRANSPORT_KIND)
         try:
-            with set_http_request(request):
+            with caller.bound(bearer), set_http_request(request):
                 if scope.get("method") != "POST":
                     # GET/DELETE/...: FastMCP's own app answers (a stateless server has no
                     # GET stream: 405), so routing stays exactly plain FastMCP's.
@@ -216,6 +223,8 @@ class Transport:
                     await self.session_manager.handle_request(scope, receive, send)
         finally:
             reset_transport(transport_token)
+            if call.outbound is not None:
+                await sync_to_async(records.flush_remaining, thread_sensitive=False)(call)
 
     async def _hand_to_sdk(self, request: Request, send: Send) -> None:
         await self.session_manager.handle_request(request.scope, request.receive, send)

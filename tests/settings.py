@@ -15,4 +15,11 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 from config.settings import *  # noqa: F403
 from config.settings import INSTALLED_APPS
 
-INSTALLED_APPS = [*INSTALLED_APPS, "tests.zoo", "tests.notes", "tests.hurried", "tests.shelf"]
+INSTALLED_APPS = [
+    *INSTALLED_APPS,
+    "tests.zoo",
+    "tests.notes",
+    "tests.hurried",
+    "tests.shelf",
+    "tests.outbound",
+]

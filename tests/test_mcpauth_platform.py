@@ -340,6 +340,8 @@ def test_current_uses_the_bound_call() -> None:
 def test_public_api_is_importable_from_the_package() -> None:
     import mcpauth
 
-    assert mcpauth.__all__ == ["current_principal", "prompt", "resource", "tool"]
-    for name in mcpauth.__all__:
+    assert mcpauth.__all__ == ["current_principal", "downstream", "prompt", "resource", "tool"]
+    for name in ("current_principal", "prompt", "resource", "tool"):
         assert inspect.isfunction(getattr(mcpauth, name)), name
+    assert inspect.isfunction(mcpauth.downstream.client)
+    assert inspect.isfunction(mcpauth.downstream.async_client)

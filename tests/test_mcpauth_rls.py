@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.test import Client as Client_
 from fastmcp import Client
 
@@ -67,8 +67,9 @@ def test_all_tenants_is_confined_inside_a_body_and_open_outside(two: Any) -> Non
 
 def test_a_body_cannot_query_for_another_principal(two: Any, make_principal: Any) -> None:
     acme, globex, *_ = two
+    other = make_principal(tenant=globex.external_id)
     with confined(acme.pk), pytest.raises(CrossTenantAccess):
-        Todo.objects.for_principal(make_principal(tenant=globex.external_id))
+        Todo.objects.for_principal(other)
 
 
 def test_clean_refuses_relations_and_moves_across_tenants(two: Any) -> None:
@@ -215,3 +216,25 @@ def test_two_workers_alternating_tenants_never_see_each_other(
     for name, tool, result in seen:
         expected = [f"{name} todo"] if tool == "sql_todo_titles" else [f"{name} says"]
         assert result == expected, (name, tool, result)
+
+
+@postgres_only
+def test_a_body_cannot_read_platform_tables(two: Any) -> None:
+    """Users, sessions, the audit trail and the configuration are the platform's, not a tool's:
+    a body's own SQL gets 'permission denied'; it sees its own tenant row and nothing else."""
+    from django.contrib.auth.models import User
+
+    from audit.models import AuditEvent
+    from mcpauth.models import ScopeMapping
+
+    acme, *_ = two
+    User.objects.create_user("staff", password="x")
+    with confined(acme.pk):
+        assert list(Tenant.objects.values_list("external_id", flat=True)) == ["acme"]
+        for model, column in ((User, "password"), (AuditEvent, "tenant"), (ScopeMapping, "scope")):
+            with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic():
+                list(model.objects.values_list(column, flat=True))
+        with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT password FROM auth_user")
+    assert User.objects.count() == 1 and Tenant.objects.count() == 2

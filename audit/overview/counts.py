@@ -21,7 +21,7 @@ from django.db.models import (
     Sum,
 )
 
-from audit.filters import self_audit_q
+from audit.filters import not_a_call_q, outbound_q, self_audit_q
 from audit.models import AuditEvent, AuditRollup
 from audit.overview.window import PERCENTILE_WORK_MEM, ROLLUP_AFTER, Window
 from audit.sealing import head
@@ -81,11 +81,15 @@ class Sources:
 
 
 def sources(window: Window, *, kind: str = "call", using: str | None = None) -> Sources:
-    """Where the window's rows of ``kind`` (``call`` or ``config``) are counted from."""
+    """Where the window's rows of ``kind`` (``call``, ``outbound`` or ``config``) are counted
+    from."""
     using = using or router.db_for_read(AuditEvent)
     narrowing = window.narrowing()
     events = AuditEvent.objects.using(using).filter(**narrowing)
-    events = events.exclude(self_audit_q()) if kind == "call" else events.filter(self_audit_q())
+    if kind == "call":
+        events = events.exclude(not_a_call_q())
+    else:
+        events = events.filter(outbound_q() if kind == "outbound" else self_audit_q())
     in_window = events.filter(created_at__gte=window.start, created_at__lt=window.end)
     days = _whole_days(window)
     last = head(using)
@@ -209,7 +213,7 @@ def percentiles(
         AuditEvent.objects.using(using)
         .filter(created_at__gte=window.start, created_at__lt=window.end, **window.narrowing())
         .exclude(tool="")
-        .exclude(self_audit_q())
+        .exclude(not_a_call_q())
         .order_by()
     )
     if connections[using].vendor == "postgresql":

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from audit.models import Outcome
 from audit.recorder import record
+from mcpauth.downstream import records as outbound
 from mcpauth.exceptions import (
     AccessDenied,
     InsufficientScope,
@@ -237,6 +238,7 @@ def record_call(call: CallContext, **fields: Any) -> None:
     started = time.perf_counter()
     outcome = str(fields.get("outcome", ""))
     with tracing.step("mcp.audit", {"mcp.outcome": outcome}):
+        outbound.flush(call)  # the outbound calls it made, in the same transaction
         record(**fields, **call.audit_fields())
     metrics.audit_written(time.perf_counter() - started)
     call.outcome = outcome
