@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -274,11 +275,17 @@ def install(using: str = DEFAULT_DB_ALIAS, *, stdout: Any = None) -> list[str]:
             f'GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO "{role}"',
         ):
             cursor.execute(sql)
+        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        existing_tables = {name for (name,) in cursor.fetchall()}
         for model in platform_only_models():
-            cursor.execute(f'REVOKE ALL ON {qn(model._meta.db_table)} FROM "{role}"')
-        for sql in _narrow_grants_sql(qn, role):
-            cursor.execute(sql)
+            if model._meta.db_table in existing_tables:  # (a migration may be unapplied)
+                cursor.execute(f'REVOKE ALL ON {qn(model._meta.db_table)} FROM "{role}"')
+        if {AUDIT_TABLE, TENANT_TABLE} <= existing_tables:
+            for sql in _narrow_grants_sql(qn, role):
+                cursor.execute(sql)
         for model in tenant_owned_models():
+            if model._meta.db_table not in existing_tables:
+                continue
             table = qn(model._meta.db_table)
             column = qn(tenant_column(model))
             for sql in _policy_sql(table, column, role):
@@ -294,6 +301,9 @@ def install(using: str = DEFAULT_DB_ALIAS, *, stdout: Any = None) -> list[str]:
         )
         existing.update({name: True for (name,) in cursor.fetchall()})
         for table, name, clause in expected_constraints():
+            referenced = re.findall(r'REFERENCES "([^"]+)"', clause)
+            if not {table, *referenced} <= existing_tables:
+                continue  # (a migration may be unapplied)
             if name not in existing:
                 cursor.execute(f"ALTER TABLE {qn(table)} ADD CONSTRAINT {name} {clause}")
                 existing[name] = not name.startswith(CONSTRAINT_PREFIX)
