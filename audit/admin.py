@@ -94,6 +94,8 @@ BADGE_CLASS: dict[str, str] = {
     Outcome.UNAUTHENTICATED: "bad",
     Outcome.RATE_LIMITED: "limit",
     Outcome.SERVER_ERROR: "bad",
+    Outcome.INPUT_REQUIRED: "ok",
+    Outcome.CANCELLED: "warn",
 }
 REASON_CHARS = 60
 #: What an empty cell shows (an en dash).

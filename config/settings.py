@@ -225,6 +225,9 @@ MCPAUTH_TRUSTED_PROXIES = int(os.environ.get("MCPAUTH_TRUSTED_PROXIES", "0"))
 MCPAUTH_ALLOWED_ORIGINS = env_list("MCPAUTH_ALLOWED_ORIGINS")
 MCPAUTH_LOOPBACK_ORIGINS_ANY_PORT = env_bool("MCPAUTH_LOOPBACK_ORIGINS_ANY_PORT", False)
 MCPAUTH_BODY_TIMEOUT = float(os.environ.get("MCPAUTH_BODY_TIMEOUT", "30"))
+# Secrets sealing the multi-round-trip requestState (MCP 2026-07-28), each >= 32 bytes: the first
+# seals, all open. Unset: derived from SECRET_KEY (mcpauth.W060 in production).
+MCPAUTH_REQUEST_STATE_KEYS = env_list("MCPAUTH_REQUEST_STATE_KEYS")
 SCALEKIT_ENVIRONMENT_URL = os.environ.get("SCALEKIT_ENVIRONMENT_URL", "")
 SCALEKIT_RESOURCE_ID = os.environ.get("SCALEKIT_RESOURCE_ID", "")
 

@@ -55,6 +55,7 @@ from mcpauth.exceptions import (
 from mcpauth.localcache import CacheMiss, cache_only
 from mcpauth.observability import request as observe
 from mcpauth.observability.tracing import step
+from mcpauth.streaming import sse_reply
 from mcpauth.tokens import Principal, principal_for, verify
 from mcpauth.transport import Transport, protocol_version
 from mcpauth.types import Message, Receive, Scope, Send, header_values
@@ -340,12 +341,19 @@ class GovernedMCP:
                     streaming = True
                     await send(self._with_headers(ctx, message, None))
             elif streaming:
+                reply = None if ctx.recorded else sse_reply(message.get("body", b""))
+                if reply is not None and self._should_record(ctx):
+                    # a streamed reply, too, goes out after its row (mcpauth.streaming)
+                    outcome, code, text = _outcome_from_response(ctx, 200, reply)
+                    await self._record(
+                        ctx, outcome=outcome, status=200, error_code=code, error_message=text
+                    )
                 await send(message)
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
         try:
-            await self.transport.serve(ctx, scope, body, capture)
+            await self.transport.serve(ctx, scope, body, capture, receive)
         except Exception:
             log.exception("MCP server failed")
             if streaming:

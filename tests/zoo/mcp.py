@@ -8,19 +8,27 @@ differential test serves the very same functions from plain FastMCP and compares
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import anyio
 from fastmcp import Context
 from fastmcp.exceptions import PromptError, ResourceError, ToolError
 from fastmcp.prompts import Message, PromptResult
 from fastmcp.resources import ResourceContent, ResourceResult
 from fastmcp.tools.base import ToolResult
 from fastmcp.utilities.types import Image
-from mcp_types import TextContent
+from mcp_types import (
+    ElicitRequest,
+    ElicitRequestFormParams,
+    ElicitResult,
+    InputRequiredResult,
+    TextContent,
+)
 from pydantic import BaseModel
 
 from mcpauth import current_principal, prompt, resource, tool
@@ -127,6 +135,72 @@ async def zoo_context(steps: int, ctx: Context) -> dict[str, Any]:
         await ctx.report_progress(i + 1, steps, f"step {i + 1}")
     await ctx.debug("done")
     return {"steps": steps, "request_id": bool(ctx.request_id)}
+
+
+def _ask(key: str, message: str) -> dict[str, ElicitRequest]:
+    schema = {"type": "object", "properties": {"value": {"type": "string"}}, "required": ["value"]}
+    return {
+        key: ElicitRequest(params=ElicitRequestFormParams(message=message, requested_schema=schema))
+    }
+
+
+def _answer(response: Any) -> str:
+    assert isinstance(response, ElicitResult)
+    return f"{response.action}:{(response.content or {}).get('value')}"
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_confirm(item: str, ctx: Context) -> str | InputRequiredResult:
+    """Asks the client for input (MCP 2026-07-28, FastMCP's guard pattern), then answers."""
+    if ctx.input_responses is None:
+        return InputRequiredResult(
+            input_requests=_ask("confirm", f"Feed the {item}?"), request_state=f"asked:{item}"
+        )
+    return f"{_answer(ctx.input_responses['confirm'])} after {ctx.request_state}"
+
+
+@tool(permissions=READ, read_only=True)
+def zoo_survey(topic: str, ctx: Context) -> dict[str, Any] | InputRequiredResult:
+    """A sync guard tool asking twice, carrying the first answer in its own request state."""
+    responses = ctx.input_responses or {}
+    if "name" in responses and ctx.request_state is None:
+        first = _answer(responses["name"])
+        return InputRequiredResult(
+            input_requests=_ask("age", f"{topic}: and your age?"), request_state=first
+        )
+    if "age" in responses:
+        return {"topic": topic, "name": ctx.request_state, "age": _answer(responses["age"])}
+    return InputRequiredResult(input_requests=_ask("name", f"{topic}: your name?"))
+
+
+@tool(permissions=WRITE)
+def zoo_adopt(label: str, ctx: Context) -> dict[str, Any] | InputRequiredResult:
+    """A sync write that asks first: only the confirmed round writes (in its transaction)."""
+    if ctx.input_responses is None:
+        return InputRequiredResult(input_requests=_ask("sure", f"Adopt {label}?"))
+    answer = _answer(ctx.input_responses["sure"])
+    if answer != "accept:yes":
+        return {"label": label, "adopted": False}
+    Exhibit.objects.create(label=label)
+    return {"label": label, "adopted": True}
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_slow(seconds: float, ctx: Context) -> dict[str, Any]:
+    """Reports progress every 0.1 s for ``seconds`` (a call a client can give up on)."""
+    steps = max(1, int(seconds * 10))
+    for i in range(steps):
+        await ctx.report_progress(i + 1, steps)
+        await anyio.sleep(0.1)
+    return {"slept": seconds}
+
+
+@tool(permissions=WRITE)
+def zoo_slow_write(label: str, seconds: float) -> dict[str, Any]:
+    """A sync write that takes ``seconds`` (a thread is not interrupted: it runs to its end)."""
+    time.sleep(seconds)
+    Exhibit.objects.create(label=label)
+    return {"label": label}
 
 
 @tool(permissions=READ, read_only=True)
