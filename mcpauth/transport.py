@@ -307,15 +307,20 @@ class Transport:
         if self.takes_single_exchange(request.scope, call, has_json):
             await self.serve_single_exchange(call, request, stream)
         else:
-            await self._hand_to_sdk(request, stream)
+            await self._hand_to_sdk(call, request, stream)
 
-    async def _hand_to_sdk(self, request: Request, send: ReplyStream) -> None:
-        """The SDK's own transports: in their SSE mode for a client that accepts SSE."""
+    async def _hand_to_sdk(self, call: CallContext, request: Request, send: ReplyStream) -> None:
+        """The SDK's own transports; in their SSE mode for a client that accepts SSE, as
+        FastMCP's default http_app (``json_response=False``) would answer it. On the handshake
+        era that mode streams every answer, so it is taken only where something can stream:
+        a call that runs a body. On 2026-07-28 it streams only once something is notified."""
         manager = self.session_manager
-        if send.sse and manager.json_response:
-            # the same manager (its task group, lifespan and server), answering in SSE mode,
-            # as FastMCP's default http_app (json_response=False) would
-            twin = copy.copy(manager)
+        if (
+            send.sse
+            and manager.json_response
+            and (not is_handshake_era(request.scope) or call.method in cancellation.WATCHED)
+        ):
+            twin = copy.copy(manager)  # the same task group, lifespan and server
             twin.json_response = False
             await twin._handle_request(request.scope, request.receive, send)
             return
@@ -331,7 +336,7 @@ class Transport:
             message = None
         if not isinstance(message, JSONRPCRequest):
             # Not a request after all: the SDK's transport gives its own answer.
-            await self._hand_to_sdk(request, stream)
+            await self._hand_to_sdk(call, request, stream)
             return
         manager = self.session_manager
         modern = not is_handshake_era(request.scope)
@@ -346,7 +351,7 @@ class Transport:
                 )
                 is not None
             ):
-                await self._hand_to_sdk(request, stream)  # the SDK's own refusal
+                await self._hand_to_sdk(call, request, stream)  # the SDK's own refusal
                 return
             connection = Connection.from_envelope(
                 verdict.protocol_version, verdict.client_info, verdict.client_capabilities

@@ -434,5 +434,16 @@ def rpc(method: str, params: dict[str, Any] | None = None, id: int = 1) -> dict[
     return body
 
 
+def reply_of(resp: Any) -> Any:
+    """The JSON-RPC reply of an HTTP response: its JSON body, or the reply that ends its SSE
+    stream (what a client accepting both may get for a call that runs a body)."""
+    if resp.headers.get("content-type", "").startswith("text/event-stream"):
+        messages = [
+            json.loads(line[5:]) for line in resp.text.splitlines() if line.startswith("data:")
+        ]
+        return next(m for m in reversed(messages) if "result" in m or "error" in m)
+    return resp.json()
+
+
 def call_tool(name: str, arguments: dict[str, Any] | None = None, id: int = 1) -> dict[str, Any]:
     return rpc("tools/call", {"name": name, "arguments": arguments or {}}, id=id)
