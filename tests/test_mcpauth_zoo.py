@@ -99,9 +99,16 @@ def plain_server() -> FastMCP[Any]:
 
 
 class PlainServer:
-    def __init__(self) -> None:
+    """Plain FastMCP under uvicorn in a thread: stateless JSON HTTP, as the governed server is
+    configured, or (``default_transport``) FastMCP's default HTTP app, stateful and SSE, the
+    reference for notifications and cancellation."""
+
+    def __init__(self, *, default_transport: bool = False) -> None:
         self.port = free_port()
-        app = plain_server().http_app(path="/mcp", stateless_http=True, json_response=True)
+        if default_transport:
+            app = plain_server().http_app(path="/mcp")
+        else:
+            app = plain_server().http_app(path="/mcp", stateless_http=True, json_response=True)
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, lifespan="on", log_level="warning"
         )

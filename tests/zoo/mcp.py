@@ -8,6 +8,7 @@ differential test serves the very same functions from plain FastMCP and compares
 from __future__ import annotations
 
 import base64
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -185,14 +186,35 @@ def zoo_adopt(label: str, ctx: Context) -> dict[str, Any] | InputRequiredResult:
     return {"label": label, "adopted": True}
 
 
-@tool(permissions=READ, read_only=True)
-async def zoo_slow(seconds: float, ctx: Context) -> dict[str, Any]:
-    """Reports progress every 0.1 s for ``seconds`` (a call a client can give up on)."""
+@tool(permissions=WRITE)
+async def zoo_slow(seconds: float, ctx: Context, label: str = "") -> dict[str, Any]:
+    """Reports progress every 0.1 s for ``seconds``, then writes ``label`` if given: a call a
+    client can give up on (cancelled, it never writes)."""
     steps = max(1, int(seconds * 10))
     for i in range(steps):
         await ctx.report_progress(i + 1, steps)
         await anyio.sleep(0.1)
+    if label:
+        await Exhibit.objects.acreate(label=label)
     return {"slept": seconds}
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_notify_then_fail(ctx: Context) -> str:
+    """Reports progress twice, then fails unexpectedly (its text never reaches the client)."""
+    await ctx.report_progress(1, 3)
+    await ctx.report_progress(2, 3)
+    raise RuntimeError("secret internal detail")
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_which_worker(ctx: Context) -> dict[str, int] | InputRequiredResult:
+    """Governed only: which worker process asked for input, and which one got the answer."""
+    if ctx.input_responses is None:
+        return InputRequiredResult(
+            input_requests=_ask("go", "Go on?"), request_state=str(os.getpid())
+        )
+    return {"asked_by": int(ctx.request_state or 0), "answered_by": os.getpid()}
 
 
 @tool(permissions=WRITE)
