@@ -229,6 +229,7 @@ _ADDERS = (
     "add_middleware",
     "add_completion_handler",
     "completion",
+    "add_extension",
 )
 
 
