@@ -27,15 +27,18 @@ from fastmcp import Client
 from mcp import Client as SDKClient
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.request_state import AESGCMRequestStateCodec
+from mcp.server.request_state import AESGCMRequestStateCodec, InvalidRequestState
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from audit.models import AuditEvent
+from mcpauth import request_state
+from mcpauth.checks import check_configuration
+from mcpauth.conf import derived_state_key, get_settings
 from tests.conftest import ZOO_STATE_KEY, LiveServer, Minter
 from tests.test_mcpauth_zoo import seed_zoo_scopes
 from tests.zoo.models import Exhibit
 
-pytestmark = [pytest.mark.needs_shared_services]
+SHARED = pytest.mark.needs_shared_services
 
 MODERN = "2026-07-28"
 REFUSAL = {
@@ -119,6 +122,7 @@ def refused(resp: httpx2.Response, reason: str) -> None:
     assert audited.error_message == f"requestState refused: {reason}."
 
 
+@SHARED
 def test_rounds_complete_across_workers_and_are_linked(
     workers: str, zoo: None, mint: Minter
 ) -> None:
@@ -143,6 +147,7 @@ def test_rounds_complete_across_workers_and_are_linked(
         assert answering.arguments["@mcpauth"] == {"round": 2, "continues": asking.request_id}
 
 
+@SHARED
 def test_a_retired_key_still_opens_what_it_sealed(
     workers: str, live: LiveServer, zoo: None, mint: Minter
 ) -> None:
@@ -159,6 +164,7 @@ def test_a_retired_key_still_opens_what_it_sealed(
     refused(other, "not sealed by this server's keys (tampered with, or a retired key)")
 
 
+@SHARED
 def test_a_state_is_single_use_on_every_worker(workers: str, zoo: None, mint: Minter) -> None:
     token = mint(scope="zoo:all")
     state, key = ask(workers, token, "zoo_confirm", {"item": "zebra"})
@@ -172,6 +178,7 @@ def test_a_state_is_single_use_on_every_worker(workers: str, zoo: None, mint: Mi
     assert AuditEvent.objects.filter(tool="zoo_confirm", outcome="ok").count() == 1
 
 
+@SHARED
 def test_a_state_is_bound_to_the_caller(workers: str, zoo: None, mint: Minter) -> None:
     owner = mint(scope="zoo:all", client_id="keeper-a", org_id="t1")
     state, key = ask(workers, owner, "zoo_confirm", {"item": "lion"})
@@ -193,6 +200,7 @@ def test_a_state_is_bound_to_the_caller(workers: str, zoo: None, mint: Minter) -
     assert done.json()["result"]["content"][0]["text"] == "accept:yes after asked:lion"
 
 
+@SHARED
 def test_a_state_is_bound_to_the_tool_and_its_arguments(
     workers: str, zoo: None, mint: Minter
 ) -> None:
@@ -208,6 +216,7 @@ def test_a_state_is_bound_to_the_tool_and_its_arguments(
     refused(other_tool, "issued for another call (method, tool, URI or arguments)")
 
 
+@SHARED
 def test_tampered_and_expired_states_are_refused(workers: str, zoo: None, mint: Minter) -> None:
     token = mint(scope="zoo:all")
     state, key = ask(workers, token, "zoo_confirm", {"item": "emu"})
@@ -232,6 +241,7 @@ def test_tampered_and_expired_states_are_refused(workers: str, zoo: None, mint: 
     refused(resp, "not a round of this server")
 
 
+@SHARED
 def test_a_sync_write_asks_first_and_writes_once(workers: str, zoo: None, mint: Minter) -> None:
     token = mint(scope="zoo:all")
     label = f"adopted-{time.time_ns()}"
@@ -243,6 +253,7 @@ def test_a_sync_write_asks_first_and_writes_once(workers: str, zoo: None, mint: 
     assert row(done).arguments["@mcpauth"]["round"] == 2
 
 
+@SHARED
 async def test_clients_drive_the_rounds_themselves(workers: str, zoo: None, mint: Minter) -> None:
     token = mint(scope="zoo:all")
     asked: list[str] = []
@@ -294,6 +305,7 @@ async def test_clients_drive_the_rounds_themselves(workers: str, zoo: None, mint
     ]
 
 
+@SHARED
 async def test_the_handshake_era_answers_as_plain_fastmcp(
     workers: str, zoo: None, mint: Minter
 ) -> None:
@@ -312,3 +324,51 @@ async def test_the_handshake_era_answers_as_plain_fastmcp(
     assert "only exists at MCP 2026-07-28" in raised.value.error.message
     audited = await AuditEvent.objects.aget(method="tools/call")
     assert (audited.outcome, audited.error_code) == ("tool_error", "input_required_unsupported")
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+def test_without_keys_the_state_key_is_derived_from_secret_key(settings: Any) -> None:
+    settings.MCPAUTH_REQUEST_STATE_KEYS = []
+    conf = get_settings()
+    assert conf.request_state_keys_derived
+    assert conf.request_state_keys == (derived_state_key(settings.SECRET_KEY),)
+    assert derived_state_key(settings.SECRET_KEY) != settings.SECRET_KEY
+    # fine in development and in the tests; a warning in production
+    assert "mcpauth.W060" not in {m.id for m in check_configuration()}
+    settings.DEBUG, settings.TESTING = False, False
+    warning = next(m for m in check_configuration() if m.id == "mcpauth.W060")
+    assert not warning.is_serious()
+    settings.MCPAUTH_REQUEST_STATE_KEYS = ["k" * 32]
+    assert "mcpauth.W060" not in {m.id for m in check_configuration()}
+    assert get_settings().request_state_keys == ("k" * 32,)
+
+
+@pytest.mark.parametrize(
+    ("keys", "ttl", "says"),
+    [
+        (["tiny-secret"], 600, "entry 1 is shorter than 32 bytes"),
+        (["a" * 32, "a" * 32], 600, "an entry is repeated"),
+        (["a" * 32], 0, "MCPAUTH_REQUEST_STATE_TTL is 0.0"),
+    ],
+)
+def test_unusable_keys_stop_startup(settings: Any, keys: list[str], ttl: float, says: str) -> None:
+    settings.MCPAUTH_REQUEST_STATE_KEYS = keys
+    settings.MCPAUTH_REQUEST_STATE_TTL = ttl
+    (error,) = [m for m in check_configuration() if m.id == "mcpauth.E060"]
+    assert error.is_serious() and says in error.msg
+    assert "tiny-secret" not in error.msg + str(error.hint)  # a key is never quoted
+
+
+def test_the_policy_is_the_configured_ring(settings: Any) -> None:
+    """The first key seals, every key opens; the audience is this resource's URL."""
+    settings.MCPAUTH_REQUEST_STATE_KEYS = ["n" * 32, "o" * 32]
+    settings.MCPAUTH_REQUEST_STATE_TTL = 90
+    policy = request_state.security()
+    assert policy.ttl == 90 and policy.audience == get_settings().resource_url
+    sealed = policy.codec.seal(b"x")
+    assert AESGCMRequestStateCodec(["n" * 32]).unseal(sealed) == b"x"
+    with pytest.raises(InvalidRequestState):
+        AESGCMRequestStateCodec(["o" * 32]).unseal(sealed)
+    assert policy.codec.unseal(AESGCMRequestStateCodec(["o" * 32]).seal(b"old")) == b"old"

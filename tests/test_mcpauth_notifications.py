@@ -32,7 +32,8 @@ from audit.models import AuditEvent
 from tests.conftest import LiveServer, Minter
 from tests.test_mcpauth_zoo import PlainServer, seed_zoo_scopes
 
-pytestmark = [pytest.mark.needs_shared_services]
+#: the tests against the 2-worker server need PostgreSQL and Redis; the rest run anywhere
+SHARED = pytest.mark.needs_shared_services
 
 HANDSHAKE, MODERN = "2025-11-25", "2026-07-28"
 STEPS = 3
@@ -110,6 +111,7 @@ async def heard_from(url: str, token: str, client: str, mode: str) -> tuple[Hear
     return heard, result
 
 
+@SHARED
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 @pytest.mark.parametrize("client", ["fastmcp", "mcp-sdk"])
 async def test_notifications_reach_sse_clients_as_from_plain_fastmcp(
@@ -171,6 +173,7 @@ def events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
             yield json.loads(line[5:])
 
 
+@SHARED
 @pytest.mark.parametrize("era", [HANDSHAKE, MODERN])
 def test_a_call_that_notifies_streams_its_row_first(
     zoo_workers: str, zoo: None, mint: Minter, era: str
@@ -202,6 +205,7 @@ def test_a_call_that_notifies_streams_its_row_first(
     assert sum("id" in m for m in seen) == 1
 
 
+@SHARED
 @pytest.mark.parametrize("era", [HANDSHAKE, MODERN])
 def test_a_call_that_notifies_nothing_is_one_json_body(
     zoo_workers: str, zoo: None, mint: Minter, era: str
@@ -219,6 +223,7 @@ def test_a_call_that_notifies_nothing_is_one_json_body(
     assert resp.json()["result"]["structuredContent"] == {"result": "abab"}
 
 
+@SHARED
 @pytest.mark.parametrize("era", [HANDSHAKE, MODERN])
 def test_json_only_clients_keep_one_json_reply(
     zoo_workers: str, zoo: None, mint: Minter, era: str
