@@ -401,7 +401,9 @@ def round_trips(token: str, eras: list[Era], calls: int = 40) -> dict[str, Any]:
                 for label, scenario, accept in variants:
                     headers = request_headers(era, scenario_calls(scenario)[0])
                     if accept is not None:
-                        headers = [(k, accept.encode() if k == b"accept" else v) for k, v in headers]
+                        headers = [
+                            (k, accept.encode() if k == b"accept" else v) for k, v in headers
+                        ]
                     bodies = [b.encode() for b in scenario_bodies(scenario, era)]
                     for i in range(5):  # warm: thread pools, connections, caches
                         await one(bodies[i % len(bodies)], headers)

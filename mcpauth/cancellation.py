@@ -104,7 +104,7 @@ def disconnect_probe(receive: Receive) -> Callable[[], bool] | None:
     """Whether the client is gone, asked without waiting: uvicorn's request cycle (whose
     ``receive`` this is) keeps a ``disconnected`` flag. ``None`` under a server without one,
     where only a call that lives :data:`LISTEN_AFTER_SECONDS` notices a disconnect."""
-    cycle = getattr(receive, "__self__", None)
+    cycle: Any = getattr(receive, "__self__", None)
     if not isinstance(getattr(cycle, "disconnected", None), bool):
         return None
     return lambda: bool(cycle.disconnected)

@@ -286,6 +286,7 @@ class RoundGuard:
         )
         if isinstance(result, Mapping):
             return {**result, "requestState": envelope}
+        assert result is not None  # is_input_required: a model, then
         return result.model_copy(update={"request_state": envelope})
 
 
