@@ -19,6 +19,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
+import anyio
+
 from mcpauth.types import Message, Send
 
 #: The SDK's SSE response headers (``mcp.server._streamable_http_modern``).
@@ -76,6 +78,8 @@ class ReplyStream:
         self.started = False
         #: The response is complete.
         self.finished = False
+        #: Orders the frames of notifications sent concurrently (made at the first one).
+        self._lock: anyio.Lock | None = None
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -91,17 +95,25 @@ class ReplyStream:
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             message["params"] = dict(params)
-        if not self.started:
-            await self({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         data = json.dumps(message, separators=(",", ":")).encode()
-        await self({"type": "http.response.body", "body": sse_event(data), "more_body": True})
+        self._lock = self._lock or anyio.Lock()
+        async with self._lock:
+            if self.finished:
+                return
+            if not self.started:
+                await self({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            await self({"type": "http.response.body", "body": sse_event(data), "more_body": True})
 
     async def reply(self, body: bytes, status: int) -> None:
         """The JSON-RPC reply: the stream's last frame, or the JSON response."""
         if self.finished:
             return
         if self.started:
-            await self({"type": "http.response.body", "body": sse_event(body), "more_body": False})
+            self._lock = self._lock or anyio.Lock()
+            async with self._lock:
+                await self(
+                    {"type": "http.response.body", "body": sse_event(body), "more_body": False}
+                )
             return
         await self(
             {

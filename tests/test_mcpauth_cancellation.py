@@ -36,7 +36,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from audit.models import AuditEvent
-from tests.conftest import Minter, reply_of
+from tests.conftest import LiveServer, Minter, reply_of
 from tests.test_mcpauth_zoo import PlainServer, seed_zoo_scopes
 from tests.zoo.models import Exhibit
 
@@ -236,3 +236,18 @@ async def test_an_early_cancel_and_another_callers_cancel(
     assert by_tool[stopped].arguments["@mcpauth"] == {"cancelled_by": notes["keeper-a"].request_id}
     assert by_tool[kept].outcome == "ok"
     assert notes["keeper-b"].arguments["@mcpauth"] == {"cancels": None, "rpc_id": 42}
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_calls_through_the_sdks_transports_are_stopped_too(
+    live: LiveServer, zoo: None, mint: Minter, settings: Any, mode: str
+) -> None:
+    """``MCPAUTH_FAST_TRANSPORT = False``: the SDK's own transports run under the same watcher."""
+    settings.MCPAUTH_FAST_TRANSPORT = False
+    label = f"sdk-path-{mode}-{uuid.uuid4().hex[:8]}"
+    token = mint(scope="zoo:all")
+    await give_up(live.url, token, mode, "zoo_slow", {"seconds": SLOW_SECONDS, "label": label})
+    assert not await settled(label)
+    (call,) = await rows(method="tools/call")
+    expected = "disconnected" if mode == "auto" else "notifications/cancelled"
+    assert (call.outcome, call.error_code) == ("cancelled", expected)
