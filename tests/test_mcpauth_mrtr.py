@@ -309,9 +309,10 @@ async def test_clients_drive_the_rounds_themselves(workers: str, zoo: None, mint
 async def test_the_handshake_era_answers_as_plain_fastmcp(
     workers: str, zoo: None, mint: Minter
 ) -> None:
-    """No multi-round-trip result before 2026-07-28: FastMCP's own error, and a row that says
-    what the body did."""
-    headers = {"Authorization": f"Bearer {mint(scope='zoo:all')}"}
+    """No multi-round-trip result before 2026-07-28: FastMCP's own error (the zoo compares it
+    with plain FastMCP's), and a row that says what the body did."""
+    token = mint(scope="zoo:all")
+    headers = {"Authorization": f"Bearer {token}"}
     async with (
         create_mcp_http_client(headers=headers) as http,
         streamable_http_client(workers, http_client=http) as (read, write),
@@ -320,10 +321,16 @@ async def test_the_handshake_era_answers_as_plain_fastmcp(
         await session.initialize()
         with pytest.raises(MCPError) as raised:
             await session.call_tool("zoo_confirm", {"item": "yak"})
-    assert raised.value.error.code == -32602
-    assert "only exists at MCP 2026-07-28" in raised.value.error.message
-    audited = await AuditEvent.objects.aget(method="tools/call")
-    assert (audited.outcome, audited.error_code) == ("tool_error", "input_required_unsupported")
+    async with Client(workers, auth=token, mode="legacy") as client:
+        with pytest.raises(MCPError) as also:
+            await client.call_tool_mcp("zoo_confirm", {"item": "yak"})
+    for error in (raised.value.error, also.value.error):
+        assert error.code == -32602
+        assert "only exists at MCP 2026-07-28" in error.message
+    rows = [r async for r in AuditEvent.objects.filter(method="tools/call")]
+    assert [(r.outcome, r.error_code) for r in rows] == [
+        ("tool_error", "input_required_unsupported")
+    ] * 2
 
 
 # --- configuration -------------------------------------------------------------------------------

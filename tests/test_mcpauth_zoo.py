@@ -290,6 +290,23 @@ async def test_current_principal_in_an_async_tool(zoo: LiveServer, mint: Minter)
     assert me == {"client_id": "keeper", "tenant": "savanna", "subject": "user-of-keeper"}
 
 
+async def test_fastmcp_sees_the_admitted_caller_never_the_bearer(
+    zoo: LiveServer, mint: Minter
+) -> None:
+    """The SDK's auth context holds the admitted caller: FastMCP's ``get_access_token()`` in a
+    tool gives its client, subject, scopes, issuer and tenant, and the token's id as ``token``."""
+    token = mint(scope="zoo:all", client_id="keeper", org_id="savanna", jti="token-id-1")
+    async with Client(zoo.url, auth=token) as client:
+        seen = (await client.call_tool("zoo_access_token", {})).data
+    assert seen["token"] == "token-id-1" and token not in str(seen)
+    assert (seen["client_id"], seen["subject"], seen["scopes"]) == (
+        "keeper",
+        "user-of-keeper",
+        ["zoo:all"],
+    )
+    assert seen["claims"]["tenant"] == "savanna" and seen["claims"]["iss"].startswith("http")
+
+
 def test_unexpected_exception_text_never_leaves_the_server(zoo: LiveServer, mint: Minter) -> None:
     headers = {**MCP_ACCEPT, "authorization": f"Bearer {mint(scope='zoo:all')}"}
     resp = httpx2.post(zoo.url, json=call_tool("zoo_explode"), headers=headers)

@@ -21,6 +21,7 @@ from fastmcp import Context
 from fastmcp.exceptions import PromptError, ResourceError, ToolError
 from fastmcp.prompts import Message, PromptResult
 from fastmcp.resources import ResourceContent, ResourceResult
+from fastmcp.server.dependencies import get_access_token
 from fastmcp.tools.base import ToolResult
 from fastmcp.utilities.types import Image
 from mcp_types import (
@@ -256,6 +257,20 @@ async def zoo_async_write_then_unserializable(label: str) -> dict[str, Any]:
     """The async twin: there is no async transaction, so its write stays (documented)."""
     await Exhibit.objects.acreate(label=label)
     return {"label": label, "oops": Unserializable()}
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_access_token() -> dict[str, Any]:
+    """Governed only: the caller as FastMCP sees it (``get_access_token()``, the SDK's user)."""
+    token = get_access_token()
+    assert token is not None
+    return {
+        "token": token.token,
+        "client_id": token.client_id,
+        "subject": token.subject,
+        "scopes": token.scopes,
+        "claims": token.claims,
+    }
 
 
 @tool(permissions=READ, read_only=True)
