@@ -1,14 +1,16 @@
 """A client that gives up: a disconnect, or ``notifications/cancelled`` from any worker.
 
 While a governed call (``tools/call``, ``resources/read``, ``prompts/get``) runs,
-:func:`watching` keeps one small task beside it that stops the call when its client gives up:
+:class:`watching` keeps watch beside it (timers, then a wait on the server's ``receive``, for
+calls that live long enough to need one) and stops the call when its client gives up:
 
 * **the client went away** (it closed the connection: a timeout, a crash, or the 2026-07-28
   way to cancel, closing the request's stream): the call's cancel scope is cancelled, as the
   MCP SDK's SSE transport cancels its handler. An async body is interrupted at its next
   ``await``; a sync body's thread cannot be, and runs to its end;
-* **``notifications/cancelled``** (the handshake era's way): the notification is a POST of its
-  own, answered by whichever worker gets it, with no session to find the call in. It is
+* **``notifications/cancelled``** (the handshake era's way; on 2026-07-28 a posted one is
+  acknowledged and dropped, as by the SDK, since closing the stream is the cancel there): the
+  notification is a POST of its own, answered by whichever worker gets it, with no session to find the call in. It is
   matched to the call by the admitted caller (issuer, tenant, client, subject) and the
   JSON-RPC id it names, through the shared cache (``caches["default"]``, Redis with
   ``REDIS_URL``): :func:`announce` marks the call cancelled, and the call's watcher, which
