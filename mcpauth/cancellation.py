@@ -10,9 +10,9 @@ calls that live long enough to need one) and stops the call when its client give
   ``await``; a sync body's thread cannot be, and runs to its end;
 * **``notifications/cancelled``** (the handshake era's way; on 2026-07-28 a posted one is
   acknowledged and dropped, as by the SDK, since closing the stream is the cancel there): the
-  notification is a POST of its own, answered by whichever worker gets it, with no session to find the call in. It is
-  matched to the call by the admitted caller (issuer, tenant, client, subject) and the
-  JSON-RPC id it names, through the shared cache (``caches["default"]``, Redis with
+  notification is a POST of its own, answered by whichever worker gets it, with no session to
+  find the call in. It is matched to the call by the admitted caller (issuer, tenant, client,
+  subject) and the JSON-RPC id it names, through the shared cache (``caches["default"]``, Redis with
   ``REDIS_URL``): :func:`announce` marks the call cancelled, and the call's watcher, which
   looks every :data:`POLL_SECONDS` once the call has run :data:`FIRST_POLL_SECONDS`, stops it.
   A call registers itself (``request_id`` under its caller and id) only when it lives that
