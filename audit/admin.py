@@ -98,6 +98,8 @@ BADGE_CLASS: dict[str, str] = {
     Outcome.UNAUTHENTICATED: "bad",
     Outcome.RATE_LIMITED: "limit",
     Outcome.SERVER_ERROR: "bad",
+    Outcome.INPUT_REQUIRED: "ok",
+    Outcome.CANCELLED: "warn",
 }
 REASON_CHARS = 60
 #: The most outbound calls listed on a call's detail page (the rest: "all rows of this request").

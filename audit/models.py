@@ -31,10 +31,18 @@ class Outcome(models.TextChoices):
     #: the server must not answer.
     NOT_EXECUTED = "not_executed", "not executed"
     SERVER_ERROR = "server_error", "server error"
+    #: A round of a multi-round-trip call (MCP 2026-07-28) that asked the client for input
+    #: (``InputRequiredResult``); the round that continues it names this row's ``request_id``.
+    INPUT_REQUIRED = "input_required", "input required"
+    #: The client cancelled the call or went away before it completed.
+    CANCELLED = "cancelled", "cancelled"
 
 
-#: Every outcome but ``ok``: what the admin's "any failure" choice selects.
-FAILURES: tuple[str, ...] = tuple(o for o in Outcome.values if o != Outcome.OK)
+#: Every outcome but ``ok`` and ``input_required`` (a round that asked the client for input did
+#: what it should): what the admin's "any failure" choice selects.
+FAILURES: tuple[str, ...] = tuple(
+    o for o in Outcome.values if o not in (Outcome.OK, Outcome.INPUT_REQUIRED)
+)
 #: ``method`` prefixes of the rows the trail writes about itself (configuration and data changes
 #: made in the admin or by command, exports, pruning), as opposed to MCP calls.
 SELF_AUDIT_PREFIXES: tuple[str, ...] = ("config/", "data/", "audit/")

@@ -153,11 +153,68 @@ def micro_figures(token: str, scale: float = 1.0) -> dict[str, Any]:
             samples.append(time.perf_counter_ns() - t0)
         return samples
 
+    out.update(asyncio.run(transport_figures(n)))
+
     for kind, label in (
         ("asgiref", "thread hop: sync_to_async(thread_sensitive=False), no-op"),
         ("anyio", "thread hop: anyio.to_thread.run_sync, no-op"),
     ):
         samples = sorted(asyncio.run(hops(kind, n(5000))))
+        k = len(samples)
+        out[label] = {
+            "n": k,
+            "median_us": round(samples[k // 2] / 1000, 2),
+            "mean_us": round(sum(samples) / k / 1000, 2),
+            "p99_us": round(samples[int(k * 0.99)] / 1000, 2),
+        }
+    return out
+
+
+async def transport_figures(n: Callable[[int], int]) -> dict[str, Any]:
+    """What a governed call pays for notifications and cancellation when it uses neither:
+    the reply through ``mcpauth.streaming.ReplyStream`` (one JSON body) and the watcher task
+    ``mcpauth.cancellation.watching`` keeps beside the call (waiting for a disconnect)."""
+    from mcpauth.cancellation import watching
+    from mcpauth.context import CallContext
+    from mcpauth.streaming import ReplyStream
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    body = b'{"jsonrpc":"2.0","id":1,"result":{}}'
+
+    async def reply() -> None:
+        await ReplyStream(send, sse=True).reply(body, 200)
+
+    async def watched() -> None:
+        call = CallContext(request_id="x", client_ip="127.0.0.1", user_agent="b")
+        stream = ReplyStream(send, sse=True)
+        async with watching(call, receive, stream, handshake_era=False):
+            await asyncio.sleep(0)  # the call's body yields at least once
+        await asyncio.sleep(0)  # let the cancelled watcher finish
+
+    async def bare() -> None:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    out: dict[str, Any] = {}
+    for label, fn, count in (
+        ("reply: one JSON body through ReplyStream (SSE accepted, nothing notified)", reply, 20000),
+        ("call body yielding twice, no watcher (comparison)", bare, 20000),
+        ("call body yielding twice, inside the cancellation watcher", watched, 20000),
+    ):
+        for _ in range(200):
+            await fn()
+        samples = []
+        for _ in range(n(count)):
+            t0 = time.perf_counter_ns()
+            await fn()
+            samples.append(time.perf_counter_ns() - t0)
+        samples.sort()
         k = len(samples)
         out[label] = {
             "n": k,
@@ -336,8 +393,17 @@ def round_trips(token: str, eras: list[Era], calls: int = 40) -> dict[str, Any]:
         try:
             for era in eras:
                 per_era: dict[str, Any] = out.setdefault(era.name, {})
-                for scenario in SCENARIOS:
+                # every scenario as clients send it (Accept: JSON and SSE), and get_todo once
+                # more from a JSON-only client: the reply is one JSON body either way, so the
+                # two must cost the same (a call that notifies nothing streams nothing)
+                variants = [(scenario, scenario, None) for scenario in SCENARIOS]
+                variants.append(("get_todo json-only", "get_todo", "application/json"))
+                for label, scenario, accept in variants:
                     headers = request_headers(era, scenario_calls(scenario)[0])
+                    if accept is not None:
+                        headers = [
+                            (k, accept.encode() if k == b"accept" else v) for k, v in headers
+                        ]
                     bodies = [b.encode() for b in scenario_bodies(scenario, era)]
                     for i in range(5):  # warm: thread pools, connections, caches
                         await one(bodies[i % len(bodies)], headers)
@@ -350,7 +416,7 @@ def round_trips(token: str, eras: list[Era], calls: int = 40) -> dict[str, Any]:
                         status, raw = await one(bodies[i % len(bodies)], headers)
                         statuses.append(status == 200 and not looks_like_error(raw.decode()))
                     wall = time.perf_counter() - t0
-                    per_era[scenario] = {
+                    per_era[label] = {
                         "calls": calls,
                         "ok": all(statuses),
                         "in_process_ms_per_call": round(wall * 1000 / calls, 3),

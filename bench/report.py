@@ -85,7 +85,7 @@ def print_table(result: dict[str, Any]) -> None:
         for era, scenarios in trips.items():
             for scenario, t in scenarios.items():
                 print(
-                    f"  {era:<10} {scenario:<12} {t['in_process_ms_per_call']:6.2f} ms  "
+                    f"  {era:<10} {scenario:<18} {t['in_process_ms_per_call']:6.2f} ms  "
                     f"SQL {t['sql_per_call']:4.1f}  commits {t['commit_per_call']:3.1f}  "
                     f"rollbacks {t['rollback_per_call']:3.1f}  "
                     f"Redis cmds {t['redis_per_call']:3.1f}  "

@@ -233,6 +233,9 @@ try:
 except ValueError as exc:
     raise ImproperlyConfigured(f"MCPAUTH_DOWNSTREAMS is not valid JSON: {exc}") from None
 MCPAUTH_ENCRYPTION_KEYS = env_list("MCPAUTH_ENCRYPTION_KEYS")
+# Secrets sealing the multi-round-trip requestState (MCP 2026-07-28), each >= 32 bytes: the first
+# seals, all open. Unset: derived from SECRET_KEY (mcpauth.W060 in production).
+MCPAUTH_REQUEST_STATE_KEYS = env_list("MCPAUTH_REQUEST_STATE_KEYS")
 SCALEKIT_ENVIRONMENT_URL = os.environ.get("SCALEKIT_ENVIRONMENT_URL", "")
 SCALEKIT_RESOURCE_ID = os.environ.get("SCALEKIT_RESOURCE_ID", "")
 

@@ -26,7 +26,11 @@
   composite tenant key (``manage.py check --database default``; a warning, so that ``migrate``,
   which installs them, is not stopped by it; ``/health/ready`` answers 503 meanwhile);
 * ``mcpauth.E041`` ``MCPAUTH_TENANT_DB_ROLE`` is not a plain role name;
-* ``mcpauth.W042`` row-level security is turned off on PostgreSQL.
+* ``mcpauth.W042`` row-level security is turned off on PostgreSQL;
+* ``mcpauth.E060`` an ``MCPAUTH_REQUEST_STATE_KEYS`` entry is shorter than 32 bytes or repeated,
+  or ``MCPAUTH_REQUEST_STATE_TTL`` is not a positive number of seconds;
+* ``mcpauth.W060`` no ``MCPAUTH_REQUEST_STATE_KEYS`` while ``DEBUG`` is off: the key sealing
+  the multi-round-trip ``requestState`` is derived from ``SECRET_KEY``.
 """
 
 from __future__ import annotations
@@ -41,11 +45,50 @@ from django.db import connections
 
 from mcpauth import rls
 from mcpauth.components import fastmcp_prompt, fastmcp_resource
-from mcpauth.conf import get_settings, parse_rate
+from mcpauth.conf import MCPAuthSettings, get_settings, parse_rate
 from mcpauth.registry import MAX_TOOL_NAME, ToolRegistry, is_tool_name, registry
 
 _ROLE_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SHARED_CACHES = ("redis", "memcached", "db.DatabaseCache")
+
+
+def _request_state_checks(conf: MCPAuthSettings) -> list[checks.CheckMessage]:
+    messages: list[checks.CheckMessage] = []
+    keys = conf.request_state_keys
+    short = [i for i, key in enumerate(keys) if len(key.encode()) < 32]
+    if short or len(set(keys)) != len(keys) or not conf.request_state_ttl > 0:
+        what = (
+            f"entry {short[0] + 1} is shorter than 32 bytes"
+            if short
+            else "an entry is repeated"
+            if len(set(keys)) != len(keys)
+            else f"MCPAUTH_REQUEST_STATE_TTL is {conf.request_state_ttl!r}"
+        )
+        messages.append(
+            checks.Error(
+                f"MCPAUTH_REQUEST_STATE_KEYS cannot seal requestState: {what}.",
+                hint='Each key: at least 32 random bytes, e.g. `python -c "import secrets; '
+                'print(secrets.token_hex(32))"`; list the new key first to rotate, keep the old '
+                "one after it for one MCPAUTH_REQUEST_STATE_TTL. The TTL is in seconds (600).",
+                id="mcpauth.E060",
+            )
+        )
+    if (
+        conf.request_state_keys_derived
+        and not conf.debug
+        and not getattr(settings, "TESTING", False)
+    ):
+        messages.append(
+            checks.Warning(
+                "MCPAUTH_REQUEST_STATE_KEYS is not set: the key that seals the multi-round-trip "
+                "requestState is derived from SECRET_KEY.",
+                hint="Set MCPAUTH_REQUEST_STATE_KEYS to a secret of its own (the same list on "
+                "every worker), so that rotating SECRET_KEY does not void states in flight and "
+                "the state key can be rotated on its own.",
+                id="mcpauth.W060",
+            )
+        )
+    return messages
 
 
 @checks.register("mcpauth")
@@ -126,6 +169,7 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
                 id="mcpauth.E013",
             )
         )
+    messages.extend(_request_state_checks(conf))
     if conf.preset == "dev":
         messages.append(
             checks.Warning(

@@ -15,6 +15,8 @@ Identity-provider presets, in order of precedence:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -238,6 +240,15 @@ class MCPAuthSettings:
     row_level_security: bool = True
     #: PostgreSQL: the restricted role governed bodies run as (created by ``migrate``).
     tenant_db_role: str = "mcpauth_tenant"
+    #: Secrets the multi-round-trip ``requestState`` is sealed with
+    #: (``MCPAUTH_REQUEST_STATE_KEYS``, each at least 32 bytes): the first seals, every one
+    #: opens (rotation). Every worker must have the same list.
+    request_state_keys: tuple[str, ...] = ()
+    #: No key is configured: ``request_state_keys`` holds one derived from ``SECRET_KEY``
+    #: (``mcpauth.W060`` outside ``DEBUG`` and the tests).
+    request_state_keys_derived: bool = False
+    #: Seconds a sealed ``requestState`` stays valid (``MCPAUTH_REQUEST_STATE_TTL``).
+    request_state_ttl: float = 600.0
 
     @cached_property
     def allowed_origin_keys(self) -> frozenset[OriginKey]:
@@ -324,6 +335,7 @@ def _build() -> MCPAuthSettings:
         if a in SAFE_ALGORITHMS
     )
     hosts = tuple(getattr(s, "ALLOWED_HOSTS", ()) or ())
+    state_keys = split_list(getattr(s, "MCPAUTH_REQUEST_STATE_KEYS", ()))
     return MCPAuthSettings(
         debug=debug,
         base_url=base_url,
@@ -367,7 +379,16 @@ def _build() -> MCPAuthSettings:
         dev_key_path=Path(getattr(s, "MCPAUTH_DEV_KEY_PATH", var_dir / "dev-issuer-key.pem")),
         row_level_security=bool(getattr(s, "MCPAUTH_ROW_LEVEL_SECURITY", True)),
         tenant_db_role=str(getattr(s, "MCPAUTH_TENANT_DB_ROLE", "mcpauth_tenant")),
+        request_state_keys=state_keys or (derived_state_key(str(getattr(s, "SECRET_KEY", ""))),),
+        request_state_keys_derived=not state_keys,
+        request_state_ttl=float(getattr(s, "MCPAUTH_REQUEST_STATE_TTL", 600.0)),
     )
+
+
+def derived_state_key(secret_key: str) -> str:
+    """The ``requestState`` key when none is configured: an HMAC of ``SECRET_KEY`` under a
+    label of its own, so the state key never equals a key used for anything else."""
+    return hmac.new(secret_key.encode(), b"mcpauth/request-state/v1", hashlib.sha256).hexdigest()
 
 
 @lru_cache(maxsize=1)
@@ -376,7 +397,7 @@ def get_settings() -> MCPAuthSettings:
 
 
 _WATCHED_PREFIXES = ("MCPAUTH_", "SCALEKIT_")
-_WATCHED = {"DEBUG", "BASE_URL", "ALLOWED_HOSTS", "RATELIMIT_USE_CACHE", "VAR_DIR"}
+_WATCHED = {"DEBUG", "BASE_URL", "ALLOWED_HOSTS", "RATELIMIT_USE_CACHE", "VAR_DIR", "SECRET_KEY"}
 
 
 @receiver(setting_changed)

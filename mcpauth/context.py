@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -32,6 +32,26 @@ _health = threading.local()
 _current: ContextVar[CallContext | None] = ContextVar("mcpauth_call", default=None)
 #: The methods whose arguments an audit row keeps (redacted): a resource's are in its URI.
 _WITH_ARGUMENTS = frozenset({"tools/call", "prompts/get"})
+#: The key under which an audit row's ``arguments`` hold its links to other rows
+#: (:attr:`CallContext.links`): no argument can be named so (not an identifier).
+LINKS_KEY = "@mcpauth"
+
+
+def _with_links(arguments: Any, links: dict[str, Any] | None) -> Any:
+    """``arguments`` as stored: the server's links first (never cut by the item limit); a
+    client's own ``@mcpauth`` argument is kept under another name, so a link is never forged."""
+    if isinstance(arguments, dict) and LINKS_KEY in arguments:
+        arguments = {
+            (f"{LINKS_KEY} (sent by the client)" if k == LINKS_KEY else k): v
+            for k, v in arguments.items()
+        }
+    if not links:
+        return arguments
+    if arguments is None:
+        return {LINKS_KEY: links}
+    if isinstance(arguments, dict):
+        return {LINKS_KEY: links, **arguments}
+    return {LINKS_KEY: links, "arguments": arguments}
 
 
 def refresh_connections() -> None:
@@ -103,6 +123,15 @@ class CallContext:
     observation: Any = None
     #: Outbound calls not yet in the audit trail (``mcpauth.downstream.records.OutboundLog``).
     outbound: Any = None
+    #: This row's links to others, stored in its ``arguments`` under :data:`LINKS_KEY`: the
+    #: round a multi-round-trip call continues, the notification that cancelled a call, the
+    #: call a ``notifications/cancelled`` names.
+    links: dict[str, Any] | None = None
+    #: Why the client gave up on the call (``"disconnected"``, ``"notifications/cancelled"``);
+    #: empty while it has not (``mcpauth.transport``).
+    cancelled: str = ""
+    #: Asks, without waiting, whether the client has gone away (``mcpauth.cancellation``).
+    client_gone: Callable[[], bool] | None = None
 
     def refresh_db(self) -> None:
         """:func:`refresh_connections` once per request and worker thread."""
@@ -111,6 +140,10 @@ class CallContext:
             return
         self.db_thread = ident
         refresh_connections()
+
+    def link(self, **links: Any) -> None:
+        """Add links to this call's audit row (see :attr:`links`)."""
+        self.links = {**(self.links or {}), **links}
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -123,7 +156,9 @@ class CallContext:
             "client_ip": self.client_ip,
             "user_agent": self.user_agent,
             "duration_ms": self.elapsed_ms(),
-            "arguments": self.arguments if self.method in _WITH_ARGUMENTS else None,
+            "arguments": _with_links(
+                self.arguments if self.method in _WITH_ARGUMENTS else None, self.links
+            ),
             "trace_id": self.trace_id,
         }
         if self.principal is not None:

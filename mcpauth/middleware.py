@@ -55,6 +55,7 @@ from mcpauth.exceptions import (
 from mcpauth.localcache import CacheMiss, cache_only
 from mcpauth.observability import request as observe
 from mcpauth.observability.tracing import step
+from mcpauth.streaming import sse_event, sse_reply
 from mcpauth.tokens import Principal, principal_for, verify
 from mcpauth.transport import Transport, protocol_version
 from mcpauth.types import Message, Receive, Scope, Send, header_values
@@ -340,12 +341,12 @@ class GovernedMCP:
                     streaming = True
                     await send(self._with_headers(ctx, message, None))
             elif streaming:
-                await send(message)
+                await send(await self._streamed(ctx, conf, message))
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
         try:
-            await self.transport.serve(ctx, scope, body, capture)
+            await self.transport.serve(ctx, scope, body, capture, receive)
         except Exception:
             log.exception("MCP server failed")
             if streaming:
@@ -372,6 +373,28 @@ class GovernedMCP:
                 return
         await send(self._with_headers(ctx, start, response_body))
         await send({"type": "http.response.body", "body": response_body})
+
+    async def _streamed(self, ctx: CallContext, conf: MCPAuthSettings, message: Message) -> Message:
+        """A chunk of a streamed (SSE) reply: the one that carries the JSON-RPC reply goes out
+        after the row, as a JSON reply does, and is the 500's error if the row failed."""
+        if ctx.recorded and not ctx.audit_failed:
+            return message
+        reply = sse_reply(message.get("body", b""))
+        if reply is None:
+            return message
+        if ctx.audit_failed:
+            exc = _audit_failed()
+            await self._record(ctx, outcome=exc.outcome, status=200, error_code=exc.reason[:64])
+            _, _, body = error_response(
+                exc, resource_metadata=conf.resource_metadata_url, request_id=ctx.rpc_id
+            )
+            return {**message, "body": sse_event(body)}
+        if self._should_record(ctx):
+            outcome, code, text = _outcome_from_response(ctx, 200, reply)
+            await self._record(
+                ctx, outcome=outcome, status=200, error_code=code, error_message=text
+            )
+        return message
 
     @staticmethod
     def _with_headers(ctx: CallContext, start: Message, body: bytes | None) -> Message:

@@ -47,11 +47,17 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import mcp_types
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ObjectDoesNotExist
 from django.db import DatabaseError, transaction
 from django.http import Http404
 from fastmcp.exceptions import FastMCPError, PromptError, ResourceError, ToolError
+from fastmcp.prompts.base import InputRequiredPromptResult
+from fastmcp.resources.base import InputRequiredResourceResult
+from fastmcp.tools.base import InputRequiredToolResult
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from audit.models import Outcome
 from mcpauth import rls
@@ -97,6 +103,73 @@ def _record_failure(call: CallContext, outcome: str, code: str, message: str) ->
     except AuditWriteFailed:
         log.exception("audit write failed")
         call.audit_failed = True
+
+
+async def arecord(
+    call: CallContext, outcome: str, *, code: str = "", message: str = "", status: int = 200
+) -> None:
+    """:func:`_record_failure` from the event loop: in a worker thread, and shielded, so a
+    cancelled request still leaves its one row (and never a second one)."""
+
+    def write() -> None:
+        call.refresh_db()
+        try:
+            record_outcome(call, outcome, code=code, message=message, status=status)
+        except AuditWriteFailed:
+            log.exception("audit write failed")
+            call.audit_failed = True
+
+    with anyio.CancelScope(shield=True):
+        await sync_to_async(write, thread_sensitive=False)()
+
+
+#: What a body returns to ask the client for input (MCP 2026-07-28), as FastMCP wraps it.
+INPUT_REQUIRED_RESULTS = (
+    InputRequiredToolResult,
+    InputRequiredResourceResult,
+    InputRequiredPromptResult,
+)
+
+
+#: The status of a call whose client went away before its reply (nginx's "client closed
+#: request": no response was delivered).
+CLIENT_CLOSED = 499
+DISCONNECTED = "disconnected"
+
+
+def status_of(call: CallContext) -> int:
+    """The HTTP status a call's row records: 499 once its client went away, else 200."""
+    return CLIENT_CLOSED if call.cancelled == DISCONNECTED else 200
+
+
+def completed(call: CallContext, result: Any) -> tuple[str, str, str]:
+    """``(outcome, error_code, message)`` of a body that returned ``result`` (converted)."""
+    if not call.cancelled and call.client_gone is not None and call.client_gone():
+        call.cancelled = DISCONNECTED  # gone before the call could notice: nobody gets the reply
+    if call.cancelled:
+        return (
+            Outcome.CANCELLED,
+            call.cancelled,
+            "The client gave up before the reply; the body ran to completion and what it "
+            "wrote stands.",
+        )
+    if isinstance(result, INPUT_REQUIRED_RESULTS):
+        if call.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            # FastMCP answers it with its own error: the result type does not exist before
+            return (
+                Outcome.TOOL_ERROR,
+                "input_required_unsupported",
+                "The body asked the client for input (InputRequiredResult), which MCP "
+                f"{call.protocol_version or 'of the handshake era'} cannot carry.",
+            )
+        requests = result.input_required.input_requests or {}
+        asked = ", ".join(f"{key} ({r.method})" for key, r in sorted(requests.items()))
+        return (
+            Outcome.INPUT_REQUIRED,
+            "input_required",
+            f"Asked the client for input: {asked or 'none (state only)'}."[:300],
+        )
+    return Outcome.OK, "", ""
 
 
 def _tenant_of(call: CallContext) -> int:
@@ -215,7 +288,8 @@ class GovernedBody:
                         raw = list(raw)
                 stage = _Stage.SERIALIZE
                 result = self._convert(raw)
-                record_outcome(call, Outcome.OK)
+                outcome, code, message = completed(call, result)
+                record_outcome(call, outcome, code=code, message=message, status=status_of(call))
             return result
         except AuditWriteFailed:
             log.exception("audit write failed; the call was rolled back")
@@ -248,29 +322,15 @@ class GovernedBody:
                 result = self._convert(raw)
         except Exception as exc:
             outcome, code, message, raised = self._failure(exc, stage)
-            await sync_to_async(self._record_in_thread, thread_sensitive=False)(
-                call, outcome, code, message
-            )
+            await arecord(call, outcome, code=code, message=message)
             if raised is exc:
                 raise
             raise raised from None
-        try:
-            await sync_to_async(self._record_ok_in_thread, thread_sensitive=False)(call)
-        except AuditWriteFailed:
-            log.exception("audit write failed")
-            call.audit_failed = True
-            raise
+        outcome, code, message = completed(call, result)
+        await arecord(call, outcome, code=code, message=message, status=status_of(call))
+        if call.audit_failed:
+            raise AuditWriteFailed
         return result
-
-    @staticmethod
-    def _record_ok_in_thread(call: CallContext) -> None:
-        call.refresh_db()
-        record_outcome(call, Outcome.OK)
-
-    @staticmethod
-    def _record_in_thread(call: CallContext, outcome: str, code: str, message: str) -> None:
-        call.refresh_db()
-        _record_failure(call, outcome, code, message)
 
 
 class GovernedTool(GovernedBody):
@@ -288,6 +348,14 @@ class GovernedTool(GovernedBody):
     def _serialization_message(self, exc: BaseException) -> str:
         # FastMCP's own ToolError ("Could not serialize the return value ..."): no value in it
         return str(exc)
+
+    def _convert(self, raw: Any) -> Any:
+        # A guard tool's ask (MCP 2026-07-28) is the round's result, never content: wrapped as
+        # FastMCP's FunctionTool.run wraps it, so FastMCP puts it on the wire as input_required
+        # (resources and prompts wrap it in their own convert_result).
+        if isinstance(raw, mcp_types.InputRequiredResult):
+            return InputRequiredToolResult(raw)
+        return super()._convert(raw)
 
 
 class GovernedResource(GovernedBody):

@@ -35,7 +35,6 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from fastmcp import FastMCP
 from fastmcp.exceptions import AuthorizationError, NotFoundError, ToolError
@@ -45,30 +44,21 @@ from fastmcp.tools import FunctionTool
 from fastmcp.utilities.types import get_cached_typeadapter
 
 from audit.models import Outcome
+from mcpauth import request_state
 from mcpauth.arguments import describe_invalid_arguments, failed_argument, schema_keys
 from mcpauth.components import PromptSpec, ResourceSpec, fastmcp_prompt, fastmcp_resource
 from mcpauth.conf import get_settings
-from mcpauth.context import CallContext, get_call
-from mcpauth.exceptions import AuditWriteFailed
+from mcpauth.context import get_call
 from mcpauth.registry import ToolRegistry, registry
 from mcpauth.runner import (
     INTERNAL_MESSAGE,
     GovernedPrompt,
     GovernedResource,
     GovernedTool,
-    record_outcome,
+    arecord,
 )
 
 log = logging.getLogger(__name__)
-
-
-def _record_in_thread(call: CallContext, outcome: str, code: str, message: str) -> None:
-    call.refresh_db()
-    try:
-        record_outcome(call, outcome, code=code, message=message)
-    except AuditWriteFailed:
-        log.exception("audit write failed")
-        call.audit_failed = True
 
 
 def _refusal(exc: BaseException, kind: str, keys: Iterable[str]) -> tuple[str, str, str]:
@@ -184,7 +174,7 @@ class Governance(Middleware):
         if call is None or call.recorded or call.tool_ran:
             return exc  # the body's outcome was recorded by the runner
         outcome, code, message = _refusal(exc, kind, keys)
-        await sync_to_async(_record_in_thread, thread_sensitive=False)(call, outcome, code, message)
+        await arecord(call, outcome, code=code, message=message)
         if code == "invalid_arguments":
             # the field and the problem, never the value (FastMCP's messages may quote it)
             return ArgumentsInvalid(message, log_level=logging.INFO)
@@ -202,8 +192,8 @@ class Governance(Middleware):
             name = str(getattr(context.message, "name", ""))
             if isinstance(exc, ArgumentsInvalid):
                 message = describe_invalid_arguments(exc, self.schema_keys.get(name, ()))
-                await sync_to_async(_record_in_thread, thread_sensitive=False)(
-                    call, Outcome.INVALID_REQUEST, "invalid_arguments", message
+                await arecord(
+                    call, Outcome.INVALID_REQUEST, code="invalid_arguments", message=message
                 )
                 raise ToolError(message, log_level=logging.INFO) from None
             if isinstance(exc, NotFoundError):
@@ -212,9 +202,7 @@ class Governance(Middleware):
                 outcome, code, message = Outcome.TOOL_ERROR, type(exc).__name__, str(exc)
             else:
                 outcome, code, message = Outcome.SERVER_ERROR, type(exc).__name__, INTERNAL_MESSAGE
-            await sync_to_async(_record_in_thread, thread_sensitive=False)(
-                call, outcome, code, message
-            )
+            await arecord(call, outcome, code=code, message=message)
             raise
 
 
@@ -241,6 +229,7 @@ _ADDERS = (
     "add_middleware",
     "add_completion_handler",
     "completion",
+    "add_extension",
 )
 
 
@@ -308,12 +297,15 @@ def build_server(tool_registry: ToolRegistry = registry) -> FastMCP[Any]:
     _require_apps_loaded()
     conf = get_settings()
     governance = Governance(tool_registry)
+    state_policy = request_state.security(conf)
     server = GovernedServer(
         name=conf.resource_name,
         instructions=conf.instructions or None,
         mask_error_details=True,
         middleware=[governance],
+        request_state_security=state_policy,
     )
+    request_state.install(server._mcp_server, state_policy, conf)
     for spec in tool_registry:
         governed = GovernedTool(spec)
         tool = FunctionTool.from_function(

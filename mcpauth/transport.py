@@ -29,6 +29,25 @@ tool on every protocol version. Only how the request gets there differs:
   goes to the SDK's session manager (``StreamableHTTPSessionManager.handle_request``), exactly
   as FastMCP's app would route it. ``MCPAUTH_FAST_TRANSPORT = False`` sends every POST there.
 
+**Notifications** (:mod:`mcpauth.streaming`). A client that accepts ``text/event-stream`` gets
+the notifications a body sends about its request (progress, log messages) on both eras: the
+single exchange turns its reply into an SSE stream at the first one (a call that sends none is
+still answered with one JSON body), and the SDK's path takes the SDK's transports in their SSE
+mode (``json_response=False``), as plain FastMCP's default HTTP app would. A JSON-only client
+gets one JSON body, its notifications dropped, as before.
+
+**Cancellation** (:mod:`mcpauth.cancellation`). A governed call runs beside a watcher: when its
+client goes away, or (handshake era) posts ``notifications/cancelled`` for it to any worker, the
+call is cancelled as the SDK's SSE transport cancels it, and its row says ``cancelled``. The
+handshake era answers a cancelled request that is still connected with ``-32800 Request
+cancelled``, as the SDK's 2025-era transport does.
+
+**The caller for the SDK.** The admitted ``Principal`` is also the SDK's authenticated user
+(``scope["user"]`` and its auth context variable, so FastMCP's ``get_access_token()`` sees the
+caller): client id, subject, scopes, ``iss`` and the tenant in ``claims``. Its ``token`` is the
+token's id (``jti`` or fingerprint), never the bearer: a body that wants to call another
+system uses ``mcpauth.downstream``.
+
 Both paths see the same requests: one whose ``id`` is not a string or an integer never gets
 here (:mod:`mcpauth.envelope` refuses it, where the SDK's handshake-era transport would take it
 for a notification), and a notification always takes the SDK's path (202, nothing run; the
@@ -45,6 +64,7 @@ made and that are not yet in the audit trail are written when the request is ser
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -54,9 +74,12 @@ from typing import Any, Literal
 import anyio
 from asgiref.sync import sync_to_async
 from fastmcp import FastMCP
+from fastmcp.server.auth.auth import AccessToken
 from fastmcp.server.context import reset_transport, set_transport
 from fastmcp.server.http import StreamableHTTPASGIApp, set_http_request
 from mcp.server._streamable_http_modern import _mcp_param_rejection
+from mcp.server.auth.middleware.auth_context import auth_context_var
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.connection import Connection
 from mcp.server.runner import modern_error_data, serve_one
 from mcp.server.streamable_http import check_accept_headers
@@ -91,9 +114,13 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 
+from mcpauth import cancellation
+from mcpauth.conf import get_settings
 from mcpauth.context import CallContext
 from mcpauth.downstream import caller, records
-from mcpauth.types import Message, Scope, Send, header
+from mcpauth.streaming import ReplyStream
+from mcpauth.tokens import Principal
+from mcpauth.types import Message, Receive, Scope, Send, header
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +152,12 @@ def _modern_content_type_is_json(scope: Scope) -> bool:
 
 @dataclass
 class SingleExchangeContext:
-    """The dispatch context of one request answered with one JSON body.
+    """The dispatch context of one request answered in one exchange.
 
-    As on the SDK's stateless JSON-response transport there is no back channel: requests to the
-    client raise ``NoBackChannelError``, and notifications scoped to the request (``ctx.info``,
-    progress) have no wire in a JSON response, so they are dropped.
+    As on the SDK's stateless transports there is no back channel: requests to the client raise
+    ``NoBackChannelError``. Notifications scoped to the request (``ctx.info``, progress) go to
+    the request's :class:`~mcpauth.streaming.ReplyStream`: SSE frames for a client that accepts
+    them, nothing for a JSON-only one.
     """
 
     request_id: RequestId
@@ -140,6 +168,7 @@ class SingleExchangeContext:
     progress_token: Any = None
     cancel_requested: anyio.Event = field(default_factory=anyio.Event)
     can_send_request: bool = False
+    stream: ReplyStream | None = None
 
     async def send_raw_request(
         self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
@@ -149,12 +178,38 @@ class SingleExchangeContext:
     async def notify(
         self, method: str, params: Mapping[str, Any] | None, opts: CallOptions | None = None
     ) -> None:
-        return None
+        if self.stream is not None:
+            await self.stream.notify(method, params)
 
     async def progress(
         self, progress: float, total: float | None = None, message: str | None = None
     ) -> None:
-        return None
+        """As the SDK's dispatch contexts: a ``notifications/progress`` for the request's token."""
+        if self.progress_token is None:
+            return
+        params: dict[str, Any] = {"progressToken": self.progress_token, "progress": progress}
+        if total is not None:
+            params["total"] = total
+        if message is not None:
+            params["message"] = message
+        await self.notify("notifications/progress", params)
+
+
+def authenticated_user(principal: Principal) -> AuthenticatedUser:
+    """The admitted caller as the MCP SDK's authenticated user (see the module docstring)."""
+    claims: dict[str, Any] = {"tenant": principal.tenant.external_id}
+    if principal.issuer:
+        claims["iss"] = principal.issuer
+    return AuthenticatedUser(
+        AccessToken(
+            token=principal.token_id,
+            client_id=principal.client_id,
+            scopes=sorted(principal.scopes),
+            subject=principal.subject or None,
+            resource=get_settings().resource_url,
+            claims=claims,
+        )
+    )
 
 
 class Transport:
@@ -183,21 +238,29 @@ class Transport:
             )
         return manager
 
-    def takes_single_exchange(self, scope: Scope, call: CallContext) -> bool:
+    def takes_single_exchange(self, scope: Scope, call: CallContext, accepts_json: bool) -> bool:
         """Whether :meth:`serve_single_exchange` may answer (see module docstring)."""
         message = call.message
         if not self._fast() or message is None or "id" not in message:
             return False
         if message.get("method") == "subscriptions/listen":  # a notification stream
             return False
-        has_json, _ = check_accept_headers(Request(scope))
-        if not has_json:
+        if not accepts_json:
             return False
         if is_handshake_era(scope):
             return _content_type_is_json(scope)
         return _modern_content_type_is_json(scope)
 
-    async def serve(self, call: CallContext, scope: Scope, body: bytes, send: Send) -> None:
+    async def serve(
+        self,
+        call: CallContext,
+        scope: Scope,
+        body: bytes,
+        send: Send,
+        client_receive: Receive | None = None,
+    ) -> None:
+        """Serve an admitted request; ``client_receive`` (the server's own ``receive``, once the
+        body is read) tells a governed call that its client went away."""
         replayed = False
 
         async def receive() -> Message:
@@ -211,25 +274,70 @@ class Transport:
         scope, bearer = caller.without_authorization(scope)
         request = Request(scope, receive)
         transport_token = set_transport(TRANSPORT_KIND)
+        user_token = None
+        if call.principal is not None:
+            scope["user"] = user = authenticated_user(call.principal)
+            user_token = auth_context_var.set(user)
         try:
             with caller.bound(bearer), set_http_request(request):
                 if scope.get("method") != "POST":
                     # GET/DELETE/...: FastMCP's own app answers (a stateless server has no
                     # GET stream: 405), so routing stays exactly plain FastMCP's.
                     await self.http_app(scope, receive, send)  # type: ignore[arg-type]
-                elif self.takes_single_exchange(scope, call):
-                    await self.serve_single_exchange(call, request, send)
-                else:
-                    await self.session_manager.handle_request(scope, receive, send)
+                    return
+                has_json, has_sse = check_accept_headers(request)
+                stream = ReplyStream(send, sse=has_sse)
+                if call.method == cancellation.NOTIFIED and is_handshake_era(scope):
+                    await cancellation.notified(call)
+                if (
+                    client_receive is None
+                    or call.method not in cancellation.WATCHED
+                    or call.is_notification
+                ):
+                    await self._route(call, request, stream, has_json)
+                    return
+                handshake = is_handshake_era(scope)
+                async with cancellation.watching(
+                    call, client_receive, stream, handshake_era=handshake
+                ):
+                    await self._route(call, request, stream, has_json)
+                if call.cancelled:
+                    await cancellation.settle(call, stream, handshake_era=handshake)
         finally:
+            if user_token is not None:
+                auth_context_var.reset(user_token)
             reset_transport(transport_token)
             if call.outbound is not None:
                 await sync_to_async(records.flush_remaining, thread_sensitive=False)(call)
 
-    async def _hand_to_sdk(self, request: Request, send: Send) -> None:
-        await self.session_manager.handle_request(request.scope, request.receive, send)
+    async def _route(
+        self, call: CallContext, request: Request, stream: ReplyStream, has_json: bool
+    ) -> None:
+        if self.takes_single_exchange(request.scope, call, has_json):
+            await self.serve_single_exchange(call, request, stream)
+        else:
+            await self._hand_to_sdk(call, request, stream)
 
-    async def serve_single_exchange(self, call: CallContext, request: Request, send: Send) -> None:
+    async def _hand_to_sdk(self, call: CallContext, request: Request, send: ReplyStream) -> None:
+        """The SDK's own transports; in their SSE mode for a client that accepts SSE, as
+        FastMCP's default http_app (``json_response=False``) would answer it. On the handshake
+        era that mode streams every answer, so it is taken only where something can stream:
+        a call that runs a body. On 2026-07-28 it streams only once something is notified."""
+        manager = self.session_manager
+        if (
+            send.sse
+            and manager.json_response
+            and (not is_handshake_era(request.scope) or call.method in cancellation.WATCHED)
+        ):
+            twin = copy.copy(manager)  # the same task group, lifespan and server
+            twin.json_response = False
+            await twin._handle_request(request.scope, request.receive, send)
+            return
+        await manager.handle_request(request.scope, request.receive, send)
+
+    async def serve_single_exchange(
+        self, call: CallContext, request: Request, stream: ReplyStream
+    ) -> None:
         assert call.message is not None
         try:
             message = jsonrpc_message_adapter.validate_python(call.message, by_name=False)
@@ -237,7 +345,7 @@ class Transport:
             message = None
         if not isinstance(message, JSONRPCRequest):
             # Not a request after all: the SDK's transport gives its own answer.
-            await self._hand_to_sdk(request, send)
+            await self._hand_to_sdk(call, request, stream)
             return
         manager = self.session_manager
         modern = not is_handshake_era(request.scope)
@@ -252,7 +360,7 @@ class Transport:
                 )
                 is not None
             ):
-                await self._hand_to_sdk(request, send)  # the SDK's own refusal
+                await self._hand_to_sdk(call, request, stream)  # the SDK's own refusal
                 return
             connection = Connection.from_envelope(
                 verdict.protocol_version, verdict.client_info, verdict.client_capabilities
@@ -269,7 +377,8 @@ class Transport:
             request_id=message.id,
             message_metadata=ServerMessageMetadata(request_context=request, can_send_request=False),
             transport=transport,
-            progress_token=progress_token_from_params(message.params) if modern else None,
+            progress_token=progress_token_from_params(message.params),
+            stream=stream,
         )
         reply: JSONRPCResponse | JSONRPCError
         try:
@@ -300,17 +409,7 @@ class Transport:
         else:
             # as the SDK's stateless transport writes it: exclude_unset, always 200
             body = reply.model_dump_json(by_alias=True, exclude_unset=True).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await stream.reply(body, status)
 
     @staticmethod
     def _internal_error(message: JSONRPCRequest) -> ErrorData:

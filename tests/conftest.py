@@ -26,7 +26,7 @@ from jwt.algorithms import RSAAlgorithm
 from mcpauth import floods, ratelimit, revocation, scopes, tenancy, tokens
 from mcpauth.operations import seed_scope_mappings
 from mcpauth.tokens import Principal, TenantRef
-from tests.servers import json_server
+from tests.servers import json_server, server_env, uvicorn_process
 
 MCP_ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 #: The todo app's default scopes, as its data migration seeds them.
@@ -427,11 +427,48 @@ def live(_live_server: LiveServer, transactional_db: None) -> LiveServer:
     return _live_server
 
 
+#: The 2-worker zoo server's ``requestState`` key ring: a key of its own first (it seals), then
+#: the key the in-process server seals with (derived from the test SECRET_KEY): retired there.
+ZOO_STATE_KEY = "zoo-workers-state-key-" + "0123456789abcdef" * 3
+
+
+@pytest.fixture(scope="session")
+def zoo_workers(
+    django_db_setup: None, django_db_blocker: Any, idp: FakeIdP, tmp_path_factory: Any
+) -> Iterator[str]:
+    """``uvicorn config.asgi`` with the test apps (the zoo), 2 workers sharing the test's
+    PostgreSQL and Redis; its ``/mcp`` URL. Needs ``needs_shared_services``."""
+    from django.conf import settings
+
+    from mcpauth.conf import derived_state_key
+
+    with django_db_blocker.unblock():
+        env = server_env(
+            idp.issuer,
+            str(tmp_path_factory.mktemp("zoo-workers")),
+            DJANGO_SETTINGS_MODULE="tests.settings",
+            MCPAUTH_REQUEST_STATE_KEYS=f"{ZOO_STATE_KEY} {derived_state_key(settings.SECRET_KEY)}",
+        )
+    with uvicorn_process(free_port(), env, workers=2) as base:
+        yield f"{base}/mcp"
+
+
 def rpc(method: str, params: dict[str, Any] | None = None, id: int = 1) -> dict[str, Any]:
     body: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
     if params is not None:
         body["params"] = params
     return body
+
+
+def reply_of(resp: Any) -> Any:
+    """The JSON-RPC reply of an HTTP response: its JSON body, or the reply that ends its SSE
+    stream (what a client accepting both may get for a call that runs a body)."""
+    if resp.headers.get("content-type", "").startswith("text/event-stream"):
+        messages = [
+            json.loads(line[5:]) for line in resp.text.splitlines() if line.startswith("data:")
+        ]
+        return next(m for m in reversed(messages) if "result" in m or "error" in m)
+    return resp.json()
 
 
 def call_tool(name: str, arguments: dict[str, Any] | None = None, id: int = 1) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from fastmcp import Client
+from fastmcp.server.extensions import ServerExtension
+from fastmcp.utilities.tasks import TASKS_EXTENSION_ID
 from mcp import MCPError
 
 from mcpauth import checks, prompt, resource
@@ -185,9 +187,27 @@ def test_the_built_server_takes_nothing_more() -> None:
         lambda: server.add_prompt(extra),
         lambda: server.prompt(extra),
         lambda: server.mount(build_server(ToolRegistry())),
+        lambda: server.add_extension(Tasks()),
     ):
         with pytest.raises(ServerSealed, match="from mcpauth import tool, resource, prompt"):
             attempt()
+
+
+class Tasks(ServerExtension):
+    """Stands for the tasks extension (``fastmcp-tasks``, not released for FastMCP 4.2)."""
+
+    identifier = TASKS_EXTENSION_ID
+
+
+@pytest.mark.parametrize("version", [None, "2025-11-25", "2026-07-28"])
+def test_the_tasks_extension_is_neither_served_nor_advertised(version: str | None) -> None:
+    """Background tasks are not served governed: nothing advertises them, and the built server
+    takes no extension (test above), so no extension method bypasses governance."""
+    caps = _capabilities(get_server(), version)
+    assert "tasks" not in caps
+    assert TASKS_EXTENSION_ID not in (caps.get("extensions") or {})
+    handlers = get_server()._mcp_server._request_handlers  # type: ignore[attr-defined]
+    assert not [method for method in handlers if method.startswith("tasks/")]
 
 
 def test_what_registers_after_the_server_was_built_warns_that_it_is_not_served() -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from audit.models import AuditEvent
 from mcpauth.envelope import escaped
-from tests.conftest import MCP_ACCEPT, LiveServer, Minter
+from tests.conftest import MCP_ACCEPT, LiveServer, Minter, reply_of
 from todos.models import Todo
 
 HANDSHAKE = "2025-11-25"
@@ -145,8 +145,8 @@ def test_a_call_that_never_runs_is_never_recorded_ok(
     # a valid call still runs once and leaves exactly one ok row
     before = AuditEvent.objects.filter(outcome="ok", method="tools/call").count()
     resp = session.call("create_todo", {"title": "runs"}, id="req-1")
-    assert resp.status_code == 200 and resp.json()["result"]["isError"] is False, resp.text
-    assert resp.json()["id"] == "req-1"
+    assert resp.status_code == 200 and reply_of(resp)["result"]["isError"] is False, resp.text
+    assert reply_of(resp)["id"] == "req-1"
     assert row_of(resp).outcome == "ok"
     assert AuditEvent.objects.filter(outcome="ok", method="tools/call").count() == before + 1
     assert list(Todo.all_tenants.values_list("title", flat=True)) == ["runs"]

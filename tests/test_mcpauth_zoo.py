@@ -11,6 +11,12 @@ same functions registered with ``mcp.tool``, stateless JSON HTTP), on both proto
 The replies must be equal (``content``, ``structuredContent``, ``isError``), each governed call
 must leave exactly one audit row with the right outcome, and a sync tool whose result fails to
 serialize must leave none of its writes behind.
+
+Guard tools (multi-round-trip input, ``InputRequiredResult``) ask the same questions and give
+the same final answers on 2026-07-28 (one row per round, ``input_required`` then linked rounds),
+the same error on the handshake era, and a tampered state the same refusal. ``zoo_context``'s
+progress and log messages arrive as from plain FastMCP's default HTTP app (stateful, SSE), on
+both eras and both of our transports.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import uvicorn
 from asgiref.sync import sync_to_async
 from fastmcp import Client, FastMCP
 from fastmcp.tools import FunctionTool
-from mcp import ClientSession
+from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
@@ -99,9 +105,16 @@ def plain_server() -> FastMCP[Any]:
 
 
 class PlainServer:
-    def __init__(self) -> None:
+    """Plain FastMCP under uvicorn in a thread: stateless JSON HTTP, as the governed server is
+    configured, or (``default_transport``) FastMCP's default HTTP app, stateful and SSE, the
+    reference for notifications and cancellation."""
+
+    def __init__(self, *, default_transport: bool = False) -> None:
         self.port = free_port()
-        app = plain_server().http_app(path="/mcp", stateless_http=True, json_response=True)
+        if default_transport:
+            app = plain_server().http_app(path="/mcp")
+        else:
+            app = plain_server().http_app(path="/mcp", stateless_http=True, json_response=True)
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, lifespan="on", log_level="warning"
         )
@@ -277,6 +290,23 @@ async def test_current_principal_in_an_async_tool(zoo: LiveServer, mint: Minter)
     assert me == {"client_id": "keeper", "tenant": "savanna", "subject": "user-of-keeper"}
 
 
+async def test_fastmcp_sees_the_admitted_caller_never_the_bearer(
+    zoo: LiveServer, mint: Minter
+) -> None:
+    """The SDK's auth context holds the admitted caller: FastMCP's ``get_access_token()`` in a
+    tool gives its client, subject, scopes, issuer and tenant, and the token's id as ``token``."""
+    token = mint(scope="zoo:all", client_id="keeper", org_id="savanna", jti="token-id-1")
+    async with Client(zoo.url, auth=token) as client:
+        seen = (await client.call_tool("zoo_access_token", {})).data
+    assert seen["token"] == "token-id-1" and token not in str(seen)
+    assert (seen["client_id"], seen["subject"], seen["scopes"]) == (
+        "keeper",
+        "user-of-keeper",
+        ["zoo:all"],
+    )
+    assert seen["claims"]["tenant"] == "savanna" and seen["claims"]["iss"].startswith("http")
+
+
 def test_unexpected_exception_text_never_leaves_the_server(zoo: LiveServer, mint: Minter) -> None:
     headers = {**MCP_ACCEPT, "authorization": f"Bearer {mint(scope='zoo:all')}"}
     resp = httpx2.post(zoo.url, json=call_tool("zoo_explode"), headers=headers)
@@ -289,3 +319,143 @@ def test_unexpected_exception_text_never_leaves_the_server(zoo: LiveServer, mint
         "RuntimeError",
         "internal error",
     )
+
+
+# --- multi-round-trip input and notifications ---------------------------------------------------
+
+#: Guard tools (they ask the client for input): (tool, arguments, what the client is asked)
+GUARDS: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("zoo_confirm", {"item": "okapi"}, ["Feed the okapi?"]),
+    ("zoo_survey", {"topic": "bats"}, ["bats: your name?", "bats: and your age?"]),
+    ("zoo_adopt", {"label": "adopted-{era}"}, ["Adopt adopted-{era}?"]),
+]
+
+
+@pytest.fixture(scope="module")
+def plain_default() -> Iterator[PlainServer]:
+    """Plain FastMCP's default HTTP app (stateful, SSE): the reference for notifications."""
+    with PlainServer(default_transport=True) as server:
+        yield server
+
+
+@asynccontextmanager
+async def guarded(url: str, token: str, mode: str, asked: list[str]) -> AsyncIterator[Client]:
+    async def elicit(message: str, response_type: Any, params: Any, context: Any) -> Any:
+        asked.append(message)
+        return {"value": "yes"}
+
+    async with Client(url, auth=token, mode=mode, elicitation_handler=elicit) as client:
+        yield client
+
+
+async def outcome_of(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return comparable(await client.call_tool_mcp(name, args))
+    except MCPError as exc:
+        return {"error": exc.error.model_dump(mode="json", exclude_none=True)}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["single-exchange", "via-sdk"])
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_guard_tools_answer_as_plain_fastmcp(
+    zoo: LiveServer, plain: PlainServer, mint: Minter, settings: Any, mode: str, fast: bool
+) -> None:
+    """2026-07-28: the same questions and the same final answers; the handshake era: the same
+    error (no multi-round-trip result type there). One row per round."""
+    settings.MCPAUTH_FAST_TRANSPORT = fast
+    era = f"{mode}-{fast}"
+    token = mint(scope="zoo:all")
+    for name, template, questions in GUARDS:
+        args = {k: v.format(era=era) for k, v in template.items()}
+        ours_asked: list[str] = []
+        theirs_asked: list[str] = []
+        async with guarded(zoo.url, token, mode, ours_asked) as client:
+            ours = await outcome_of(client, name, args)
+        async with guarded(plain.url, token, mode, theirs_asked) as client:
+            theirs = await outcome_of(client, name, args)
+        assert ours == theirs, name
+        assert ours_asked == theirs_asked
+        tool_rows = [
+            (r.outcome, r.arguments)
+            async for r in AuditEvent.objects.filter(tool=name).order_by("id")
+        ]
+        if mode == "auto":
+            assert ours_asked == [q.format(era=era) for q in questions]
+            assert "error" not in ours and not ours["isError"]
+            outcomes = [o for o, _ in tool_rows]
+            assert outcomes == ["input_required"] * len(questions) + ["ok"], name
+            rounds = [a.get("@mcpauth", {}).get("round") for _, a in tool_rows]
+            assert rounds == [None, *range(2, len(questions) + 2)], name
+        else:
+            assert ours["error"]["code"] == -32602 and ours_asked == []
+            assert [o for o, _ in tool_rows] == ["tool_error"], name
+    # the confirmed adoption was written once by each server (2026-07-28), never on refusal
+    adopted = await Exhibit.objects.filter(label=f"adopted-{era}").acount()
+    assert adopted == (2 if mode == "auto" else 0)
+
+
+async def test_a_tampered_state_is_refused_as_plain_fastmcp_refuses_it(
+    zoo: LiveServer, plain: PlainServer, mint: Minter
+) -> None:
+    token = mint(scope="zoo:all")
+    answers = []
+    for url in (zoo.url, plain.url):
+        async with Client(url, auth=token) as client:
+            first = await client.session.call_tool(
+                "zoo_confirm", {"item": "emu"}, allow_input_required=True
+            )
+            state = first.request_state
+            assert state and "emu" not in state  # sealed, on both
+            tampered = state[:-2] + ("AA" if not state.endswith("AA") else "BB")
+            try:
+                await client.session.call_tool(
+                    "zoo_confirm",
+                    {"item": "emu"},
+                    input_responses={"confirm": {"action": "accept", "content": {"value": "y"}}},
+                    request_state=tampered,
+                    allow_input_required=True,
+                )
+            except MCPError as exc:
+                answers.append(exc.error.model_dump(mode="json", exclude_none=True))
+    ours, theirs = answers
+    assert (
+        ours
+        == theirs
+        == {
+            "code": -32602,
+            "message": "Invalid or expired requestState",
+            "data": {"reason": "invalid_request_state"},
+        }
+    )
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["single-exchange", "via-sdk"])
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_notifications_answer_as_plain_fastmcp(
+    zoo: LiveServer, plain_default: PlainServer, mint: Minter, settings: Any, mode: str, fast: bool
+) -> None:
+    """``zoo_context``'s progress and log messages, as plain FastMCP's default HTTP app sends
+    them, on both eras and both of our transports."""
+    settings.MCPAUTH_FAST_TRANSPORT = fast
+    token = mint(scope="zoo:all")
+    heard: list[list[Any]] = []
+    results = []
+    for url in (zoo.url, plain_default.url):
+        events: list[Any] = []
+        heard.append(events)
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            heard[-1].append(("progress", progress, total, message))
+
+        async def on_log(message: Any) -> None:
+            heard[-1].append(("log", message.level, message.data))
+
+        async with Client(
+            url, auth=token, mode=mode, progress_handler=on_progress, log_handler=on_log
+        ) as client:
+            results.append(comparable(await client.call_tool_mcp("zoo_context", {"steps": 3})))
+    ours, theirs = heard
+    assert results[0] == results[1]
+    assert ours == theirs
+    assert [e[1] for e in ours if e[0] == "progress"] == [1, 2, 3]
+    assert ("log", "info", {"msg": "starting 3 steps", "extra": None}) in ours

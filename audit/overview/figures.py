@@ -68,7 +68,7 @@ def _top(
     failures: Counter[str] = Counter()
     for (value, outcome), n in counts.items():
         totals[value] += n
-        if outcome != Outcome.OK:
+        if outcome in FAILURES:
             failures[value] += n
     grand = sum(totals.values()) or 1
     rows = []

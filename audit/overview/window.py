@@ -27,6 +27,7 @@ TOP_N = 10
 #: Outcome order in the stacked chart (bottom first) and their colours.
 OUTCOME_ORDER: tuple[str, ...] = (
     Outcome.OK,
+    Outcome.INPUT_REQUIRED,
     Outcome.TOOL_ERROR,
     Outcome.INVALID_REQUEST,
     Outcome.NOT_EXECUTED,
@@ -34,6 +35,7 @@ OUTCOME_ORDER: tuple[str, ...] = (
     Outcome.UNAUTHENTICATED,
     Outcome.RATE_LIMITED,
     Outcome.SERVER_ERROR,
+    Outcome.CANCELLED,
 )
 COLOURS: dict[str, str] = {
     Outcome.OK: "#3f8f4f",
@@ -44,6 +46,8 @@ COLOURS: dict[str, str] = {
     Outcome.UNAUTHENTICATED: "#8e44ad",
     Outcome.RATE_LIMITED: "#2c6fb7",
     Outcome.SERVER_ERROR: "#5b2c1a",
+    Outcome.INPUT_REQUIRED: "#6fb58a",
+    Outcome.CANCELLED: "#5d6d7e",
 }
 #: The rate groups the overview shows: (label, outcomes).
 RATE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (

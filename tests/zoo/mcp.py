@@ -8,19 +8,29 @@ differential test serves the very same functions from plain FastMCP and compares
 from __future__ import annotations
 
 import base64
+import os
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import anyio
 from fastmcp import Context
 from fastmcp.exceptions import PromptError, ResourceError, ToolError
 from fastmcp.prompts import Message, PromptResult
 from fastmcp.resources import ResourceContent, ResourceResult
+from fastmcp.server.dependencies import get_access_token
 from fastmcp.tools.base import ToolResult
 from fastmcp.utilities.types import Image
-from mcp_types import TextContent
+from mcp_types import (
+    ElicitRequest,
+    ElicitRequestFormParams,
+    ElicitResult,
+    InputRequiredResult,
+    TextContent,
+)
 from pydantic import BaseModel
 
 from mcpauth import current_principal, prompt, resource, tool
@@ -129,6 +139,93 @@ async def zoo_context(steps: int, ctx: Context) -> dict[str, Any]:
     return {"steps": steps, "request_id": bool(ctx.request_id)}
 
 
+def _ask(key: str, message: str) -> dict[str, ElicitRequest]:
+    schema = {"type": "object", "properties": {"value": {"type": "string"}}, "required": ["value"]}
+    return {
+        key: ElicitRequest(params=ElicitRequestFormParams(message=message, requested_schema=schema))
+    }
+
+
+def _answer(response: Any) -> str:
+    assert isinstance(response, ElicitResult)
+    return f"{response.action}:{(response.content or {}).get('value')}"
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_confirm(item: str, ctx: Context) -> str | InputRequiredResult:
+    """Asks the client for input (MCP 2026-07-28, FastMCP's guard pattern), then answers."""
+    if ctx.input_responses is None:
+        return InputRequiredResult(
+            input_requests=_ask("confirm", f"Feed the {item}?"), request_state=f"asked:{item}"
+        )
+    return f"{_answer(ctx.input_responses['confirm'])} after {ctx.request_state}"
+
+
+@tool(permissions=READ, read_only=True)
+def zoo_survey(topic: str, ctx: Context) -> dict[str, Any] | InputRequiredResult:
+    """A sync guard tool asking twice, carrying the first answer in its own request state."""
+    responses = ctx.input_responses or {}
+    if "name" in responses and ctx.request_state is None:
+        first = _answer(responses["name"])
+        return InputRequiredResult(
+            input_requests=_ask("age", f"{topic}: and your age?"), request_state=first
+        )
+    if "age" in responses:
+        return {"topic": topic, "name": ctx.request_state, "age": _answer(responses["age"])}
+    return InputRequiredResult(input_requests=_ask("name", f"{topic}: your name?"))
+
+
+@tool(permissions=WRITE)
+def zoo_adopt(label: str, ctx: Context) -> dict[str, Any] | InputRequiredResult:
+    """A sync write that asks first: only the confirmed round writes (in its transaction)."""
+    if ctx.input_responses is None:
+        return InputRequiredResult(input_requests=_ask("sure", f"Adopt {label}?"))
+    answer = _answer(ctx.input_responses["sure"])
+    if answer != "accept:yes":
+        return {"label": label, "adopted": False}
+    Exhibit.objects.create(label=label)
+    return {"label": label, "adopted": True}
+
+
+@tool(permissions=WRITE)
+async def zoo_slow(seconds: float, ctx: Context, label: str = "") -> dict[str, Any]:
+    """Reports progress every 0.1 s for ``seconds``, then writes ``label`` if given: a call a
+    client can give up on (cancelled, it never writes)."""
+    steps = max(1, int(seconds * 10))
+    for i in range(steps):
+        await ctx.report_progress(i + 1, steps)
+        await anyio.sleep(0.1)
+    if label:
+        await Exhibit.objects.acreate(label=label)
+    return {"slept": seconds}
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_notify_then_fail(ctx: Context) -> str:
+    """Reports progress twice, then fails unexpectedly (its text never reaches the client)."""
+    await ctx.report_progress(1, 3)
+    await ctx.report_progress(2, 3)
+    raise RuntimeError("secret internal detail")
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_which_worker(ctx: Context) -> dict[str, int] | InputRequiredResult:
+    """Governed only: which worker process asked for input, and which one got the answer."""
+    if ctx.input_responses is None:
+        return InputRequiredResult(
+            input_requests=_ask("go", "Go on?"), request_state=str(os.getpid())
+        )
+    return {"asked_by": int(ctx.request_state or 0), "answered_by": os.getpid()}
+
+
+@tool(permissions=WRITE)
+def zoo_slow_write(label: str, seconds: float) -> dict[str, Any]:
+    """A sync write that takes ``seconds`` (a thread is not interrupted: it runs to its end)."""
+    time.sleep(seconds)
+    Exhibit.objects.create(label=label)
+    return {"label": label}
+
+
 @tool(permissions=READ, read_only=True)
 def zoo_tool_error(reason: str) -> str:
     """Raises ToolError: a tool error whose message the client sees."""
@@ -160,6 +257,20 @@ async def zoo_async_write_then_unserializable(label: str) -> dict[str, Any]:
     """The async twin: there is no async transaction, so its write stays (documented)."""
     await Exhibit.objects.acreate(label=label)
     return {"label": label, "oops": Unserializable()}
+
+
+@tool(permissions=READ, read_only=True)
+async def zoo_access_token() -> dict[str, Any]:
+    """Governed only: the caller as FastMCP sees it (``get_access_token()``, the SDK's user)."""
+    token = get_access_token()
+    assert token is not None
+    return {
+        "token": token.token,
+        "client_id": token.client_id,
+        "subject": token.subject,
+        "scopes": token.scopes,
+        "claims": token.claims,
+    }
 
 
 @tool(permissions=READ, read_only=True)
