@@ -1,6 +1,25 @@
 from django.apps import AppConfig
 
 
+def _tenant_choices(limit: int) -> list[tuple[str, str]]:
+    from mcpauth.models import Tenant
+
+    rows = Tenant.objects.order_by("external_id").values_list("external_id", "name")
+    return list(rows[:limit])
+
+
+def _tenant_exists(external_id: str) -> bool:
+    from mcpauth.models import Tenant
+
+    return Tenant.objects.filter(external_id=external_id).exists()
+
+
+def _tool_names() -> list[str]:
+    from mcpauth.registry import registry
+
+    return registry.names()
+
+
 class MCPAuthConfig(AppConfig):
     name = "mcpauth"
     verbose_name = "MCP authorization"
@@ -25,3 +44,9 @@ class MCPAuthConfig(AppConfig):
 
         # Every installed app's mcp.py registers its tools, as admin.py registers models.
         autodiscover()
+
+        # The audit admin offers our tenants and tools as its choices (audit imports nothing
+        # from mcpauth: it asks the providers registered here).
+        from audit import choices
+
+        choices.register(tenants=_tenant_choices, tools=_tool_names, tenant_exists=_tenant_exists)

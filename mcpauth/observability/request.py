@@ -265,8 +265,8 @@ def access_logged(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, observed_send)
         finally:
-            from mcpauth.middleware import client_ip
             from mcpauth.observability.conf import get_settings
+            from mcpauth.types import client_ip
 
             logs.access(
                 {

@@ -29,8 +29,8 @@ _FORWARDING = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
 
 
 def client_address(request: HttpRequest, trusted_proxies: int) -> str:
-    """The caller's address by ``/mcp``'s rule (``mcpauth.middleware.client_ip``)."""
-    from mcpauth.middleware import client_ip
+    """The caller's address by ``/mcp``'s rule (``mcpauth.types.client_ip``)."""
+    from mcpauth.types import client_ip
 
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
     scope = {
