@@ -92,8 +92,7 @@ class OverviewAdmin(admin.ModelAdmin):
             "unsealed_url": unsealed_url,
             "changelist_url": reverse("admin:audit_auditevent_changelist"),
             "all_calls_url": overview.changelist_url(window),
-            "known_tenant": window.tenant is None
-            or choices.tenant_exists(window.tenant),
+            "known_tenant": window.tenant is None or choices.tenant_exists(window.tenant),
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/audit/overview.html", context)

@@ -7,7 +7,8 @@
 * :class:`KindFilter`: MCP calls, or the trail's own rows (configuration changes, exports).
 * :class:`ToolFilter`, :class:`TenantFilter`, :class:`ClientFilter`: one value, ``""`` for
   "none"; choices from the providers of :mod:`audit.choices` (the tool registry, the tenant
-  table) and the most recent rows (no DISTINCT over the table), labelled by :func:`audit.display.visible` (look-alikes escaped and marked).
+  table) and the most recent rows (no DISTINCT over the table), labelled by
+  :func:`audit.display.visible` (look-alikes escaped and marked).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ class MCPAuthConfig(AppConfig):
 
         from mcpauth import checks, rls, scopes, tenancy  # noqa: F401  (checks and signals)
         from mcpauth.observability import checks as observability_checks  # noqa: F401
+        from mcpauth.observability import prepare_metrics_dir
         from mcpauth.registry import autodiscover
 
         # PostgreSQL row-level security: every connection checks its tenant before each
@@ -41,6 +42,9 @@ class MCPAuthConfig(AppConfig):
             if connection.connection is not None:
                 rls.install_wrapper(connection)
         post_migrate.connect(rls.post_migrate, sender=self, dispatch_uid="mcpauth-rls")
+
+        # MCPAUTH_METRICS_DIR exists and prometheus_client knows it before anything counts.
+        prepare_metrics_dir()
 
         # Every installed app's mcp.py registers its tools, as admin.py registers models.
         autodiscover()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from audit.models import Outcome
 from audit.recorder import record
+from mcpauth.conf import get_settings as mcp_settings
 from mcpauth.exceptions import (
     AccessDenied,
     InsufficientScope,
@@ -118,9 +119,10 @@ def request_parsed(ctx: CallContext) -> None:
     }
     parent = tracing.parent_context(headers, tracing.meta_carrier(ctx.message))
     http_method = ctx.http_method if ctx.http_method in _HTTP_VERBS else "_OTHER"
+    route = mcp_settings().path
     attributes: dict[str, Any] = {
         "http.request.method": http_method,
-        "http.route": "/mcp",
+        "http.route": route,
         "url.path": str(scope.get("path", ""))[:256],
         "url.scheme": str(scope.get("scheme", "http")),
         "network.protocol.version": str(scope.get("http_version", "")),
@@ -139,7 +141,7 @@ def request_parsed(ctx: CallContext) -> None:
     if ctx.method == "tools/call":
         attributes["mcp.tool"] = metrics.tool_label(ctx.tool)
     obs.span, obs.token = tracing.start_server_span(
-        f"{http_method} /mcp", parent, obs.start_ns, attributes
+        f"{http_method} {route}", parent, obs.start_ns, attributes
     )
     if obs.span.is_recording():
         obs.pending_token = tracing.begin_pending(obs.pending)
