@@ -5,7 +5,7 @@ their templates, static files, migrations and ``py.typed``. Then ``django-admin 
 shop`` in a temporary directory, in a fresh virtualenv (``python -m venv``, no system site
 packages) holding the wheel, its locked dependencies and the ``server`` extra (uvicorn), all
 from uv's cache (``--offline``: ``make install`` filled it). The project gets exactly the
-documented contract (docs/existing-project.md and the README): ``INSTALLED_APPS += ["mcpauth",
+documented contract (the README and docs/configuration.md): ``INSTALLED_APPS += ["mcpauth",
 "audit"]``, ``include("mcpauth.urls")``, ``mcpauth.asgi.get_asgi_application``, plus the
 public URL it is served at, and an app ``catalog`` with one ``TenantOwned`` model and one tool
 in its ``mcp.py``. It migrates, mints a development token, and serves under uvicorn:
@@ -175,7 +175,8 @@ class Fresh:
 
 
 def _apply_the_contract(project: Path, base: str) -> None:
-    """Exactly what docs/existing-project.md says, into startproject's own files."""
+    """Exactly what the README's "Add it to an existing Django project" says, into startproject's
+    own files."""
     settings = project / "shop" / "settings.py"
     settings.write_text(
         settings.read_text()
