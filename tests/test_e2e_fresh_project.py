@@ -317,6 +317,14 @@ async def test_the_tool_is_served_governed_and_audited(fresh: Fresh) -> None:
         ("tools/call", "add_product", "ok", "acme"),
         ("tools/call", "add_product", "ok", "acme"),
     ]
+    # /mcp/ is the same endpoint (no redirect)
+    listed = httpx2.post(
+        f"{fresh.base}/mcp/",
+        json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+        headers={**headers, "Accept": "application/json, text/event-stream"},
+    )
+    assert listed.status_code == 200, listed.text
+    assert [t["name"] for t in listed.json()["result"]["tools"]] == ["add_product"]
     # one access line per request, though the project configured no logging
     lines = [line for line in fresh.log.read_text().splitlines() if "mcpauth.access" in line]
     assert sum("tools/call 200" in line and "tool=add_product" in line for line in lines) == 2
