@@ -20,12 +20,15 @@ without a marker (``make test``, interactive ones, other machines' commands) are
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,14 +164,29 @@ class Session:
             path.write_text(rest)
 
     def stop(self) -> None:
+        """Stop make and the server it started, and wait until the port is free again (the
+        next server's health check must not be answered by this one)."""
         if self.background is None:
             return
-        try:
-            os.killpg(self.background.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        group = self.background.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
         self._serving.__exit__(None, None, None)
         self.background = None
+        started = time.monotonic()
+        while port_open(self.port):
+            waited = time.monotonic() - started
+            assert waited < 60, f"port {self.port} still served after stopping make run"
+            if waited > 30:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
+            time.sleep(0.2)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_the_readme_marks_the_commands_it_runs() -> None:
@@ -207,3 +225,18 @@ def test_the_readme_runs_as_written(tmp_path: Path) -> None:
         ("add_note", "ok", "acme"),  # the new app's tool
     ]
     assert "Ship it" in "".join(session.outputs) and "feed the cat" in "".join(session.outputs)
+
+    # and the suite still runs with the new app next to tests/notes (the same label)
+    suite = subprocess.run(
+        [
+            *(".venv/bin/python", "-m", "pytest", "-q", "-p", "no:cacheprovider"),
+            *("tests/test_mcpauth_platform.py", "-k", "readme_example_tools_work"),
+        ],
+        cwd=clone,
+        env=session.env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert suite.returncode == 0 and "2 passed" in suite.stdout, suite.stdout + suite.stderr

@@ -8,13 +8,18 @@ The whole contract, in a project made by ``django-admin startproject``, is
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
+from django.test import override_settings
 
 from mcpauth import checks as mcpauth_checks
 from mcpauth.asgi import MCPApplication
 from mcpauth.conf import get_settings
+from mcpauth.observability import conf as observability_conf
 from mcpauth.observability import logs
 from mcpauth.observability.conf import get_settings as observability_settings
 
@@ -25,45 +30,61 @@ def ids(messages: list[object]) -> set[str]:
     return {m.id for m in messages}  # type: ignore[attr-defined]
 
 
-def forget(settings: object, *names: str) -> None:
-    for name in names:
-        if hasattr(settings, name):
-            delattr(settings, name)
+def _clear() -> None:
+    get_settings.cache_clear()
+    observability_conf.get_settings.cache_clear()
 
 
-def test_defaults_need_nothing_the_reference_project_defines(settings) -> None:
-    forget(
-        settings,
-        *REFERENCE_ONLY,
-        "MCPAUTH_BASE_URL",
-        "MCPAUTH_DEV_KEY_PATH",
-        "RATELIMIT_USE_CACHE",
-        "MCPAUTH_PATH",
-    )
-    conf = get_settings()
-    assert conf.base_url == "http://127.0.0.1:8000"
-    assert conf.path == "/mcp" and conf.resource_url == "http://127.0.0.1:8000/mcp"
-    assert conf.dev_key_path == Path("var/dev-issuer-key.pem")  # the working directory's var/
-    assert conf.rate_limit_cache == "default"  # what django-ratelimit counts in, unset
-    assert "mcpauth.E014" not in ids(mcpauth_checks.check_configuration())
+@contextmanager
+def without(*names: str) -> Iterator[None]:
+    """These settings deleted (Django sends no ``setting_changed`` for a deletion, so the typed
+    settings are rebuilt here, on the way in and out). Nest ``override_settings`` inside."""
+    override = override_settings()
+    override.enable()
+    try:
+        for name in names:
+            if hasattr(django_settings, name):
+                delattr(django_settings, name)
+        _clear()
+        yield
+    finally:
+        override.disable()
+        _clear()
 
 
-def test_prefixed_names_win_and_the_earlier_ones_still_work(settings) -> None:
-    forget(settings, "MCPAUTH_BASE_URL")
-    settings.BASE_URL = "https://old.example.com/"
-    assert get_settings().base_url == "https://old.example.com"
-    settings.MCPAUTH_BASE_URL = "https://new.example.com"
-    assert get_settings().base_url == "https://new.example.com"
+def test_defaults_need_nothing_the_reference_project_defines() -> None:
+    names = ("MCPAUTH_BASE_URL", "MCPAUTH_DEV_KEY_PATH", "RATELIMIT_USE_CACHE", "MCPAUTH_PATH")
+    with override_settings(MCPAUTH_BASE_URL="https://elsewhere.example.com"):
+        with without(*REFERENCE_ONLY, *names):
+            conf = get_settings()
+            assert conf.base_url == "http://127.0.0.1:8000"
+            assert conf.path == "/mcp" and conf.resource_url == "http://127.0.0.1:8000/mcp"
+            assert conf.dev_key_path == Path("var/dev-issuer-key.pem")  # the working directory's
+            assert conf.rate_limit_cache == "default"  # what django-ratelimit counts in, unset
+            assert "mcpauth.E014" not in ids(mcpauth_checks.check_configuration())
+        assert get_settings().base_url == "https://elsewhere.example.com"  # all restored
 
-    forget(settings, "MCPAUTH_METRICS_TOKEN", "MCPAUTH_LOG_FORMAT", "MCPAUTH_METRICS_ALLOWED_IPS")
-    settings.METRICS_TOKEN = "an-old-style-token-of-some-length"
-    settings.LOG_FORMAT = "json"
-    settings.METRICS_ALLOWED_IPS = "10.0.0.0/8"
-    conf = observability_settings()
-    assert conf.metrics_token == "an-old-style-token-of-some-length"
-    assert conf.log_format == "json" and [str(n) for n in conf.metrics_networks] == ["10.0.0.0/8"]
-    settings.MCPAUTH_LOG_FORMAT = "text"
-    assert observability_settings().log_format == "text"
+
+def test_prefixed_names_win_and_the_earlier_ones_still_work() -> None:
+    with without("MCPAUTH_BASE_URL"):
+        with override_settings(BASE_URL="https://old.example.com/"):
+            assert get_settings().base_url == "https://old.example.com"
+            with override_settings(MCPAUTH_BASE_URL="https://new.example.com"):
+                assert get_settings().base_url == "https://new.example.com"
+
+    observability = ("MCPAUTH_METRICS_TOKEN", "MCPAUTH_LOG_FORMAT", "MCPAUTH_METRICS_ALLOWED_IPS")
+    old = {
+        "METRICS_TOKEN": "an-old-style-token-of-some-length",
+        "LOG_FORMAT": "json",
+        "METRICS_ALLOWED_IPS": "10.0.0.0/8",
+    }
+    with without(*observability), override_settings(**old):
+        conf = observability_settings()
+        assert conf.metrics_token == "an-old-style-token-of-some-length"
+        assert conf.log_format == "json"
+        assert [str(n) for n in conf.metrics_networks] == ["10.0.0.0/8"]
+        with override_settings(MCPAUTH_LOG_FORMAT="text"):
+            assert observability_settings().log_format == "text"
 
 
 def test_the_path_setting_moves_the_endpoint_and_its_metadata(settings) -> None:
@@ -94,8 +115,8 @@ def test_a_missing_rate_limit_cache_is_a_check_error_naming_what_to_add(settings
 
 
 def test_check_deploy_names_the_public_url(settings) -> None:
-    forget(settings, "MCPAUTH_BASE_URL", "BASE_URL")
-    assert ids(mcpauth_checks.check_deploy()) == {"mcpauth.W016"}
+    with without("MCPAUTH_BASE_URL", "BASE_URL"):
+        assert ids(mcpauth_checks.check_deploy()) == {"mcpauth.W016"}
     settings.MCPAUTH_BASE_URL = "http://mcp.example.com"
     assert ids(mcpauth_checks.check_deploy()) == {"mcpauth.W015"}
     settings.MCPAUTH_BASE_URL = "https://mcp.example.com"
