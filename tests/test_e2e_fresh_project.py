@@ -327,7 +327,11 @@ async def test_the_tool_is_served_governed_and_audited(fresh: Fresh) -> None:
     assert [t["name"] for t in listed.json()["result"]["tools"]] == ["add_product"]
     # one access line per request, though the project configured no logging
     lines = [line for line in fresh.log.read_text().splitlines() if "mcpauth.access" in line]
-    assert sum("tools/call 200" in line and "tool=add_product" in line for line in lines) == 2
+    calls = [line for line in lines if "tools/call 200" in line and "tool=add_product" in line]
+    assert len(calls) == 2
+    # fastmcp.Client spoke 2026-07-28, the mcp SDK the handshake era
+    assert "protocol_version=2026-07-28" in calls[0], calls[0]
+    assert "protocol_version=2026-07-28" not in calls[1], calls[1]
 
 
 def test_the_401_points_to_metadata_that_resolves(fresh: Fresh) -> None:
