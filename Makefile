@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 # exported with their hashes to requirements-uv.txt, which a fresh venv installs first.
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
-UV_SYNC := $(UV) sync --locked --extra dev --group bootstrap
+UV_SYNC := $(UV) sync --locked --all-extras --group bootstrap --group reference
 UV_EXPORT_BOOTSTRAP := $(UV) export --frozen --only-group bootstrap --no-emit-project --no-header
 
 NODE_DIRS := $(patsubst %/package.json,%,$(wildcard tests/*/package.json scripts/*/package.json))

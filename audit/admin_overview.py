@@ -16,10 +16,8 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 
-from audit import overview, sealing
+from audit import choices, overview, sealing
 from audit.models import Overview as OverviewProxy
-from mcpauth.models import Tenant
-from mcpauth.registry import registry
 
 
 def _when(value: Any) -> str:
@@ -84,7 +82,7 @@ class OverviewAdmin(admin.ModelAdmin):
             "ov": figures,
             "presets": list(overview.PRESETS),
             "tenants": overview.tenant_choices(),
-            "tools": registry.names(),
+            "tools": choices.tools(),
             "form_start": timezone.localtime(window.start).strftime("%Y-%m-%dT%H:%M"),
             "form_end": timezone.localtime(window.end).strftime("%Y-%m-%dT%H:%M"),
             "start_text": _when(window.start),
@@ -94,8 +92,7 @@ class OverviewAdmin(admin.ModelAdmin):
             "unsealed_url": unsealed_url,
             "changelist_url": reverse("admin:audit_auditevent_changelist"),
             "all_calls_url": overview.changelist_url(window),
-            "known_tenant": window.tenant is None
-            or Tenant.objects.filter(external_id=window.tenant).exists(),
+            "known_tenant": window.tenant is None or choices.tenant_exists(window.tenant),
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/audit/overview.html", context)

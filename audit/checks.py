@@ -7,7 +7,7 @@
   requests set ``AUDIT_SEAL_VERIFY_KEYS`` to the public key; the sealing job has the private
   one.)
 
-(With ``DEBUG`` on, or under the tests, a development key under ``var/`` is used: no message.)
+(With ``DEBUG`` on, or ``AUDIT_DEV_SEAL_KEY``, a development key is used: no message.)
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@
   by ``[redacted]``.
 * ``AUDIT_MAX_VALUE_CHARS`` (256): longer strings are truncated in the stored arguments.
 * ``AUDIT_SEAL_KEY_PATH``: the Ed25519 private key (PEM, PKCS#8) that signs seals; separate from
-  ``SECRET_KEY``. Unset with ``DEBUG`` on (or under the tests), a development key is created under
-  ``var/`` on first use; unset in production, ``audit_seal`` refuses to run (``audit.E002``).
+  ``SECRET_KEY``. Unset with ``DEBUG`` on (or ``AUDIT_DEV_SEAL_KEY``, as the test suite sets it),
+  a development key is created at ``AUDIT_DEV_SEAL_KEY_PATH`` (``var/audit-seal-key.pem``,
+  relative to the working directory) on first use; unset in production, ``audit_seal`` refuses
+  to run (``audit.E002``).
 * ``AUDIT_SEAL_VERIFY_KEYS``: more Ed25519 public keys (PEM files) that ``audit_verify`` accepts:
   a verifier without the private key, and the keys of seals signed before a rotation.
 * ``AUDIT_SEAL_BLOCK_ROWS`` (10000): the most rows one seal covers.
@@ -63,9 +65,10 @@ class AuditSettings:
 def get_settings() -> AuditSettings:
     s = dj_settings
     configured = str(getattr(s, "AUDIT_SEAL_KEY_PATH", "") or "")
-    dev = not configured and bool(getattr(s, "DEBUG", False) or getattr(s, "TESTING", False))
-    var_dir = Path(getattr(s, "VAR_DIR", "var"))
-    key_path = Path(configured) if configured else (var_dir / "audit-seal-key.pem" if dev else None)
+    dev_allowed = getattr(s, "DEBUG", False) or getattr(s, "AUDIT_DEV_SEAL_KEY", False)
+    dev = not configured and bool(dev_allowed)
+    dev_path = Path(getattr(s, "AUDIT_DEV_SEAL_KEY_PATH", "") or "var/audit-seal-key.pem")
+    key_path = Path(configured) if configured else (dev_path if dev else None)
     return AuditSettings(
         retention_days=int(getattr(s, "AUDIT_RETENTION_DAYS", 90)),
         record_all_methods=bool(getattr(s, "AUDIT_RECORD_ALL_METHODS", True)),
@@ -83,5 +86,5 @@ def get_settings() -> AuditSettings:
 
 @receiver(setting_changed)
 def _reload(*, setting: str, **kwargs: Any) -> None:
-    if setting.startswith("AUDIT_") or setting in ("DEBUG", "TESTING", "VAR_DIR"):
+    if setting.startswith("AUDIT_") or setting == "DEBUG":
         get_settings.cache_clear()

@@ -6,8 +6,9 @@
   (naive = UTC) or ages (``24h``: that long ago), with presets; on the time index.
 * :class:`KindFilter`: MCP calls, or the trail's own rows (configuration changes, exports).
 * :class:`ToolFilter`, :class:`TenantFilter`, :class:`ClientFilter`: one value, ``""`` for
-  "none"; choices from the registry, the tenant table and the most recent rows (no DISTINCT
-  over the table), labelled by :func:`audit.display.visible` (look-alikes escaped and marked).
+  "none"; choices from the providers of :mod:`audit.choices` (the tool registry, the tenant
+  table) and the most recent rows (no DISTINCT over the table), labelled by
+  :func:`audit.display.visible` (look-alikes escaped and marked).
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from audit import choices
 from audit.display import visible
 from audit.models import FAILURES, OUTBOUND_PREFIX, SELF_AUDIT_PREFIXES, AuditEvent, Outcome
 from audit.timeparse import parse_instant
-from mcpauth.models import Tenant
-from mcpauth.registry import registry
 
 #: The client filter offers the client ids seen among this many most recent rows.
 RECENT_CLIENT_ROWS = 1000
@@ -263,10 +263,10 @@ class ToolFilter(_ExactValueFilter):
     parameter_name = field_name = "tool"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str | SafeString]]:
-        choices: list[tuple[str, str | SafeString]] = [
-            (name, visible(name)) for name in registry.names()
+        tools: list[tuple[str, str | SafeString]] = [
+            (name, visible(name)) for name in choices.tools()
         ]
-        return self.with_current([*choices, ("", f"{NONE_LABEL} not a tool call")])
+        return self.with_current([*tools, ("", f"{NONE_LABEL} not a tool call")])
 
 
 class TenantFilter(_ExactValueFilter):
@@ -274,17 +274,16 @@ class TenantFilter(_ExactValueFilter):
     parameter_name = field_name = "tenant"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str | SafeString]]:
-        tenants = Tenant.objects.order_by("external_id").values_list("external_id", "name")
-        choices: list[tuple[str, str | SafeString]] = [
+        tenants: list[tuple[str, str | SafeString]] = [
             (
                 external_id,
                 format_html("{} ({})", visible(name), visible(external_id))
                 if name
                 else visible(external_id),
             )
-            for external_id, name in tenants[:MAX_TENANT_CHOICES]
+            for external_id, name in choices.tenants(MAX_TENANT_CHOICES)
         ]
-        return self.with_current([*choices, ("", f"{NONE_LABEL} unauthenticated")])
+        return self.with_current([*tenants, ("", f"{NONE_LABEL} unauthenticated")])
 
 
 class ClientFilter(_ExactValueFilter):

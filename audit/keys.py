@@ -1,9 +1,10 @@
 """The Ed25519 keys that sign and verify audit seals (never ``SECRET_KEY``).
 
 * :func:`signing_key` loads ``AUDIT_SEAL_KEY_PATH`` (PEM, PKCS#8, e.g.
-  ``openssl genpkey -algorithm ed25519 -out seal.pem``). Without it, with ``DEBUG`` on or under
-  the tests, a development key is created under ``var/`` on first use (mode 0600), as the
-  development issuer does; in production :class:`SealKeyError` says what to set.
+  ``openssl genpkey -algorithm ed25519 -out seal.pem``). Without it, with ``DEBUG`` on or
+  ``AUDIT_DEV_SEAL_KEY``, a development key is created at ``AUDIT_DEV_SEAL_KEY_PATH`` on first
+  use (mode 0600), as the development issuer does; in production :class:`SealKeyError` says
+  what to set.
 * :func:`verify_keys` is every public key ``audit_verify`` accepts, by :func:`key_id`: the
   signing key's (when present) and those of ``AUDIT_SEAL_VERIFY_KEYS``.
 """

@@ -13,7 +13,7 @@ are replaced, so that a name such as ``x\r=HYPERLINK(…)`` is stored as one har
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from django.db import connections, router
 from django.utils import timezone
@@ -21,8 +21,27 @@ from django.utils import timezone
 from audit.models import AuditEvent, Outcome
 from audit.redaction import identifier, redact, scrub_text
 
-if TYPE_CHECKING:
-    from mcpauth.tokens import Principal
+
+class _Tenant(Protocol):
+    @property
+    def external_id(self) -> str: ...
+
+
+class Caller(Protocol):
+    """What a row takes from the caller (``mcpauth``'s ``Principal`` is one)."""
+
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def tenant(self) -> _Tenant: ...
+    @property
+    def token_id(self) -> str: ...
+    @property
+    def scopes(self) -> frozenset[str]: ...
+    @property
+    def issuer(self) -> str: ...
 
 
 def record(
@@ -32,7 +51,7 @@ def record(
     request_id: str,
     method: str = "",
     tool: str = "",
-    principal: Principal | None = None,
+    principal: Caller | None = None,
     client_id: str = "",
     subject: str = "",
     tenant: str = "",

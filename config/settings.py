@@ -1,8 +1,9 @@
 """Django settings, driven by environment variables with development-friendly defaults.
 
-Every variable is documented in the README's configuration table. Only this module reads the
-environment; apps read their settings through their own typed accessor (``mcpauth.conf``,
-``audit.conf``).
+The reference project: it adds ``mcpauth`` and ``audit`` exactly as any project does (see
+docs/configuration.md), and maps its environment variables (docs/configuration.md has them all)
+onto the apps' prefixed settings. Only this module reads the environment; apps read their
+settings through their own typed accessor (``mcpauth.conf``, ``audit.conf``).
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ if not SECRET_KEY:
             "local development (make run does this for you)."
         )
 
-BASE_URL = os.environ.get("BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+# The public URL; the MCP resource is MCPAUTH_BASE_URL + MCPAUTH_PATH (/mcp).
+MCPAUTH_BASE_URL = os.environ.get("BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost 127.0.0.1 [::1]")
-_base_host = BASE_URL.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+_base_host = MCPAUTH_BASE_URL.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
 if _base_host and _base_host not in ALLOWED_HOSTS:
     ALLOWED_HOSTS.append(_base_host)
-CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", BASE_URL)
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", MCPAUTH_BASE_URL)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -59,7 +61,6 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "django_ratelimit",
     # django-ninja's own static files: /api/docs serves Swagger UI from here, not from a CDN.
     "ninja",
     "mcpauth",
@@ -143,10 +144,10 @@ else:
             "LOCATION": "ratelimit",
         },
     }
+# django-ratelimit's setting, which mcpauth's rate limits count in (default: "default")
 RATELIMIT_USE_CACHE = "ratelimit"
-# Our own check (mcpauth.W010) reports a non-shared rate-limit cache with DEBUG off; the
-# library's checks would also fire on the quickstart's LocMem cache.
-SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+# mcpauth uses django-ratelimit's counting (not its app): mcpauth.E014 reports a missing alias,
+# mcpauth.W010 a cache not shared between workers while DEBUG is off.
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -167,8 +168,8 @@ STATIC_ROOT = VAR_DIR / "static"
 # LOG_FORMAT: "text" (default) or "json" (one JSON object per line). Each /mcp request logs one
 # access line on "mcpauth.access"; uvicorn's own access log is switched off here (a logger
 # without handlers is one uvicorn skips), so there are not two.
-LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower() or "text"
-_log_formatter = "json" if LOG_FORMAT == "json" else "text"  # mcpauth.E022 reports other values
+MCPAUTH_LOG_FORMAT = os.environ.get("LOG_FORMAT", "text").strip().lower() or "text"
+_log_formatter = "json" if MCPAUTH_LOG_FORMAT == "json" else "text"  # else: mcpauth.E022
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -188,27 +189,21 @@ LOGGING = {
 }
 
 # Prometheus metrics are kept in multiprocess mode, so every worker's counts add up: one
-# directory of mmap files shared by the workers of one server. prometheus_client reads the
-# variable itself (when it is imported and when a worker opens its files), so it is exported
-# here, before anything imports it. A server's supervisor empties it at start (deploy/
+# directory of mmap files shared by the workers of one server (mcpauth exports it to
+# prometheus_client and creates it). A server's supervisor empties it at start (deploy/
 # gunicorn.conf.py, `make run` through `manage.py metrics_clean`).
-PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(VAR_DIR / "metrics")
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
-try:
-    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
-except OSError:
-    pass  # reported by the system check mcpauth.E023 (and startup stops there)
+MCPAUTH_METRICS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(VAR_DIR / "metrics")
 # Who may read /metrics: loopback by default; plus these networks, or a bearer token.
-METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS")
-METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+MCPAUTH_METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS")
+MCPAUTH_METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
 # OpenTelemetry tracing is off unless an exporter is named (console, otlp, otlp_proto_http ...).
 # Everything else is the SDK's own standard OTEL_* variables (OTEL_SERVICE_NAME,
 # OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, OTEL_PROPAGATORS, OTEL_BSP_* ...).
-OTEL_TRACES_EXPORTER = os.environ.get("OTEL_TRACES_EXPORTER", "")
+MCPAUTH_TRACES_EXPORTER = os.environ.get("OTEL_TRACES_EXPORTER", "")
 OTEL_SDK_DISABLED = env_bool("OTEL_SDK_DISABLED", False)
 # which exporter "otlp" means: "grpc" (the Python SDK's default) or "http/protobuf"
-OTEL_EXPORTER_OTLP_TRACES_PROTOCOL = os.environ.get(
+MCPAUTH_OTLP_PROTOCOL = os.environ.get(
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
 )
 
@@ -238,11 +233,15 @@ MCPAUTH_ENCRYPTION_KEYS = env_list("MCPAUTH_ENCRYPTION_KEYS")
 MCPAUTH_REQUEST_STATE_KEYS = env_list("MCPAUTH_REQUEST_STATE_KEYS")
 SCALEKIT_ENVIRONMENT_URL = os.environ.get("SCALEKIT_ENVIRONMENT_URL", "")
 SCALEKIT_RESOURCE_ID = os.environ.get("SCALEKIT_RESOURCE_ID", "")
+MCPAUTH_DEV_KEY_PATH = VAR_DIR / "dev-issuer-key.pem"  # the development issuer's RSA key
 
 # --- audit (see audit/conf.py) -----------------------------------------------------------------
 AUDIT_RETENTION_DAYS = int(os.environ.get("AUDIT_RETENTION_DAYS", "90"))
 AUDIT_RECORD_ALL_METHODS = env_bool("AUDIT_RECORD_ALL_METHODS", True)
-# The Ed25519 key that signs audit seals (never SECRET_KEY); see the README's Audit section.
+# The Ed25519 key that signs audit seals (never SECRET_KEY); see docs/audit.md.
 AUDIT_SEAL_KEY_PATH = os.environ.get("AUDIT_SEAL_KEY_PATH", "")
+# without it: a development key here, with DEBUG on or under the tests
+AUDIT_DEV_SEAL_KEY_PATH = VAR_DIR / "audit-seal-key.pem"
+AUDIT_DEV_SEAL_KEY = TESTING
 AUDIT_SEAL_VERIFY_KEYS = env_list("AUDIT_SEAL_VERIFY_KEYS")
 AUDIT_SETTLE_SECONDS = float(os.environ.get("AUDIT_SETTLE_SECONDS", "10"))

@@ -1,14 +1,14 @@
-"""gunicorn for production: ``gunicorn -c deploy/gunicorn.conf.py`` (see the README's Production).
+"""gunicorn for production: ``gunicorn -c deploy/gunicorn.conf.py`` (see docs/operations.md).
 
 * uvicorn workers (``uvicorn_worker.UvicornWorker``, the maintained successor of
   ``uvicorn.workers``), ``WEB_CONCURRENCY`` of them (default 2);
 * ``reuse_port``: each worker binds its own ``SO_REUSEPORT`` listener, so the kernel spreads
   connections over the workers (one shared socket lets a single worker accept a whole burst of
   keep-alive connections);
-* Prometheus multiprocess metrics: the master imports ``config.settings``, which exports
-  ``PROMETHEUS_MULTIPROC_DIR`` (default ``VAR_DIR/metrics``) to the workers it forks;
-  ``on_starting`` empties it before the first worker starts, ``child_exit`` tells
-  ``prometheus_client`` a worker is gone;
+* Prometheus multiprocess metrics: the master reads ``MCPAUTH_METRICS_DIR`` from
+  ``config.settings`` (env ``PROMETHEUS_MULTIPROC_DIR``, default ``VAR_DIR/metrics``) and exports
+  it to the workers it forks; ``on_starting`` empties it before the first worker starts,
+  ``child_exit`` tells ``prometheus_client`` a worker is gone;
 * logs: the project's ``LOGGING`` (``LOG_FORMAT=text|json``) for the master too, gunicorn's
   own access log off (``mcpauth.access`` writes one line per request) and its error log
   through the same handler;
@@ -77,7 +77,8 @@ logconfig_dict["loggers"].update(
     }
 )
 
-METRICS_DIR = settings.PROMETHEUS_MULTIPROC_DIR
+METRICS_DIR = str(settings.MCPAUTH_METRICS_DIR)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR  # prometheus_client's own variable
 
 
 def on_starting(server: Any) -> None:

@@ -1,7 +1,7 @@
 """System checks for mcpauth (``python manage.py check``); errors also stop ASGI startup.
 
 * ``mcpauth.E001`` no identity provider configured while ``DEBUG`` is off;
-* ``mcpauth.E002`` ``BASE_URL`` is not an absolute http(s) URL;
+* ``mcpauth.E002`` ``MCPAUTH_BASE_URL`` is not an absolute http(s) URL;
 * ``mcpauth.E003`` no usable algorithm (HMAC/``none`` are never allowed);
 * ``mcpauth.E004`` a rate setting does not parse;
 * ``mcpauth.E005`` Scalekit preset half-configured;
@@ -22,6 +22,12 @@
 * ``mcpauth.W011`` ``ALLOWED_HOSTS`` contains ``*``, which disables DNS-rebinding protection;
 * ``mcpauth.W012`` the development issuer is active;
 * ``mcpauth.E013`` ``MCPAUTH_BODY_TIMEOUT`` is not a positive number of seconds;
+* ``mcpauth.E014`` the rate-limit cache (``RATELIMIT_USE_CACHE``, default ``"default"``) is not
+  an alias in ``CACHES``;
+* ``mcpauth.E016`` ``MCPAUTH_PATH`` is not a path such as ``/mcp``;
+* with ``check --deploy``: ``mcpauth.W015`` ``MCPAUTH_BASE_URL`` is not https,
+  ``mcpauth.W016`` ``MCPAUTH_BASE_URL`` is not set (the development default is used), and
+  ``mcpauth.W024`` metrics are per process (:mod:`mcpauth.observability.checks`);
 * ``mcpauth.W040`` (database check) a ``TenantOwned`` table lacks its row-level security or a
   composite tenant key (``manage.py check --database default``; a warning, so that ``migrate``,
   which installs them, is not stopped by it; ``/health/ready`` answers 503 meanwhile);
@@ -50,6 +56,7 @@ from mcpauth.registry import MAX_TOOL_NAME, ToolRegistry, is_tool_name, registry
 
 _ROLE_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SHARED_CACHES = ("redis", "memcached", "db.DatabaseCache")
+_PATH_RE = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 
 
 def _request_state_checks(conf: MCPAuthSettings) -> list[checks.CheckMessage]:
@@ -109,8 +116,8 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
     if not conf.base_url.startswith(("http://", "https://")):
         messages.append(
             checks.Error(
-                f"BASE_URL {conf.base_url!r} is not an absolute http(s) URL.",
-                hint="e.g. BASE_URL=https://mcp.example.com",
+                f"MCPAUTH_BASE_URL {conf.base_url!r} is not an absolute http(s) URL.",
+                hint="The server's public URL, e.g. MCPAUTH_BASE_URL = 'https://mcp.example.com'.",
                 id="mcpauth.E002",
             )
         )
@@ -143,14 +150,40 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
                 id="mcpauth.E005",
             )
         )
-    backend = str(settings.CACHES.get(conf.rate_limit_cache, {}).get("BACKEND", ""))
-    if not conf.debug and not any(s.lower() in backend.lower() for s in _SHARED_CACHES):
+    caches = getattr(settings, "CACHES", {}) or {}
+    if conf.rate_limit_cache not in caches:
+        messages.append(
+            checks.Error(
+                f"The rate-limit cache {conf.rate_limit_cache!r} (RATELIMIT_USE_CACHE) is not "
+                "in CACHES: every call would fail closed with 503.",
+                hint=f"Add a {conf.rate_limit_cache!r} alias to CACHES, or point "
+                "RATELIMIT_USE_CACHE at an existing one (unset, rate limits count in "
+                "'default').",
+                id="mcpauth.E014",
+            )
+        )
+    backend = str(caches.get(conf.rate_limit_cache, {}).get("BACKEND", ""))
+    if (
+        conf.rate_limit_cache in caches
+        and not conf.debug
+        and not any(s.lower() in backend.lower() for s in _SHARED_CACHES)
+    ):
         messages.append(
             checks.Warning(
                 f"The rate-limit cache {conf.rate_limit_cache!r} ({backend}) is not shared "
                 "between worker processes: each worker counts its own calls.",
-                hint="Set REDIS_URL.",
+                hint="Use a shared cache for it (Redis: mcpauth.cache.RedisCache), through "
+                "CACHES and RATELIMIT_USE_CACHE; the reference project does so when REDIS_URL "
+                "is set.",
                 id="mcpauth.W010",
+            )
+        )
+    if not _PATH_RE.fullmatch(conf.path):
+        messages.append(
+            checks.Error(
+                f"MCPAUTH_PATH {conf.path!r} is not a path for the MCP endpoint.",
+                hint="A path below the root (letters, digits, '-', '_', '.', '/'), e.g. '/mcp'.",
+                id="mcpauth.E016",
             )
         )
     if "*" in conf.allowed_hosts:
@@ -193,6 +226,33 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
                 "MCPAUTH_ROW_LEVEL_SECURITY is off: tenant isolation rests on the ORM alone.",
                 hint="Remove MCPAUTH_ROW_LEVEL_SECURITY=False and run migrate.",
                 id="mcpauth.W042",
+            )
+        )
+    return messages
+
+
+@checks.register("mcpauth", deploy=True)
+def check_deploy(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """What production needs beyond a working configuration (``manage.py check --deploy``)."""
+    conf = get_settings()
+    messages: list[checks.CheckMessage] = []
+    explicit = getattr(settings, "MCPAUTH_BASE_URL", None) or getattr(settings, "BASE_URL", None)
+    if not explicit:
+        messages.append(
+            checks.Warning(
+                f"MCPAUTH_BASE_URL is not set: the resource is {conf.resource_url}, which is "
+                "what tokens must name as their audience and what clients are told.",
+                hint="Set MCPAUTH_BASE_URL to the server's public URL.",
+                id="mcpauth.W016",
+            )
+        )
+    elif conf.base_url.startswith("http://"):
+        messages.append(
+            checks.Warning(
+                f"MCPAUTH_BASE_URL {conf.base_url!r} is not https: bearer tokens would cross "
+                "the network in clear text.",
+                hint="Serve /mcp over TLS (a reverse proxy is fine) and give its https URL.",
+                id="mcpauth.W015",
             )
         )
     return messages

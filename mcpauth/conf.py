@@ -9,8 +9,14 @@ Identity-provider presets, in order of precedence:
 
 * **scalekit** when ``SCALEKIT_ENVIRONMENT_URL`` and ``SCALEKIT_RESOURCE_ID`` are set;
 * **oidc** when ``MCPAUTH_ISSUER`` or ``MCPAUTH_ISSUERS`` is set (one or more issuers);
-* **dev** (a local RSA key under ``var/``) only when neither is set and ``DEBUG`` is on;
+* **dev** (a local RSA key, ``MCPAUTH_DEV_KEY_PATH``) only when neither is set and ``DEBUG``
+  is on;
 * **none** otherwise, which the system check ``mcpauth.E001`` reports and startup refuses.
+
+Only prefixed names are read (``MCPAUTH_*``; the Scalekit preset's ``SCALEKIT_*``; Django's own
+``DEBUG`` and ``ALLOWED_HOSTS``; django-ratelimit's ``RATELIMIT_USE_CACHE``), each with a default
+that works in any project. The unprefixed ``BASE_URL`` of earlier versions is still accepted
+when ``MCPAUTH_BASE_URL`` is not set.
 """
 
 from __future__ import annotations
@@ -46,6 +52,29 @@ SAFE_ALGORITHMS = (
 )
 DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
+
+
+_MISSING = object()
+
+
+def setting(name: str, *legacy: str, default: Any = None) -> Any:
+    """The Django setting ``name``, else the first of its ``legacy`` names that is set, else
+    ``default``."""
+    for candidate in (name, *legacy):
+        value = getattr(dj_settings, candidate, _MISSING)
+        if value is not _MISSING:
+            return value
+    return default
+
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+DEFAULT_PATH = "/mcp"
+
+
+def normalize_path(value: Any) -> str:
+    """``MCPAUTH_PATH`` as served: one leading slash, no trailing one (``"mcp/"`` → ``/mcp``)."""
+    text = str(value or "").strip()
+    return "/" + text.strip("/") if text.strip("/") else ""
 
 
 def split_list(value: Any) -> tuple[str, ...]:
@@ -171,7 +200,8 @@ def url_problem(url: str, what: str) -> str | None:
 @dataclass(frozen=True)
 class MCPAuthSettings:
     debug: bool
-    #: Public base URL of this server (``BASE_URL``); the MCP resource is ``base_url + "/mcp"``.
+    #: Public base URL of this server (``MCPAUTH_BASE_URL``); the MCP resource is
+    #: ``base_url + path``.
     base_url: str
     preset: Preset
     #: Accepted ``iss`` values, every issuer's (see :attr:`issuer_configs`).
@@ -219,7 +249,9 @@ class MCPAuthSettings:
     rate_limit: str = "120/m"
     #: Optional ``{scope: rate}`` tiers; the most generous tier the token holds wins.
     scope_rate_limits: dict[str, str] = field(default_factory=dict)
-    rate_limit_cache: str = "ratelimit"
+    #: The cache alias rate limits count in: django-ratelimit's ``RATELIMIT_USE_CACHE``
+    #: (default ``"default"``); ``mcpauth.E014`` when ``CACHES`` has no such alias.
+    rate_limit_cache: str = "default"
     rate_limit_fail_open: bool = False
     unauthenticated_rate_limit: str = "30/m"
     trusted_proxies: int = 0
@@ -235,7 +267,11 @@ class MCPAuthSettings:
     #: transport (same handler kernel and serializer, see ``mcpauth.transport``); off sends every
     #: request through the SDK's session manager.
     fast_transport: bool = True
+    #: The development issuer's RSA key (created on first use; relative: to the working
+    #: directory).
     dev_key_path: Path = Path("var/dev-issuer-key.pem")
+    #: Where the MCP endpoint is served (``MCPAUTH_PATH``), e.g. ``/mcp``.
+    path: str = DEFAULT_PATH
     #: PostgreSQL: confine governed bodies with row-level security (``mcpauth.rls``).
     row_level_security: bool = True
     #: PostgreSQL: the restricted role governed bodies run as (created by ``migrate``).
@@ -272,11 +308,16 @@ class MCPAuthSettings:
 
     @property
     def resource_url(self) -> str:
-        return f"{self.base_url}/mcp"
+        return f"{self.base_url}{self.path}"
+
+    @property
+    def resource_metadata_path(self) -> str:
+        """RFC 9728 §3.1: the well-known prefix, then the resource's path."""
+        return f"/.well-known/oauth-protected-resource{self.path}"
 
     @property
     def resource_metadata_url(self) -> str:
-        return f"{self.base_url}/.well-known/oauth-protected-resource/mcp"
+        return f"{self.base_url}{self.resource_metadata_path}"
 
     @property
     def dev_issuer(self) -> str:
@@ -286,8 +327,9 @@ class MCPAuthSettings:
 def _build() -> MCPAuthSettings:
     s = dj_settings
     debug = bool(getattr(s, "DEBUG", False))
-    base_url = str(getattr(s, "BASE_URL", "http://127.0.0.1:8000")).rstrip("/")
-    resource = f"{base_url}/mcp"
+    base_url = str(setting("MCPAUTH_BASE_URL", "BASE_URL", default=DEFAULT_BASE_URL)).rstrip("/")
+    path = normalize_path(setting("MCPAUTH_PATH", default=DEFAULT_PATH))
+    resource = f"{base_url}{path}"
     extra_audiences = split_list(getattr(s, "MCPAUTH_AUDIENCE", ""))
     sk_env = str(getattr(s, "SCALEKIT_ENVIRONMENT_URL", "") or "").rstrip("/")
     sk_resource = str(getattr(s, "SCALEKIT_RESOURCE_ID", "") or "")
@@ -295,7 +337,6 @@ def _build() -> MCPAuthSettings:
     explicit, problems = parse_issuers(getattr(s, "MCPAUTH_ISSUERS", None))
     jwks_url = str(getattr(s, "MCPAUTH_JWKS_URL", "") or "")
     auth_servers = split_list(getattr(s, "MCPAUTH_AUTHORIZATION_SERVERS", ""))
-    var_dir = Path(getattr(s, "VAR_DIR", Path(s.BASE_DIR) / "var"))
 
     preset: Preset
     if sk_env and sk_resource:
@@ -365,7 +406,8 @@ def _build() -> MCPAuthSettings:
         base_scopes=split_list(getattr(s, "MCPAUTH_BASE_SCOPES", "")),
         rate_limit=str(getattr(s, "MCPAUTH_RATE_LIMIT", "120/m")),
         scope_rate_limits=dict(getattr(s, "MCPAUTH_SCOPE_RATE_LIMITS", {}) or {}),
-        rate_limit_cache=str(getattr(s, "RATELIMIT_USE_CACHE", "ratelimit")),
+        # django-ratelimit's own setting, which its counting (get_usage) reads too
+        rate_limit_cache=str(getattr(s, "RATELIMIT_USE_CACHE", "default") or "default"),
         rate_limit_fail_open=bool(getattr(s, "MCPAUTH_RATE_LIMIT_FAIL_OPEN", False)),
         unauthenticated_rate_limit=str(getattr(s, "MCPAUTH_UNAUTHENTICATED_RATE_LIMIT", "30/m")),
         trusted_proxies=int(getattr(s, "MCPAUTH_TRUSTED_PROXIES", 0)),
@@ -376,7 +418,8 @@ def _build() -> MCPAuthSettings:
         body_timeout=float(getattr(s, "MCPAUTH_BODY_TIMEOUT", 30.0)),
         max_json_depth=int(getattr(s, "MCPAUTH_MAX_JSON_DEPTH", 32)),
         fast_transport=bool(getattr(s, "MCPAUTH_FAST_TRANSPORT", True)),
-        dev_key_path=Path(getattr(s, "MCPAUTH_DEV_KEY_PATH", var_dir / "dev-issuer-key.pem")),
+        dev_key_path=Path(getattr(s, "MCPAUTH_DEV_KEY_PATH", "var/dev-issuer-key.pem")),
+        path=path,
         row_level_security=bool(getattr(s, "MCPAUTH_ROW_LEVEL_SECURITY", True)),
         tenant_db_role=str(getattr(s, "MCPAUTH_TENANT_DB_ROLE", "mcpauth_tenant")),
         request_state_keys=state_keys or (derived_state_key(str(getattr(s, "SECRET_KEY", ""))),),
@@ -397,7 +440,7 @@ def get_settings() -> MCPAuthSettings:
 
 
 _WATCHED_PREFIXES = ("MCPAUTH_", "SCALEKIT_")
-_WATCHED = {"DEBUG", "BASE_URL", "ALLOWED_HOSTS", "RATELIMIT_USE_CACHE", "VAR_DIR", "SECRET_KEY"}
+_WATCHED = {"DEBUG", "BASE_URL", "ALLOWED_HOSTS", "RATELIMIT_USE_CACHE", "SECRET_KEY"}
 
 
 @receiver(setting_changed)

@@ -23,8 +23,7 @@ from mcpauth.exceptions import NoPrincipal
 
 if TYPE_CHECKING:
     from mcpauth.exceptions import MCPAuthError
-    from mcpauth.ratelimit import Usage
-    from mcpauth.tokens import Principal, VerifiedToken
+    from mcpauth.values import Principal, Usage, VerifiedToken
 
 #: Seconds between connection health checks (``SELECT 1``) per worker thread.
 HEALTH_CHECK_INTERVAL = 1.0

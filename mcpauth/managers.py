@@ -45,7 +45,7 @@ from mcpauth.prepared import (
 from mcpauth.tenant_scope import active_tenant
 
 if TYPE_CHECKING:
-    from mcpauth.tokens import Principal
+    from mcpauth.values import Principal
 
 M = TypeVar("M", bound=models.Model)
 

@@ -56,23 +56,12 @@ from mcpauth.localcache import CacheMiss, cache_only
 from mcpauth.observability import request as observe
 from mcpauth.observability.tracing import step
 from mcpauth.streaming import sse_event, sse_reply
-from mcpauth.tokens import Principal, principal_for, verify
+from mcpauth.tokens import principal_for, verify
 from mcpauth.transport import Transport, protocol_version
-from mcpauth.types import Message, Receive, Scope, Send, header_values
+from mcpauth.types import Message, Receive, Scope, Send, client_ip, header_values
+from mcpauth.values import Principal
 
 log = logging.getLogger(__name__)
-
-
-def client_ip(scope: Scope, trusted_proxies: int) -> str:
-    peer = (scope.get("client") or ("", 0))[0] or ""
-    if trusted_proxies <= 0:
-        return peer
-    forwarded: list[str] = []
-    for value in header_values(scope, b"x-forwarded-for"):
-        forwarded.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
-    if not forwarded:
-        return peer
-    return forwarded[-trusted_proxies] if len(forwarded) >= trusted_proxies else forwarded[0]
 
 
 def bearer_token(scope: Scope) -> str | None:

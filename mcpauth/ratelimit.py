@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -34,30 +33,12 @@ from mcpauth.conf import get_settings, parse_rate
 from mcpauth.exceptions import AccessDenied, RateLimited, ServiceUnavailable
 from mcpauth.localcache import TTLCache, require_io
 from mcpauth.models import ClientPolicy
-from mcpauth.tokens import Principal
+from mcpauth.values import Principal, Usage  # Usage re-exported: it lived here
 
 log = logging.getLogger(__name__)
 
 _ttl = lambda: get_settings().cache_ttl  # noqa: E731
 _policies: TTLCache[tuple[str, str] | None] = TTLCache(_ttl)
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    limit: int
-    remaining: int
-    window: int
-    reset: int
-    policy: str = "default"
-
-    def headers(self) -> list[tuple[str, str]]:
-        return [
-            ("ratelimit-policy", f'"{self.policy}";q={self.limit};w={self.window}'),
-            ("ratelimit", f'"{self.policy}";r={self.remaining};t={self.reset}'),
-            ("x-ratelimit-limit", str(self.limit)),
-            ("x-ratelimit-remaining", str(self.remaining)),
-            ("x-ratelimit-reset", str(self.reset)),
-        ]
 
 
 class _Req:

@@ -38,10 +38,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from mcpauth.components import PromptSpec, ResourceSpec, permissions_of
+from mcpauth.specs import PromptSpec, ResourceSpec, permissions_of
 
 if TYPE_CHECKING:
-    from mcpauth.tokens import Principal
+    from mcpauth.values import Principal
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -24,7 +24,7 @@ from mcpauth.conf import get_settings
 from mcpauth.exceptions import AccessDenied, InvalidToken
 from mcpauth.localcache import TTLCache, require_io
 from mcpauth.models import ClientBinding, Tenant, TenantAlias
-from mcpauth.tokens import TenantRef, VerifiedToken
+from mcpauth.values import TenantRef, VerifiedToken
 
 _ttl = lambda: get_settings().cache_ttl  # noqa: E731
 #: (issuer, external_id) -> (TenantRef, suspended) or None

@@ -34,47 +34,8 @@ from mcpauth.jwks import (  # noqa: F401  (re-exported: the key set used to live
     keysets,
 )
 
-
-@dataclass(frozen=True, slots=True)
-class TenantRef:
-    id: int
-    external_id: str
-    #: The issuer the tenant belongs to (its namespace): ``(issuer, external_id)`` is unique.
-    issuer: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling, for which tenant, with which rights. Made once per request."""
-
-    client_id: str
-    subject: str
-    tenant: TenantRef
-    scopes: frozenset[str]
-    permissions: frozenset[str]
-    #: ``jti``, or a short sha256 fingerprint of the token; never the token itself.
-    token_id: str
-    #: The issuer that vouched for the token (the namespace of ``client_id`` and ``subject``).
-    #: The tenant's own issuer is ``tenant.issuer``: another one only through an operator's
-    #: alias or client binding.
-    issuer: str = ""
-
-    def has_perm(self, perm: str) -> bool:
-        return perm in self.permissions
-
-    def has_perms(self, perms: tuple[str, ...] | frozenset[str]) -> bool:
-        return all(p in self.permissions for p in perms)
-
-
-@dataclass(frozen=True, slots=True)
-class VerifiedToken:
-    claims: dict[str, Any]
-    client_id: str
-    subject: str
-    scopes: frozenset[str]
-    token_id: str
-    #: The configured issuer whose key verified the token (``IssuerConfig.issuer``).
-    issuer: str = ""
+# the request's value types lived here; their home is now the leaf module mcpauth.values
+from mcpauth.values import Principal, TenantRef, VerifiedToken  # noqa: F401
 
 
 def fingerprint(raw: str) -> str:

@@ -177,7 +177,7 @@ RESOURCE = f"{BASE_URL}/mcp"
 def _auth_settings(idp: FakeIdP) -> Iterator[None]:
     """Every test runs against the loopback issuer unless it overrides settings."""
     with override_settings(
-        BASE_URL=BASE_URL,
+        MCPAUTH_BASE_URL=BASE_URL,
         MCPAUTH_ISSUER=idp.issuer,
         MCPAUTH_AUDIENCE="",
         MCPAUTH_JWKS_URL="",
@@ -360,7 +360,7 @@ class LiveServer:
 
     def application(self) -> Any:
         """The ASGI app to serve (subclasses wrap it)."""
-        from config.asgi import build_application
+        from mcpauth.asgi import build_application
 
         return build_application()
 

@@ -432,7 +432,7 @@ def test_audit_seal_command_reports(settings):
 
 def test_production_without_a_key_refuses_to_seal(settings):
     settings.DEBUG = False
-    settings.TESTING = False
+    settings.AUDIT_DEV_SEAL_KEY = False
     settings.AUDIT_SEAL_KEY_PATH = ""
     make(1)
     with pytest.raises(CommandError, match="AUDIT_SEAL_KEY_PATH"):
@@ -458,7 +458,7 @@ def test_a_bad_key_file_is_a_system_check_error(settings, tmp_path, content):
 
 
 def test_the_development_key_is_created_private(settings, tmp_path):
-    settings.VAR_DIR = tmp_path
+    settings.AUDIT_DEV_SEAL_KEY_PATH = str(tmp_path / "audit-seal-key.pem")
     settings.AUDIT_SEAL_KEY_PATH = ""
     keys.signing_key()
     path = Path(tmp_path) / "audit-seal-key.pem"

@@ -409,8 +409,8 @@ def test_postgres_not_answering_fails_within_a_bound(transactional_db, idp, tmp_
 def test_redis_down_mid_run_fails_closed_or_open_as_configured(
     transactional_db, mint, idp, tmp_path, quiet_http
 ):
-    """README "Rate limits": with the rate-limit cache unreachable, calls fail closed with an
-    audited 503 (no tool runs), unless MCPAUTH_RATE_LIMIT_FAIL_OPEN is on; both recover."""
+    """docs/security.md "Rate limits": with the rate-limit cache unreachable, calls fail closed
+    with an audited 503 (no tool runs), unless MCPAUTH_RATE_LIMIT_FAIL_OPEN is on; both recover."""
     seed_todo_scopes()
     redis = urlsplit(os.environ["REDIS_URL"])
     closed_token = mint(client_id="redis-closed", org_id="redis-org", ttl=600)

@@ -137,7 +137,7 @@ def test_loopback_only_by_default(client):
 
 @pytest.mark.django_db
 def test_allowed_networks_open_it(client, settings):
-    settings.METRICS_ALLOWED_IPS = "10.0.0.0/8, 192.0.2.7"
+    settings.MCPAUTH_METRICS_ALLOWED_IPS = "10.0.0.0/8, 192.0.2.7"
     assert get_metrics(client, "10.200.0.1") == 200
     assert get_metrics(client, "192.0.2.7") == 200
     assert get_metrics(client, "192.0.2.8") == 403
@@ -146,7 +146,7 @@ def test_allowed_networks_open_it(client, settings):
 
 @pytest.mark.django_db
 def test_bearer_token_opens_it(client, settings):
-    settings.METRICS_TOKEN = "s3cr3t-scrape-token-0123456789"
+    settings.MCPAUTH_METRICS_TOKEN = "s3cr3t-scrape-token-0123456789"
     auth = {"authorization": "Bearer s3cr3t-scrape-token-0123456789"}
     assert get_metrics(client, "203.0.113.9", **auth) == 200
     assert get_metrics(client, "203.0.113.9", authorization="Bearer wrong") == 403
@@ -163,26 +163,26 @@ def test_trusted_proxies_use_the_forwarded_address(client, settings):
     assert get_metrics(client, "10.0.0.2", x_forwarded_for="127.0.0.1") == 403
     assert get_metrics(client, "127.0.0.1", x_forwarded_for="127.0.0.1") == 200
     assert get_metrics(client, "127.0.0.1", x_forwarded_for="203.0.113.9") == 403
-    settings.METRICS_ALLOWED_IPS = "203.0.113.0/24"
+    settings.MCPAUTH_METRICS_ALLOWED_IPS = "203.0.113.0/24"
     assert get_metrics(client, "127.0.0.1", x_forwarded_for="203.0.113.9") == 200
 
 
 def test_bad_metrics_settings_are_check_errors(settings):
     from mcpauth.observability.checks import check_observability
 
-    settings.METRICS_ALLOWED_IPS = "10.0.0.0/8 not-a-network"
-    settings.METRICS_TOKEN = "short"
-    settings.LOG_FORMAT = "xml"
-    settings.OTEL_TRACES_EXPORTER = "nosuchexporter"
-    metrics_dir = settings.PROMETHEUS_MULTIPROC_DIR
-    settings.PROMETHEUS_MULTIPROC_DIR = "/nonexistent/metrics"
+    settings.MCPAUTH_METRICS_ALLOWED_IPS = "10.0.0.0/8 not-a-network"
+    settings.MCPAUTH_METRICS_TOKEN = "short"
+    settings.MCPAUTH_LOG_FORMAT = "xml"
+    settings.MCPAUTH_TRACES_EXPORTER = "nosuchexporter"
+    metrics_dir = settings.MCPAUTH_METRICS_DIR
+    settings.MCPAUTH_METRICS_DIR = "/nonexistent/metrics"
     ids = {m.id for m in check_observability()}
     assert ids == {"mcpauth.E020", "mcpauth.W020", "mcpauth.E022", "mcpauth.E021", "mcpauth.E023"}
-    settings.METRICS_ALLOWED_IPS = "10.0.0.0/8"
-    settings.METRICS_TOKEN = "x" * 16
-    settings.LOG_FORMAT = "json"
-    settings.OTEL_TRACES_EXPORTER = "console"
-    settings.PROMETHEUS_MULTIPROC_DIR = metrics_dir
+    settings.MCPAUTH_METRICS_ALLOWED_IPS = "10.0.0.0/8"
+    settings.MCPAUTH_METRICS_TOKEN = "x" * 16
+    settings.MCPAUTH_LOG_FORMAT = "json"
+    settings.MCPAUTH_TRACES_EXPORTER = "console"
+    settings.MCPAUTH_METRICS_DIR = metrics_dir
     assert check_observability() == []
 
 

@@ -57,7 +57,7 @@ def test_malformed_bearer_is_invalid_token(value):
 
 def test_host_and_origin_rules(settings):
     settings.ALLOWED_HOSTS = ["mcp.example.com"]
-    settings.BASE_URL = "https://mcp.example.com"
+    settings.MCPAUTH_BASE_URL = "https://mcp.example.com"
     conf = get_settings()
     check_host(scope(("host", "mcp.example.com")), conf)
     check_host(scope(("host", "mcp.example.com"), ("origin", "https://mcp.example.com")), conf)

@@ -1,4 +1,4 @@
-"""Every todo operation. Each takes the caller's :class:`~mcpauth.tokens.Principal`.
+"""Every todo operation. Each takes the caller's :class:`~mcpauth.values.Principal`.
 
 * every query starts from the tenant-confined manager (``Todo.objects.for_principal`` or, for
   the statements every call runs, ``Todo.objects.prepare``: the same querysets, compiled once,
@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from mcpauth.exceptions import ServiceError
 from mcpauth.managers import TenantQuerySet, TenantStatement
-from mcpauth.tokens import Principal
+from mcpauth.values import Principal
 from todos.models import DESCRIPTION_MAX, TITLE_MAX, Todo
 
 DEFAULT_PAGE_SIZE = 50

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.utils import timezone
 
-if TYPE_CHECKING:
-    from audit.overview.figures import Overview
+
+@dataclass
+class Bar:
+    """One bucket of the chart: its calls stacked by outcome (``segments``)."""
+
+    start: datetime
+    end: datetime
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    total: int = 0
 
 
 CHART_WIDTH = 960
@@ -32,9 +41,8 @@ def _label(moment: datetime, size: int) -> str:
     return f"{local:%b %d}" if size >= 86_400 else f"{local:%H:%M}"
 
 
-def chart(overview: Overview) -> dict[str, Any]:
+def chart(bars: Sequence[Bar], bucket_seconds: int) -> dict[str, Any]:
     """Rectangles, ticks and labels for the stacked bar chart (drawn by the template)."""
-    bars = overview.bars
     peak = _nice_ceiling(max((b.total for b in bars), default=0))
     inner_w, inner_h = CHART_WIDTH - AXIS - 10, CHART_HEIGHT - 30
     slot = inner_w / max(len(bars), 1)
@@ -56,14 +64,12 @@ def chart(overview: Overview) -> dict[str, Any]:
                     "w": round(width, 2),
                     "h": round(max(h, 0.5), 2),
                     "title": f"{seg['calls']} {seg['label']}, "
-                    f"{_label(bar.start, overview.bucket_seconds)} to "
+                    f"{_label(bar.start, bucket_seconds)} to "
                     f"{timezone.localtime(bar.end):%H:%M %Z}",
                 }
             )
         if i % step == 0:
-            labels.append(
-                {"x": round(x + width / 2, 2), "text": _label(bar.start, overview.bucket_seconds)}
-            )
+            labels.append({"x": round(x + width / 2, 2), "text": _label(bar.start, bucket_seconds)})
     ticks = [
         {"y": round(10 + inner_h - inner_h * f, 2), "value": int(peak * f)}
         for f in (0, 0.25, 0.5, 0.75, 1)

@@ -14,7 +14,7 @@ from django.db.models import (
 from django.urls import reverse
 
 from audit.models import FAILURES, AuditRollup, Outcome
-from audit.overview.chart import chart
+from audit.overview.chart import Bar, chart
 from audit.overview.counts import bucket_size, count, percentiles, sources
 from audit.overview.window import COLOURS, OUTCOME_ORDER, RATE_GROUPS, TOP_N, Window
 
@@ -34,14 +34,6 @@ def changelist_url(window: Window, **filters: Any) -> str:
         params.append(("outcome", outcome))
     params.append(("kind", "call"))
     return f"{reverse('admin:audit_auditevent_changelist')}?{urlencode(params)}"
-
-
-@dataclass
-class Bar:
-    start: datetime
-    end: datetime
-    segments: list[dict[str, Any]] = field(default_factory=list)
-    total: int = 0
 
 
 @dataclass
@@ -147,7 +139,7 @@ def build(window: Window, *, using: str | None = None) -> Overview:
         config_changes=_config_changes(window, using=using),
         used_rollup=src.rollup is not None,
     )
-    overview.chart = chart(overview)
+    overview.chart = chart(overview.bars, overview.bucket_seconds)
     return overview
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from audit import choices
 from audit.models import Outcome
 from audit.timeparse import parse_instant
 
@@ -118,6 +119,5 @@ def window_from(params: Any, *, now: datetime | None = None) -> tuple[Window, li
 
 
 def tenant_choices(limit: int = 500) -> list[tuple[str, str]]:
-    from mcpauth.models import Tenant
-
-    return list(Tenant.objects.order_by("external_id").values_list("external_id", "name")[:limit])
+    """The tenants the overview offers (see :mod:`audit.choices`)."""
+    return choices.tenants(limit)

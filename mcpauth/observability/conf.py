@@ -1,17 +1,28 @@
 """Typed settings for logs, metrics and traces, rebuilt on ``setting_changed``.
 
-* ``LOG_FORMAT`` (``text``): ``text`` or ``json``;
-* ``PROMETHEUS_MULTIPROC_DIR`` (``VAR_DIR/metrics``): the multiprocess metrics directory;
-* ``METRICS_ALLOWED_IPS`` (none): networks besides loopback that may read ``/metrics``;
-* ``METRICS_TOKEN`` (none): a bearer token that may read ``/metrics`` from anywhere;
-* ``OTEL_TRACES_EXPORTER`` (none: tracing off), ``OTEL_SDK_DISABLED`` and
-  ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`` (which exporter ``otlp`` is); every other
-  ``OTEL_*`` variable is read by the OpenTelemetry SDK itself.
+Each setting is prefixed; the name in parentheses is the one earlier versions read, still
+accepted when the prefixed one is not set:
+
+* ``MCPAUTH_LOG_FORMAT`` (``LOG_FORMAT``; default ``text``): ``text`` or ``json`` for
+  :class:`~mcpauth.observability.logs.JSONFormatter` users; checked by ``mcpauth.E022``;
+* ``MCPAUTH_METRICS_DIR`` (``PROMETHEUS_MULTIPROC_DIR``, also as an environment variable,
+  which ``prometheus_client`` reads itself): the multiprocess metrics directory shared by one
+  server's workers. Unset: metrics are kept per process, and ``/metrics`` shows the counts of
+  the worker that answers (right for one process; ``check --deploy`` says ``mcpauth.W024``);
+* ``MCPAUTH_METRICS_ALLOWED_IPS`` (``METRICS_ALLOWED_IPS``; none): networks besides loopback
+  that may read ``/metrics``;
+* ``MCPAUTH_METRICS_TOKEN`` (``METRICS_TOKEN``; none): a bearer token that may read
+  ``/metrics`` from anywhere;
+* ``MCPAUTH_TRACES_EXPORTER`` (``OTEL_TRACES_EXPORTER``; none: tracing off) and
+  ``MCPAUTH_OTLP_PROTOCOL`` (``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``; ``grpc``: which exporter
+  ``otlp`` is); ``OTEL_SDK_DISABLED`` turns tracing off. Every other ``OTEL_*`` variable is
+  read by the OpenTelemetry SDK itself.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -20,7 +31,7 @@ from django.conf import settings as dj_settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from mcpauth.conf import split_list
+from mcpauth.conf import setting, split_list
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK: tuple[IPNetwork, ...] = (
@@ -64,25 +75,33 @@ class ObservabilitySettings:
         return bool(self.trace_exporters)
 
 
+def configured_metrics_dir() -> str:
+    """``MCPAUTH_METRICS_DIR``, else ``PROMETHEUS_MULTIPROC_DIR`` (setting, then environment),
+    else ``""`` (metrics per process)."""
+    value = setting("MCPAUTH_METRICS_DIR", "PROMETHEUS_MULTIPROC_DIR", default=None)
+    if value is None:
+        value = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    return str(value or "")
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> ObservabilitySettings:
     s = dj_settings
-    networks, invalid = parse_networks(split_list(getattr(s, "METRICS_ALLOWED_IPS", ())))
+    allowed = setting("MCPAUTH_METRICS_ALLOWED_IPS", "METRICS_ALLOWED_IPS", default=())
+    networks, invalid = parse_networks(split_list(allowed))
     exporters: tuple[str, ...] = ()
     if not getattr(s, "OTEL_SDK_DISABLED", False):
-        exporters = tuple(
-            e.lower()
-            for e in split_list(getattr(s, "OTEL_TRACES_EXPORTER", ""))
-            if e.lower() != "none"
-        )
+        named = setting("MCPAUTH_TRACES_EXPORTER", "OTEL_TRACES_EXPORTER", default="")
+        exporters = tuple(e.lower() for e in split_list(named) if e.lower() != "none")
+    protocol = setting("MCPAUTH_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", default="")
     return ObservabilitySettings(
-        log_format=str(getattr(s, "LOG_FORMAT", "text") or "text").lower(),
-        multiproc_dir=str(getattr(s, "PROMETHEUS_MULTIPROC_DIR", "") or ""),
+        log_format=str(setting("MCPAUTH_LOG_FORMAT", "LOG_FORMAT", default="") or "text").lower(),
+        multiproc_dir=configured_metrics_dir(),
         metrics_networks=networks,
         metrics_invalid_networks=invalid,
-        metrics_token=str(getattr(s, "METRICS_TOKEN", "") or ""),
+        metrics_token=str(setting("MCPAUTH_METRICS_TOKEN", "METRICS_TOKEN", default="") or ""),
         trace_exporters=exporters,
-        otlp_protocol=str(getattr(s, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc") or "grpc"),
+        otlp_protocol=str(protocol or "grpc"),
         trusted_proxies=int(getattr(s, "MCPAUTH_TRUSTED_PROXIES", 0) or 0),
     )
 
@@ -95,11 +114,10 @@ _WATCHED = {
     "OTEL_TRACES_EXPORTER",
     "OTEL_SDK_DISABLED",
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-    "MCPAUTH_TRUSTED_PROXIES",
 }
 
 
 @receiver(setting_changed)
 def _reload(*, setting: str, **kwargs: Any) -> None:
-    if setting in _WATCHED:
+    if setting in _WATCHED or setting.startswith("MCPAUTH_"):
         get_settings.cache_clear()

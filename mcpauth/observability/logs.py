@@ -9,9 +9,13 @@
 :func:`access` writes the one access line of a ``/mcp`` request on the ``mcpauth.access``
 logger (INFO): request id (the response's ``X-Request-ID``), trace id, HTTP method and path,
 JSON-RPC method, tool, outcome, status, duration, client id, tenant, client IP and protocol
-version. It never holds a token, an argument value or a header other than those. uvicorn's own
-access log is switched off in ``config/settings.py`` (``LOGGING``), so there is one line per
-request, not two.
+version. It never holds a token, an argument value or a header other than those. Run uvicorn
+with ``--no-access-log`` (or switch ``uvicorn.access`` off in ``LOGGING``, as the reference
+project does), so there is one line per request, not two.
+
+:func:`ensure_handler`: when the project's ``LOGGING`` gives the ``mcpauth`` loggers no handler
+at all (Django's default), the ASGI application adds one console handler in
+``MCPAUTH_LOG_FORMAT`` at start, so the access lines are written in any project.
 """
 
 from __future__ import annotations
@@ -106,6 +110,21 @@ class TextFormatter(logging.Formatter):
         pairs = " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
         head, sep, rest = line.partition("\n")  # keep a traceback below the fields
         return f"{head} {pairs}{sep}{rest}"
+
+
+def ensure_handler(log_format: str) -> bool:
+    """Give ``mcpauth``'s loggers a console handler (INFO) when no handler would write their
+    records; return whether one was added. A project that configured any handler on the way
+    (``LOGGING``) is left as it is."""
+    if access_log.hasHandlers():
+        return False
+    handler = logging.StreamHandler()
+    handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter())
+    owner = logging.getLogger("mcpauth")
+    owner.addHandler(handler)
+    if owner.level == logging.NOTSET:
+        owner.setLevel(logging.INFO)
+    return True
 
 
 def access(fields: Mapping[str, Any]) -> None:

@@ -1,9 +1,9 @@
 """Prometheus metrics for ``/mcp``, shared by every worker (``prometheus_client`` multiprocess).
 
-Each worker writes its counts to mmap files in ``PROMETHEUS_MULTIPROC_DIR`` (one set per
+With ``MCPAUTH_METRICS_DIR`` set, each worker writes its counts to mmap files there (one set per
 process id); ``/metrics`` (:mod:`mcpauth.observability.views`) adds them all up, so 20 calls
-spread over two workers read as 20. ``config/settings.py`` exports the directory before
-``prometheus_client`` is imported; the server's supervisor empties it at start.
+spread over two workers read as 20; the server's supervisor empties it at start. Without it,
+the metrics are this process's own (``prometheus_client``'s default registry).
 
 Label values are bounded, and no label names a tenant or a client:
 
@@ -29,15 +29,17 @@ from typing import Any
 import mcp_types
 from prometheus_client import Counter, Histogram, values
 
-from mcpauth.observability.conf import get_settings
+from mcpauth.observability import prepare_metrics_dir
 from mcpauth.registry import registry
 
-if not get_settings().multiproc_dir:  # pragma: no cover - config/settings.py always sets it
-    raise RuntimeError("PROMETHEUS_MULTIPROC_DIR is not configured (see config/settings.py)")
-if values.ValueClass is values.MutexValue:
-    # prometheus_client was imported before the directory was exported: switch it to
-    # multiprocess values now, before any metric below exists.
-    values.ValueClass = values.MultiProcessValue()
+# prometheus_client reads the variable itself (in every worker, when a value opens its file),
+# so it is exported before any metric below exists (AppConfig.ready() did so already)
+MULTIPROCESS = bool(prepare_metrics_dir())
+if MULTIPROCESS:
+    if values.ValueClass is values.MutexValue:
+        # prometheus_client was imported before the directory was exported: switch it to
+        # multiprocess values now, before any metric below exists.
+        values.ValueClass = values.MultiProcessValue()
 
 UNKNOWN_TOOL = "_unknown"
 OTHER = "other"

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from audit.models import Outcome
 from audit.recorder import record
+from mcpauth.conf import get_settings as mcp_settings
 from mcpauth.downstream import records as outbound
 from mcpauth.exceptions import (
     AccessDenied,
@@ -119,9 +120,10 @@ def request_parsed(ctx: CallContext) -> None:
     }
     parent = tracing.parent_context(headers, tracing.meta_carrier(ctx.message))
     http_method = ctx.http_method if ctx.http_method in _HTTP_VERBS else "_OTHER"
+    route = mcp_settings().path
     attributes: dict[str, Any] = {
         "http.request.method": http_method,
-        "http.route": "/mcp",
+        "http.route": route,
         "url.path": str(scope.get("path", ""))[:256],
         "url.scheme": str(scope.get("scheme", "http")),
         "network.protocol.version": str(scope.get("http_version", "")),
@@ -140,7 +142,7 @@ def request_parsed(ctx: CallContext) -> None:
     if ctx.method == "tools/call":
         attributes["mcp.tool"] = metrics.tool_label(ctx.tool)
     obs.span, obs.token = tracing.start_server_span(
-        f"{http_method} /mcp", parent, obs.start_ns, attributes
+        f"{http_method} {route}", parent, obs.start_ns, attributes
     )
     if obs.span.is_recording():
         obs.pending_token = tracing.begin_pending(obs.pending)
@@ -267,8 +269,8 @@ def access_logged(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, observed_send)
         finally:
-            from mcpauth.middleware import client_ip
             from mcpauth.observability.conf import get_settings
+            from mcpauth.types import client_ip
 
             logs.access(
                 {

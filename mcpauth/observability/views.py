@@ -1,10 +1,11 @@
 """``GET /metrics``: every worker's metrics, in the Prometheus text format, for allowed callers.
 
+Every worker's with ``MCPAUTH_METRICS_DIR`` set; without it, the answering process's own.
 Who may read it:
 
 * a request straight from loopback (``127.0.0.0/8``, ``::1``), the default;
-* a client whose address is in ``METRICS_ALLOWED_IPS`` (networks);
-* any client sending ``Authorization: Bearer <METRICS_TOKEN>``, when that is set.
+* a client whose address is in ``MCPAUTH_METRICS_ALLOWED_IPS`` (networks);
+* any client sending ``Authorization: Bearer <MCPAUTH_METRICS_TOKEN>``, when that is set.
 
 Everyone else gets 403. The client address is the peer's, or with ``MCPAUTH_TRUSTED_PROXIES``
 set the one those proxies forwarded (the same rule as ``/mcp``). A request that came through
@@ -20,7 +21,7 @@ import ipaddress
 
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from mcpauth.observability.conf import LOOPBACK, ObservabilitySettings, get_settings
@@ -29,8 +30,8 @@ _FORWARDING = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
 
 
 def client_address(request: HttpRequest, trusted_proxies: int) -> str:
-    """The caller's address by ``/mcp``'s rule (``mcpauth.middleware.client_ip``)."""
-    from mcpauth.middleware import client_ip
+    """The caller's address by ``/mcp``'s rule (``mcpauth.types.client_ip``)."""
+    from mcpauth.types import client_ip
 
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
     scope = {
@@ -82,12 +83,18 @@ def metrics(request: HttpRequest) -> HttpResponse:
     conf = get_settings()
     if not allowed(request, conf):
         return HttpResponse(
-            "Forbidden: /metrics is open to loopback, METRICS_ALLOWED_IPS and METRICS_TOKEN.\n",
+            "Forbidden: /metrics is open to loopback, MCPAUTH_METRICS_ALLOWED_IPS and "
+            "MCPAUTH_METRICS_TOKEN.\n",
             status=403,
             content_type="text/plain; charset=utf-8",
         )
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=conf.multiproc_dir)
+    if conf.multiproc_dir:  # every worker's files, added up
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=conf.multiproc_dir)
+    else:  # this process's own metrics
+        from mcpauth.observability import metrics as _  # noqa: F401  (they exist once imported)
+
+        registry = REGISTRY
     response = HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
     response["Cache-Control"] = "no-store"
     return response

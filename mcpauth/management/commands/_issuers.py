@@ -13,7 +13,6 @@ Every change is validated by the model's ``clean()`` and audited as configuratio
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
@@ -22,64 +21,17 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import models, transaction
 
 from audit.config import cli_actor, record_change
-from mcpauth.conf import get_settings
-from mcpauth.management.commands.scopes import EPILOG, confirm, format_table, stdin_of
+from mcpauth.cli import (
+    EPILOG,
+    add_issuer_argument,
+    check_id,
+    confirm,
+    format_table,
+    issuer_of,
+    stdin_of,
+    tenant_of,
+)
 from mcpauth.models import ClientBinding, ClientPolicy, Tenant, TenantAlias
-
-ID_MAX_LENGTH = 255
-
-
-def check_id(value: str, what: str) -> str:
-    if not value or not value.strip():
-        raise CommandError(f"{what} must not be empty.")
-    if value != value.strip() or any(ch.isspace() for ch in value):
-        raise CommandError(f"{what} {value!r} must not contain whitespace.")
-    if len(value) > ID_MAX_LENGTH:
-        raise CommandError(f"{what} is longer than {ID_MAX_LENGTH} characters.")
-    return value
-
-
-def add_issuer_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--issuer",
-        help="The issuer (its iss) the client or tenant belongs to; optional when exactly one "
-        "issuer is configured.",
-    )
-
-
-def issuer_of(options: dict[str, Any], key: str = "issuer", *, known_only: bool = True) -> str:
-    """The issuer ``options[key]`` names, else the only configured one.
-
-    ``known_only``: the issuer must be configured (what new rows are made for); removals and
-    look-ups also accept an issuer no longer configured.
-    """
-    configured = [cfg.issuer for cfg in get_settings().issuer_configs]
-    value = options.get(key)
-    flag = "--" + key.replace("_", "-")
-    if value:
-        if known_only and value not in configured:
-            listed = ", ".join(configured) or "none"
-            raise CommandError(
-                f"{flag} {value!r} is not a configured issuer (configured: {listed})."
-            )
-        return str(value)
-    if len(configured) == 1:
-        return configured[0]
-    if not configured:
-        raise CommandError(f"No issuer is configured: pass {flag}.")
-    raise CommandError(
-        f"Several issuers are configured ({', '.join(configured)}): pass {flag} to say which."
-    )
-
-
-def tenant_of(external_id: str, issuer: str, hint: str = "") -> Tenant:
-    tenant = Tenant.objects.filter(issuer=issuer, external_id=external_id).first()
-    if tenant is None:
-        raise CommandError(
-            f"Unknown tenant {external_id!r} (issuer {issuer}); see 'manage.py clients "
-            f"tenants'{hint}."
-        )
-    return tenant
 
 
 def add_alias_parsers(sub: Any) -> None:

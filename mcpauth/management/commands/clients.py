@@ -17,19 +17,24 @@ from django.db import transaction
 from django.db.models import Count
 
 from audit.config import cli_actor, record_change
+from mcpauth.cli import (
+    EPILOG,
+    add_issuer_argument,
+    check_id,
+    confirm,
+    format_table,
+    issuer_of,
+    stdin_of,
+    tenant_of,
+)
 from mcpauth.conf import parse_rate
 from mcpauth.management.commands._issuers import (
     add_alias_parsers,
-    add_issuer_argument,
-    check_id,
     handle_adopt,
     handle_alias,
     handle_aliases,
     handle_unalias,
-    issuer_of,
-    tenant_of,
 )
-from mcpauth.management.commands.scopes import EPILOG, confirm, format_table, stdin_of
 from mcpauth.models import ClientBinding, ClientPolicy, Tenant
 
 

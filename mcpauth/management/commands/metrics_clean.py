@@ -1,6 +1,6 @@
 """``manage.py metrics_clean --yes``: empty the multiprocess metrics directory before a start.
 
-Run it while no server of this ``PROMETHEUS_MULTIPROC_DIR`` is running (``make run`` does, just
+Run it while no server of this ``MCPAUTH_METRICS_DIR`` is running (``make run`` does, just
 before it starts uvicorn; gunicorn's ``on_starting`` hook does the same in
 ``deploy/gunicorn.conf.py``): the running workers' counts would be lost otherwise.
 """
@@ -17,7 +17,7 @@ from mcpauth.observability.multiproc import clean
 
 class Command(BaseCommand):
     help = (
-        "Delete the Prometheus multiprocess files (*.db) in PROMETHEUS_MULTIPROC_DIR. Run it "
+        "Delete the Prometheus multiprocess files (*.db) in MCPAUTH_METRICS_DIR. Run it "
         "before the server starts, never while it runs. Needs --yes."
     )
 
@@ -29,7 +29,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         directory = get_settings().multiproc_dir
         if not directory:
-            raise CommandError("PROMETHEUS_MULTIPROC_DIR is not configured.")
+            raise CommandError(
+                "MCPAUTH_METRICS_DIR is not set: metrics are kept per process, nothing to clean."
+            )
         if not options["yes"]:
             raise CommandError(
                 f"This deletes the metric files in {directory}; pass --yes (no server may be "
