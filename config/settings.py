@@ -221,7 +221,7 @@ MCPAUTH_TRUSTED_PROXIES = int(os.environ.get("MCPAUTH_TRUSTED_PROXIES", "0"))
 MCPAUTH_ALLOWED_ORIGINS = env_list("MCPAUTH_ALLOWED_ORIGINS")
 MCPAUTH_LOOPBACK_ORIGINS_ANY_PORT = env_bool("MCPAUTH_LOOPBACK_ORIGINS_ANY_PORT", False)
 MCPAUTH_BODY_TIMEOUT = float(os.environ.get("MCPAUTH_BODY_TIMEOUT", "30"))
-# Other systems tools call (README "Call other systems from a tool"): a JSON object of
+# Other systems tools call (docs/downstream.md): a JSON object of
 # name -> declaration, and the keys that encrypt stored downstream secrets (newest first).
 try:
     MCPAUTH_DOWNSTREAMS = json.loads(os.environ.get("MCPAUTH_DOWNSTREAMS") or "{}")

@@ -31,8 +31,8 @@ def check_downstreams() -> list[checks.CheckMessage]:
         messages.append(
             checks.Error(
                 f"MCPAUTH_DOWNSTREAMS[{name!r}]: {problem}.",
-                hint="See the README's 'Call other systems from a tool' for the keys of each "
-                "auth kind.",
+                hint="See docs/downstream.md ('Call other systems from a tool') for the keys of "
+                "each auth kind.",
                 id="mcpauth.E050",
             )
         )
