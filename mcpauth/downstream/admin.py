@@ -16,7 +16,7 @@ from django.contrib import admin
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
-from mcpauth.admin import AuditedAdmin
+from mcpauth.admin_base import AuditedAdmin
 from mcpauth.downstream.conf import get_settings
 from mcpauth.downstream.models import DownstreamSecret, secret_problem
 
