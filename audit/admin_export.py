@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 
 from audit import export
-from audit.config import record_export, request_actor
+from audit.changes import record_export, request_actor
 
 
 class ExportAudit:

@@ -1,7 +1,7 @@
 """Admin building blocks for any app: audited data changes and identifiers shown visibly.
 
 :class:`AuditedModelAdmin` audits every change the admin makes to a model's rows, whichever
-admin path made it, as ``data/<app_label>.<model_name>.<action>`` rows (:mod:`audit.config`)
+admin path made it, as ``data/<app_label>.<model_name>.<action>`` rows (:mod:`audit.changes`)
 with the staff user as ``actor``:
 
 * the add and change views and ``list_editable`` (``create`` / ``update``, after
@@ -51,7 +51,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 
-from audit.config import record_data_change, request_actor
+from audit.changes import record_data_change, request_actor
 from audit.display import visible_text
 
 Snapshot = dict[str, Any]

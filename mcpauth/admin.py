@@ -2,7 +2,7 @@
 :mod:`mcpauth.admin_clients`; what they share: :mod:`mcpauth.admin_base`).
 
 Every change made here is audited (``config/<object>.<action>``, actor = the staff username)
-in the transaction of the change itself, through :mod:`audit.config`. Each page links to the
+in the transaction of the change itself, through :mod:`audit.changes`. Each page links to the
 audit rows it governs: a tenant to its calls, bindings and policies; a client's binding or
 policy to that client's calls; a scope mapping shows the tools it unlocks.
 """

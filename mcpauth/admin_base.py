@@ -17,7 +17,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from audit.admin_mixins import VisibleNamesMixin, cascade
-from audit.config import diff, record_change, request_actor
+from audit.changes import diff, record_change, request_actor
 from audit.display import visible
 from mcpauth.conf import get_settings
 

@@ -17,7 +17,7 @@ from django.contrib.auth.models import Permission
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from audit.config import cli_actor, record_change
+from audit.changes import cli_actor, record_change
 from mcpauth.models import ScopeMapping, scope_problem
 from mcpauth.scopes import perm_name, resolve_permissions
 

@@ -324,7 +324,7 @@ def broken_audit(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(**kwargs: Any) -> int:
         raise RuntimeError("audit down")
 
-    monkeypatch.setattr("audit.config.record", broken)
+    monkeypatch.setattr("audit.changes.record", broken)
 
 
 def test_a_failing_audit_write_rolls_back_a_change(editor, acme, globex, broken_audit):

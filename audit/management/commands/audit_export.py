@@ -31,7 +31,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
 from audit import export
-from audit.config import cli_actor, record_export
+from audit.changes import cli_actor, record_export
 from audit.horizon import settled_horizon
 from audit.models import AuditEvent, Outcome
 from audit.timeparse import AGE_HELP, parse_instant

@@ -17,8 +17,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils import timezone
 
+from audit.changes import cli_actor, record_prune
 from audit.conf import get_settings
-from audit.config import cli_actor, record_prune
 from audit.models import AuditEvent, AuditSeal
 from audit.retention import PruneReport, prunable_blocks, prune
 from audit.timeparse import AGE_HELP, before, parse_age

@@ -20,7 +20,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import models, transaction
 
-from audit.config import cli_actor, record_change
+from audit.changes import cli_actor, record_change
 from mcpauth.cli import (
     EPILOG,
     add_issuer_argument,

@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.db.models import Count
 
-from audit.config import cli_actor, record_change
+from audit.changes import cli_actor, record_change
 from mcpauth.cli import (
     EPILOG,
     add_issuer_argument,

@@ -23,7 +23,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from audit.config import cli_actor, record_change
+from audit.changes import cli_actor, record_change
 from mcpauth.downstream import crypto
 from mcpauth.downstream.conf import get_settings
 from mcpauth.downstream.models import DownstreamSecret

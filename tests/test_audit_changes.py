@@ -258,7 +258,7 @@ def test_a_change_and_its_audit_row_roll_back_together(staff, monkeypatch):
     def broken(**kwargs: Any) -> int:
         raise RuntimeError("audit down")
 
-    monkeypatch.setattr("audit.config.record", broken)
+    monkeypatch.setattr("audit.changes.record", broken)
     with pytest.raises(RuntimeError):
         staff.post(
             reverse("admin:mcpauth_tenant_change", args=[acme.pk]),
