@@ -155,6 +155,7 @@ def test_the_wheel_is_the_two_apps_with_templates_static_files_and_migrations(wh
         "redis",
         "prometheus-client",
         "opentelemetry-sdk",
+        "httpx2",  # mcpauth.downstream's clients
     }
     extras = {r.split(";")[1].strip() for r in requires if ";" in r}
     assert {'extra == "server"', 'extra == "postgres"', 'extra == "otlp"'} <= extras
@@ -402,5 +403,6 @@ def test_check_passes_and_check_deploy_lists_what_production_needs(fresh: Fresh)
         "mcpauth.W010",  # the rate-limit cache is not shared between workers
         "mcpauth.W015",  # MCPAUTH_BASE_URL is not https
         "mcpauth.W024",  # metrics per process
+        "mcpauth.W060",  # the requestState keys are derived from SECRET_KEY
         "audit.E002",  # no seal key
     }
