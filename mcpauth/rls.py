@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Model
@@ -173,11 +174,23 @@ def ensure(using: str = DEFAULT_DB_ALIAS) -> None:
 # --- installing policies and constraints -----------------------------------------------------
 
 
+def _needs_dba(role: str, why: str) -> ImproperlyConfigured:
+    return ImproperlyConfigured(
+        f"mcpauth cannot install tenant isolation: {why}. Have a database administrator run "
+        f'"CREATE ROLE {role} NOLOGIN NOBYPASSRLS; GRANT {role} TO <the app\'s role>;", '
+        "then run migrate again (or set MCPAUTH_TENANT_DB_ROLE to a role that exists)."
+    )
+
+
 def _ensure_role(cursor: Any, role: str) -> None:
-    cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-    (is_super,) = cursor.fetchone()
+    """The restricted role exists and the connecting role may ``SET ROLE`` to it; a clear
+    ``ImproperlyConfigured`` naming what a DBA must run when the app's role cannot do it."""
+    cursor.execute("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user")
+    is_super, can_create = cursor.fetchone()
     cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
     if cursor.fetchone() is None:
+        if not (is_super or can_create):
+            raise _needs_dba(role, f"the role {role!r} does not exist and may not be created")
         quoted = '"' + role.replace('"', '""') + '"'
         # Two processes may race to create it (parallel test databases): the loser moves on.
         cursor.execute(
@@ -188,6 +201,11 @@ def _ensure_role(cursor: Any, role: str) -> None:
     if not is_super:
         cursor.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", [role])
         if not cursor.fetchone()[0]:
+            cursor.execute(
+                "SELECT pg_has_role(current_user, %s, 'MEMBER WITH ADMIN OPTION')", [role]
+            )
+            if not cursor.fetchone()[0]:
+                raise _needs_dba(role, f"this database role is not a member of {role!r}")
             cursor.execute(f'GRANT "{role}" TO CURRENT_USER')
 
 

@@ -238,3 +238,25 @@ def test_a_body_cannot_read_platform_tables(two: Any) -> None:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT password FROM auth_user")
     assert User.objects.count() == 1 and Tenant.objects.count() == 2
+
+
+@postgres_only
+def test_an_app_role_that_cannot_create_the_role_gets_a_clear_error(db: None) -> None:
+    """Production often connects as a role without CREATEROLE: migrate then says what a DBA runs."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    connection.ensure_connection()
+    # the DB-API cursor: the execute wrapper would switch the role back before each statement
+    with connection.connection.cursor() as cursor:
+        cursor.execute(
+            "DO $$ BEGIN CREATE ROLE mcp_test_weak NOLOGIN; "
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        )
+        cursor.execute("SET LOCAL ROLE mcp_test_weak")
+        try:
+            with pytest.raises(ImproperlyConfigured, match="CREATE ROLE mcp_never_made NOLOGIN"):
+                rls._ensure_role(cursor, "mcp_never_made")
+            with pytest.raises(ImproperlyConfigured, match="not a member of 'mcpauth_tenant'"):
+                rls._ensure_role(cursor, "mcpauth_tenant")
+        finally:
+            cursor.execute("RESET ROLE")
