@@ -44,7 +44,7 @@ def micro_figures(token: str, scale: float = 1.0) -> dict[str, Any]:
     from mcpauth.conf import get_settings
     from mcpauth.context import CallContext
     from mcpauth.envelope import parse_envelope
-    from mcpauth.tokens import principal_for, verify
+    from mcpauth.identity.tokens import principal_for, verify
     from todos import services
 
     def n(base: int) -> int:
@@ -52,7 +52,7 @@ def micro_figures(token: str, scale: float = 1.0) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     vt = verify(token)  # fetches the JWKS once; later calls use cached keys
-    out["token_verify (mcpauth.tokens.verify, cached keys)"] = _timeit(
+    out["token_verify (mcpauth.identity.tokens.verify, cached keys)"] = _timeit(
         lambda: verify(token), n(3000)
     )
 

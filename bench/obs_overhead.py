@@ -58,7 +58,7 @@ def _body(tool: str, arguments: dict[str, Any], rpc_id: int) -> bytes:
 
 async def _run(calls: int, rounds: int) -> dict[str, Any]:
     from config.asgi import application
-    from mcpauth import devissuer
+    from mcpauth.identity import devissuer
 
     token = devissuer.mint(client_id="bench-obs", scopes="todo:read todo:write", tenant="bench")
     headers = [

@@ -101,9 +101,18 @@ COMPONENTS: list[tuple[str, list[Any]]] = [
     ("GovernedMCP._handle (whole governed request)", [_f("_handle", "mcpauth/middleware.py")]),
     ("  admit(): token → tenant → scopes → rate limit", [_f("admit", "mcpauth/middleware.py")]),
     ("    close_old_connections()", [_f("close_old_connections", "django/db/")]),
-    ("    JWT verify (mcpauth.tokens.verify)", [_f("verify", "mcpauth/tokens.py")]),
-    ("    tenant resolve (mcpauth.tenancy.resolve)", [_f("resolve", "mcpauth/tenancy.py")]),
-    ("    scopes → permissions (permissions_for)", [_f("permissions_for", "mcpauth/scopes.py")]),
+    (
+        "    JWT verify (mcpauth.identity.tokens.verify)",
+        [_f("verify", "mcpauth/identity/tokens.py")],
+    ),
+    (
+        "    tenant resolve (mcpauth.identity.tenancy.resolve)",
+        [_f("resolve", "mcpauth/identity/tenancy.py")],
+    ),
+    (
+        "    scopes → permissions (permissions_for)",
+        [_f("permissions_for", "mcpauth/identity/scopes.py")],
+    ),
     ("    rate limit: hit (Redis INCR/ADD)", [_f("hit", "mcpauth/ratelimit.py")]),
     ("  authorize()", [_f("authorize", "mcpauth/middleware.py")]),
     ("  parse_envelope() + _depth()", [_f("parse_envelope", "mcpauth/envelope.py")]),

@@ -30,7 +30,8 @@ class MCPAuthConfig(AppConfig):
         from django.db.backends.signals import connection_created
         from django.db.models.signals import post_migrate
 
-        from mcpauth import checks, rls, scopes, tenancy  # noqa: F401  (checks and signals)
+        from mcpauth import checks, rls  # noqa: F401  (checks and signals)
+        from mcpauth.identity import scopes, tenancy  # noqa: F401  (checks and signals)
         from mcpauth.observability import checks as observability_checks  # noqa: F401
         from mcpauth.observability import prepare_metrics_dir
         from mcpauth.registry import autodiscover

@@ -43,9 +43,9 @@ from mcp_types import ErrorData, JSONRPCError
 
 from audit.models import Outcome
 from mcpauth.context import CallContext
+from mcpauth.identity.tokens import Principal
 from mcpauth.runner import DISCONNECTED, arecord, status_of
 from mcpauth.streaming import ReplyStream
-from mcpauth.tokens import Principal
 from mcpauth.types import Receive
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """What the management commands share: confirmation, tables, and the issuer an option names.
 
-Commands stay thin: the work is in service modules (:mod:`mcpauth.scopemap`, the models'
+Commands stay thin: the work is in service modules (:mod:`mcpauth.identity.scopemap`, the models'
 ``clean()``), and the command parses, asks, calls and prints. These helpers raise
 ``CommandError`` with a message meant for the operator.
 """

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET
 
 from mcpauth import rls
 from mcpauth.conf import get_settings
-from mcpauth.jwks import keysets
+from mcpauth.identity.jwks import keysets
 
 
 def _db() -> None:

@@ -6,7 +6,8 @@ For every request, in order:
 2. body read with a size cap and a time limit → 413/408, and the JSON-RPC envelope parsed
    (:mod:`mcpauth.envelope`): a method or tool name outside its alphabet → 400 at once, any
    other envelope error (a bad ``id``, an unknown tool ...) is answered after auth;
-3. bearer token → :func:`mcpauth.tokens.verify` → tenant → scopes → ``Principal`` → 401/403;
+3. bearer token → :func:`mcpauth.identity.tokens.verify` → tenant → scopes → ``Principal``
+   → 401/403;
    requests without a valid token are throttled per IP;
 4. client policy and rate limit keyed on ``client_id`` → 403/429/503;
 5. for ``tools/call``, ``resources/read`` and ``prompts/get``: the caller must hold the
@@ -38,7 +39,7 @@ from django.http.request import split_domain_port, validate_host
 from audit.conf import get_settings as audit_settings
 from audit.models import Outcome
 from audit.recorder import record
-from mcpauth import floods, ratelimit, revocation, scopes
+from mcpauth import floods, ratelimit, revocation
 from mcpauth.conf import MCPAuthSettings, get_settings, origin_key
 from mcpauth.context import CallContext, bind, refresh_connections
 from mcpauth.envelope import ALWAYS_AUDITED, parse_envelope, read_body
@@ -52,11 +53,12 @@ from mcpauth.exceptions import (
     RequestTimeout,
     error_response,
 )
+from mcpauth.identity import scopes
+from mcpauth.identity.tokens import principal_for, verify
 from mcpauth.localcache import CacheMiss, cache_only
 from mcpauth.observability import request as observe
 from mcpauth.observability.tracing import step
 from mcpauth.streaming import sse_event, sse_reply
-from mcpauth.tokens import principal_for, verify
 from mcpauth.transport import Transport, protocol_version
 from mcpauth.types import Message, Receive, Scope, Send, client_ip, header_values
 from mcpauth.values import Principal

@@ -1,8 +1,8 @@
 """Configuration changes reach every worker at once: tenants, bindings, policies, scope maps.
 
-Workers cache tenants, client bindings, client policies and the scope map (``mcpauth.tenancy``,
-``.ratelimit``, ``.scopes``). A change made in one process clears that process's caches at once
-(model signals); for every other worker:
+Workers cache tenants, client bindings, client policies and the scope map
+(``mcpauth.identity.tenancy``, ``mcpauth.ratelimit``, ``mcpauth.identity.scopes``). A change made
+in one process clears that process's caches at once (model signals); for every other worker:
 
 * **with a shared cache** (``REDIS_URL``): every change bumps a version counter in it when its
   transaction commits, and each worker compares the counter with the one it last saw at most

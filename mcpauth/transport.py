@@ -118,8 +118,8 @@ from mcpauth import cancellation
 from mcpauth.conf import get_settings
 from mcpauth.context import CallContext
 from mcpauth.downstream import caller, records
+from mcpauth.identity.tokens import Principal
 from mcpauth.streaming import ReplyStream
-from mcpauth.tokens import Principal
 from mcpauth.types import Message, Receive, Scope, Send, header
 
 log = logging.getLogger(__name__)

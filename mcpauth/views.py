@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.http import require_GET
 
-from mcpauth import devissuer, scopes
 from mcpauth.conf import get_settings
+from mcpauth.identity import devissuer, scopes
 
 
 def metadata() -> dict[str, object]:

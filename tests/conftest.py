@@ -23,9 +23,10 @@ from django.core.cache import caches
 from django.test import override_settings
 from jwt.algorithms import RSAAlgorithm
 
-from mcpauth import floods, ratelimit, revocation, scopes, tenancy, tokens
+from mcpauth import floods, ratelimit, revocation
+from mcpauth.identity import scopes, tenancy, tokens
+from mcpauth.identity.tokens import Principal, TenantRef
 from mcpauth.operations import seed_scope_mappings
-from mcpauth.tokens import Principal, TenantRef
 from tests.servers import json_server, server_env, uvicorn_process
 
 MCP_ACCEPT = {"accept": "application/json, text/event-stream", "content-type": "application/json"}

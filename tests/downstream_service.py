@@ -34,7 +34,7 @@ import jwt
 from django.core.management import call_command
 
 from audit.models import AuditEvent
-from mcpauth import scopes
+from mcpauth.identity import scopes
 from mcpauth.models import ScopeMapping
 
 JWT_FAMILIES = ("partner", "ledger", "mesh")

@@ -11,12 +11,13 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from mcpauth import ratelimit, tenancy
+from mcpauth import ratelimit
 from mcpauth.conf import get_settings
 from mcpauth.exceptions import AccessDenied
+from mcpauth.identity import tenancy
+from mcpauth.identity.scopes import permissions_for
+from mcpauth.identity.tokens import Principal, TenantRef, VerifiedToken
 from mcpauth.models import ClientBinding, ClientPolicy, ScopeMapping, Tenant
-from mcpauth.scopes import permissions_for
-from mcpauth.tokens import Principal, TenantRef, VerifiedToken
 
 pytestmark = pytest.mark.django_db
 

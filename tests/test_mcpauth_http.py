@@ -733,9 +733,9 @@ def test_jwks_never_loaded_is_fetched_at_most_once_per_interval(live, mint, idp,
         ready = client.get("/health/ready")
         assert ready.status_code == 503
         assert ready.json()["checks"]["jwks"]["error"] == "JWKSFetchError"
-    # attempts back off (1 s, 2 s, 4 s ...: mcpauth.jwks), the calls between them are refused
-    # without fetching; each attempt's discovery tries its metadata URLs in turn
-    from mcpauth import tokens
+    # attempts back off (1 s, 2 s, 4 s ...: mcpauth.identity.jwks), the calls between them are
+    # refused without fetching; each attempt's discovery tries its metadata URLs in turn
+    from mcpauth.identity import tokens
 
     elapsed = time.monotonic() - started
     bound = 1 + int(math.log2(1 + elapsed))

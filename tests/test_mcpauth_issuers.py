@@ -27,8 +27,8 @@ from mcpauth import ratelimit
 from mcpauth.checks import check_configuration
 from mcpauth.conf import get_settings, parse_issuers
 from mcpauth.exceptions import AccessDenied, InvalidToken
+from mcpauth.identity.tokens import Principal, TenantRef, keyset, keysets, verify
 from mcpauth.models import ClientBinding, ClientPolicy, Tenant, TenantAlias
-from mcpauth.tokens import Principal, TenantRef, keyset, keysets, verify
 from tests.conftest import MCP_ACCEPT, call_tool, client_id_with_room, new_key
 from todos.models import Todo
 

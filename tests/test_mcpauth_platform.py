@@ -19,11 +19,11 @@ from audit.models import AuditEvent
 from mcpauth import checks, current_principal, tool
 from mcpauth.context import CallContext, bind
 from mcpauth.exceptions import NoPrincipal
+from mcpauth.identity.tokens import Principal, TenantRef
 from mcpauth.models import Tenant
 from mcpauth.operations import seed_scope_mappings
 from mcpauth.registry import ToolRegistry, ToolSpec, is_tool_name, registry
 from mcpauth.server import get_server
-from mcpauth.tokens import Principal, TenantRef
 from tests.conftest import LiveServer, Minter
 from tests.notes.models import Note
 from todos.models import Todo

@@ -11,9 +11,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from mcpauth.exceptions import NoPrincipal
+from mcpauth.identity.tokens import Principal, TenantRef
 from mcpauth.models import Tenant
 from mcpauth.prepared import PreparedDelete, PreparedQuery
-from mcpauth.tokens import Principal, TenantRef
 from todos.models import Todo
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,5 @@
-"""Unit tests of ``mcpauth.tokens.verify()``, the key set, the Scalekit preset and the checks."""
+"""Unit tests of ``mcpauth.identity.tokens.verify()``, the key set, the Scalekit preset and the
+checks."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import jwt
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from mcpauth import jwks, tokens
 from mcpauth.checks import assert_startup_ready, check_configuration
 from mcpauth.conf import get_settings
 from mcpauth.exceptions import InvalidToken, ServiceUnavailable
+from mcpauth.identity import jwks, tokens
+from mcpauth.identity.tokens import JWKSFetchError, KeySet, fingerprint, keyset, verify
 from mcpauth.models import ScopeMapping
-from mcpauth.tokens import JWKSFetchError, KeySet, fingerprint, keyset, verify
 from tests.conftest import RESOURCE, SigningKey, new_key
 from tests.servers import json_server
 
@@ -416,7 +417,7 @@ def test_configured_issuer_passes_startup(settings):
 
 def test_verified_tokens_are_cached_but_still_expire(mint, settings, monkeypatch):
     """A token is verified once per key set; exp is still enforced on every use."""
-    from mcpauth import tokens
+    from mcpauth.identity import tokens
 
     settings.MCPAUTH_LEEWAY_SECONDS = 0
     raw = mint(ttl=60)
@@ -435,7 +436,7 @@ def test_verified_tokens_are_cached_but_still_expire(mint, settings, monkeypatch
 
 
 def test_cached_token_is_dropped_when_its_key_leaves_the_jwks(mint, idp, rsa_key, settings):
-    from mcpauth import tokens
+    from mcpauth.identity import tokens
 
     settings.MCPAUTH_JWKS_REFETCH_INTERVAL = 0
     raw = mint()
@@ -488,7 +489,7 @@ def test_scopes_split_on_space_only(scope, expected):
     "scope", ["todo:read\u00a0todo:write", "todo:read\x1ctodo:write", "todo:\u2028write"]
 )
 def test_opaque_scopes_grant_nothing(scope):
-    from mcpauth import scopes
+    from mcpauth.identity import scopes
     from tests.conftest import seed_todo_scopes
 
     seed_todo_scopes()

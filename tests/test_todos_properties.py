@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcpauth.tokens import Principal
+from mcpauth.identity.tokens import Principal
 from todos import services
 from todos.models import DESCRIPTION_MAX, TITLE_MAX, Todo
 

@@ -4,8 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from mcpauth import devissuer
 from mcpauth.conf import get_settings
+from mcpauth.identity import devissuer
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 """``manage.py scopes``: view and edit the OAuth scope → Django permission map.
 
-A thin shell around :mod:`mcpauth.scopemap` (the rules, the import plan, the audit rows).
+A thin shell around :mod:`mcpauth.identity.scopemap` (the rules, the import plan, the audit rows).
 Changes take effect in this process at once (the scope caches are cleared by signals); running
 servers pick them up within ``MCPAUTH_CACHE_TTL`` seconds.
 """
@@ -13,8 +13,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from mcpauth import scopemap
 from mcpauth.cli import EPILOG, confirm, format_table, stdin_of
+from mcpauth.identity import scopemap
 
 
 class Command(BaseCommand):

@@ -133,7 +133,7 @@ class KeySet:
 
     def _load(self) -> dict[str | None, PyJWK]:
         if self.issuer.dev:
-            from mcpauth import devissuer
+            from mcpauth.identity import devissuer
 
             return _parse_jwks(devissuer.jwks())
         if not self._jwks_uri:

@@ -3,10 +3,10 @@
 :func:`verify` checks a bearer token against the JWKS of the issuer it names, which must be a
 configured one (signature with an explicit asymmetric allow-list, ``iss``, ``aud``,
 ``exp``/``nbf``/``iat``), and extracts the identity claims. A key is only looked up in the key
-set of the token's issuer (:mod:`mcpauth.jwks`): a token claiming issuer B signed with a key
-from issuer A's JWKS is refused. :func:`principal_for` adds the tenant (``mcpauth.tenancy``)
-and the permissions the scopes grant (``mcpauth.scopes``), producing the one ``Principal`` a
-request carries.
+set of the token's issuer (:mod:`mcpauth.identity.jwks`): a token claiming issuer B signed with
+a key from issuer A's JWKS is refused. :func:`principal_for` adds the tenant
+(``mcpauth.identity.tenancy``) and the permissions the scopes grant
+(``mcpauth.identity.scopes``), producing the one ``Principal`` a request carries.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from jwt import PyJWK
 
 from mcpauth.conf import IssuerConfig, MCPAuthSettings, get_settings
 from mcpauth.exceptions import InvalidToken, ServiceUnavailable
-from mcpauth.jwks import (  # noqa: F401  (re-exported: the key set used to live here)
+from mcpauth.identity.jwks import (  # noqa: F401  (re-exported: the key set used to live here)
     JWKSFetchError,
     KeySet,
     _http_get_json,
@@ -67,7 +67,7 @@ def _scopes(claims: dict[str, Any]) -> frozenset[str]:
 
     Any other whitespace or control character (U+00A0, U+001C ...) does not separate scopes: a
     scope containing one is kept as one opaque string, which no mapping matches
-    (``mcpauth.scopes.is_matchable``). A NUL is refused outright (nothing can store it).
+    (``mcpauth.identity.scopes.is_matchable``). A NUL is refused outright (nothing can store it).
     """
     found: set[str] = set()
     for name in ("scope", "scp", "scopes", "permissions"):
@@ -267,7 +267,7 @@ def principal_for(token: VerifiedToken) -> Principal:
 
     Raises what tenant resolution raises (unknown or suspended tenant).
     """
-    from mcpauth import scopes, tenancy
+    from mcpauth.identity import scopes, tenancy
 
     return Principal(
         client_id=token.client_id,

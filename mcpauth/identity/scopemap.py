@@ -18,8 +18,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from audit.changes import cli_actor, record_change
+from mcpauth.identity.scopes import perm_name, resolve_permissions
 from mcpauth.models import ScopeMapping, scope_problem
-from mcpauth.scopes import perm_name, resolve_permissions
 
 EXPORT_VERSION = 1
 DESCRIPTION_MAX_LENGTH: int = getattr(
