@@ -40,7 +40,7 @@ def micro_figures(token: str, scale: float = 1.0) -> dict[str, Any]:
     from django.db import close_old_connections, connection
 
     from audit.recorder import record
-    from mcpauth import ratelimit
+    from mcpauth.admission import ratelimit
     from mcpauth.conf import get_settings
     from mcpauth.context import CallContext
     from mcpauth.envelope import parse_envelope
@@ -69,7 +69,7 @@ def micro_figures(token: str, scale: float = 1.0) -> dict[str, Any]:
         )
 
     out["parse_envelope (JSON-RPC body, 2026-07-28 envelope)"] = _timeit(envelope, n(20000))
-    from mcpauth import floods
+    from mcpauth.admission import floods
 
     out["IP refusal budget: throttled? (in-process, refusals only)"] = _timeit(
         lambda: floods.throttled("127.0.0.1"), n(20000)

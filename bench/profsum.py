@@ -113,7 +113,7 @@ COMPONENTS: list[tuple[str, list[Any]]] = [
         "    scopes → permissions (permissions_for)",
         [_f("permissions_for", "mcpauth/identity/scopes.py")],
     ),
-    ("    rate limit: hit (Redis INCR/ADD)", [_f("hit", "mcpauth/ratelimit.py")]),
+    ("    rate limit: hit (Redis INCR/ADD)", [_f("hit", "mcpauth/admission/ratelimit.py")]),
     ("  authorize()", [_f("authorize", "mcpauth/middleware.py")]),
     ("  parse_envelope() + _depth()", [_f("parse_envelope", "mcpauth/envelope.py")]),
     ("  _outcome_from_response() (re-parse reply JSON)", [_f("_outcome_from_response")]),

@@ -128,7 +128,7 @@ if REDIS_URL:
     # mcpauth's subclass of Django's RedisCache: one connection pool per process, and one
     # round trip per counter increment.
     _shared_cache = {
-        "BACKEND": "mcpauth.cache.RedisCache",
+        "BACKEND": "mcpauth.admission.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
     }

@@ -172,9 +172,9 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
             checks.Warning(
                 f"The rate-limit cache {conf.rate_limit_cache!r} ({backend}) is not shared "
                 "between worker processes: each worker counts its own calls.",
-                hint="Use a shared cache for it (Redis: mcpauth.cache.RedisCache), through "
-                "CACHES and RATELIMIT_USE_CACHE; the reference project does so when REDIS_URL "
-                "is set.",
+                hint="Use a shared cache for it (Redis: mcpauth.admission.cache.RedisCache), "
+                "through CACHES and RATELIMIT_USE_CACHE; the reference project does so when "
+                "REDIS_URL is set.",
                 id="mcpauth.W010",
             )
         )

@@ -39,7 +39,8 @@ from django.http.request import split_domain_port, validate_host
 from audit.conf import get_settings as audit_settings
 from audit.models import Outcome
 from audit.recorder import record
-from mcpauth import floods, ratelimit, revocation
+from mcpauth.admission import floods, ratelimit, revocation
+from mcpauth.admission.localcache import CacheMiss, cache_only
 from mcpauth.conf import MCPAuthSettings, get_settings, origin_key
 from mcpauth.context import CallContext, bind, refresh_connections
 from mcpauth.envelope import ALWAYS_AUDITED, parse_envelope, read_body
@@ -55,7 +56,6 @@ from mcpauth.exceptions import (
 )
 from mcpauth.identity import scopes
 from mcpauth.identity.tokens import principal_for, verify
-from mcpauth.localcache import CacheMiss, cache_only
 from mcpauth.observability import request as observe
 from mcpauth.observability.tracing import step
 from mcpauth.streaming import sse_event, sse_reply
@@ -133,7 +133,7 @@ def check_host(scope: Scope, conf: MCPAuthSettings) -> None:
 def admit(ctx: CallContext, raw: str | None, conf: MCPAuthSettings) -> Principal:
     """Steps 3-5 (sync: may touch the DB, cache and JWKS). Fills ``ctx``.
 
-    The per-IP refusal budget (``mcpauth.floods``) is not consulted here: a valid token is
+    The per-IP refusal budget (``mcpauth.admission.floods``) is not consulted here: a valid token is
     admitted whatever other requests from its address did. From an address over its budget, a
     token is still checked, but an unknown key id triggers no JWKS refetch.
     """
@@ -168,9 +168,9 @@ async def admit_on_loop(ctx: CallContext, raw: str | None) -> bool:
     The common case (a token already verified, its tenant, scopes and client policy cached, the
     count in Redis or in process) costs a thread hop less this way. Anything that would need a
     database query, a JWKS fetch or a blocking cache raises ``CacheMiss`` inside
-    :func:`~mcpauth.localcache.cache_only` before anything is counted, and so does any refusal
-    before the count: the caller then runs :func:`admit` in a thread, which decides it all again
-    (and a refusal is then recorded exactly as on that path). Returns whether it admitted.
+    :func:`~mcpauth.admission.localcache.cache_only` before anything is counted, and so does any
+    refusal before the count: the caller then runs :func:`admit` in a thread, which decides it all
+    again (and a refusal is then recorded exactly as on that path). Returns whether it admitted.
     """
     if raw is None or ctx.is_notification or ctx.http_method != "POST":
         return False
@@ -460,7 +460,7 @@ class GovernedMCP:
 
     @staticmethod
     async def _charge_ip(exc: MCPAuthError, ctx: CallContext) -> MCPAuthError:
-        """A refusal before admission, against its IP's budget (``mcpauth.floods``)."""
+        """A refusal before admission, against its IP's budget (``mcpauth.admission.floods``)."""
         active = floods.throttled(ctx.client_ip)
         if active is not None:  # over budget: counted here, no round trip, no audit row
             active.suppressed += 1

@@ -3,7 +3,7 @@
 A leaf module: it imports nothing from ``mcpauth`` (or from Django), so every other module, a
 domain app's services and the type hints of ``audit`` may use these types without importing
 the identity or rate-limit machinery that makes them. They used to live in
-:mod:`mcpauth.identity.tokens` and :mod:`mcpauth.ratelimit`, which still re-export them.
+:mod:`mcpauth.identity.tokens` and :mod:`mcpauth.admission.ratelimit`, which still re-export them.
 """
 
 from __future__ import annotations

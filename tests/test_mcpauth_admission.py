@@ -88,18 +88,18 @@ def test_a_policy_cache_cleared_during_admission_is_no_500(
 ) -> None:
     """A config change clears the policy cache between the loop's check and its count (another
     thread's revocation check does that): the call is still admitted, counted once."""
-    import mcpauth.ratelimit
+    import mcpauth.admission.ratelimit
 
     token = mint(client_id=client_id_with_room("cleared-mid-admission"))
     assert post(live, token, call_tool("list_todos")).status_code == 200  # warm every cache
-    original = mcpauth.ratelimit.rate_for
+    original = mcpauth.admission.ratelimit.rate_for
 
     def then_cleared(principal: Any) -> Any:
         rated = original(principal)
-        mcpauth.ratelimit.clear_policies()  # as a concurrent config change would
+        mcpauth.admission.ratelimit.clear_policies()  # as a concurrent config change would
         return rated
 
-    monkeypatch.setattr(mcpauth.ratelimit, "rate_for", then_cleared)
+    monkeypatch.setattr(mcpauth.admission.ratelimit, "rate_for", then_cleared)
     first = post(live, token, call_tool("list_todos"))
     second = post(live, token, call_tool("list_todos"))
     assert (first.status_code, second.status_code) == (200, 200), first.text

@@ -11,7 +11,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from mcpauth import ratelimit
+from mcpauth.admission import ratelimit
 from mcpauth.conf import get_settings
 from mcpauth.exceptions import AccessDenied
 from mcpauth.identity import tenancy

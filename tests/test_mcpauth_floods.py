@@ -1,4 +1,4 @@
-"""The per-IP refusal budget's bookkeeping (mcpauth.floods), in process."""
+"""The per-IP refusal budget's bookkeeping (mcpauth.admission.floods), in process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mcpauth import floods
+from mcpauth.admission import floods
 
 
 def fresh_ip() -> str:

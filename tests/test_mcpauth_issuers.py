@@ -23,7 +23,7 @@ from django.core.management.base import CommandError
 from django.urls import reverse
 
 from audit.models import AuditEvent
-from mcpauth import ratelimit
+from mcpauth.admission import ratelimit
 from mcpauth.checks import check_configuration
 from mcpauth.conf import get_settings, parse_issuers
 from mcpauth.exceptions import AccessDenied, InvalidToken

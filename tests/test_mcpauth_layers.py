@@ -155,7 +155,8 @@ def test_value_types_are_a_leaf() -> None:
     names = {name for name, _ in _imported("mcpauth.values", MODULES["mcpauth.values"])}
     assert {n for n in names if n.split(".")[0] in ("mcpauth", "django", "audit")} == set()
     # and the old homes still export them
-    from mcpauth import ratelimit, values
+    from mcpauth import values
+    from mcpauth.admission import ratelimit
     from mcpauth.identity import tokens
 
     assert tokens.Principal is values.Principal and tokens.TenantRef is values.TenantRef

@@ -168,7 +168,7 @@ def test_redis_counter_backend_incr_contract():
     from django.core.cache import caches
 
     cache = caches["ratelimit"]
-    assert type(cache).__module__ == "mcpauth.cache"
+    assert type(cache).__module__ == "mcpauth.admission.cache"
     assert cache.add("probe", 1, 10) is True
     assert cache.add("probe", 1, 10) is False
     assert [cache.incr("probe"), cache.incr("probe")] == [2, 3]
@@ -187,6 +187,9 @@ def test_check_warns_about_unshared_ratelimit_cache(settings):
     assert "mcpauth.W010" in {m.id for m in check_configuration()}
     settings.CACHES = {
         **settings.CACHES,
-        "ratelimit": {"BACKEND": "mcpauth.cache.RedisCache", "LOCATION": "redis://127.0.0.1:1"},
+        "ratelimit": {
+            "BACKEND": "mcpauth.admission.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1",
+        },
     }
     assert "mcpauth.W010" not in {m.id for m in check_configuration()}

@@ -1,4 +1,5 @@
-"""The pipelined Redis counter connection (``mcpauth.redispipe``), against a real Redis."""
+"""The pipelined Redis counter connection (``mcpauth.admission.redispipe``), against a real
+Redis."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import uuid
 import pytest
 import redis
 
-from mcpauth.cache import _INCR_WINDOW
-from mcpauth.redispipe import ScriptConnection, for_url
+from mcpauth.admission.cache import _INCR_WINDOW
+from mcpauth.admission.redispipe import ScriptConnection, for_url
 from tests.conftest import free_port
 
 REDIS = "redis://127.0.0.1:6379/14"

@@ -31,9 +31,9 @@ from typing import Any
 import jwt
 from jwt import PyJWK
 
+from mcpauth.admission.localcache import require_io
 from mcpauth.conf import IssuerConfig, MCPAuthSettings, get_settings
 from mcpauth.exceptions import InvalidToken, ServiceUnavailable
-from mcpauth.localcache import require_io
 
 #: The first retry after a failed fetch, in seconds (doubling after each further failure).
 BACKOFF_BASE = 1.0

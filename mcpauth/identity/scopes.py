@@ -18,9 +18,9 @@ from typing import Any
 from django.contrib.auth.models import Permission
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
-from mcpauth import revocation
+from mcpauth.admission import revocation
+from mcpauth.admission.localcache import TTLCache
 from mcpauth.conf import get_settings
-from mcpauth.localcache import TTLCache
 from mcpauth.models import ScopeMapping
 
 _ttl = lambda: get_settings().cache_ttl  # noqa: E731

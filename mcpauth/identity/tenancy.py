@@ -19,10 +19,10 @@ from typing import Any
 
 from django.db.models.signals import post_delete, post_save
 
-from mcpauth import revocation
+from mcpauth.admission import revocation
+from mcpauth.admission.localcache import TTLCache, require_io
 from mcpauth.conf import get_settings
 from mcpauth.exceptions import AccessDenied, InvalidToken
-from mcpauth.localcache import TTLCache, require_io
 from mcpauth.models import ClientBinding, Tenant, TenantAlias
 from mcpauth.values import TenantRef, VerifiedToken
 

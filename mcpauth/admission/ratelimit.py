@@ -7,7 +7,7 @@
   unlimited, blocked), else the
   most generous ``MCPAUTH_SCOPE_RATE_LIMITS`` tier the token holds, else ``MCPAUTH_RATE_LIMIT``.
 * Refusals of requests that carry no admitted caller are budgeted per client IP
-  (``mcpauth.floods``).
+  (``mcpauth.admission.floods``).
 * When the cache is unreachable the call fails closed with 503, unless
   ``MCPAUTH_RATE_LIMIT_FAIL_OPEN`` is on.
 """
@@ -27,11 +27,11 @@ from django.dispatch import receiver
 from django_ratelimit import core as rl_core
 from django_ratelimit.core import get_usage
 
-from mcpauth import revocation
-from mcpauth.cache import RedisCache
+from mcpauth.admission import revocation
+from mcpauth.admission.cache import RedisCache
+from mcpauth.admission.localcache import TTLCache, require_io
 from mcpauth.conf import get_settings, parse_rate
 from mcpauth.exceptions import AccessDenied, RateLimited, ServiceUnavailable
-from mcpauth.localcache import TTLCache, require_io
 from mcpauth.models import ClientPolicy
 from mcpauth.values import Principal, Usage  # Usage re-exported: it lived here
 
@@ -134,7 +134,7 @@ def _count_in_redis(group: str, value: str, rate: str) -> dict[str, Any] | None:
 
     Same keys, windows and result as ``get_usage(..., increment=True)``, which spends two or
     three round trips (``add``, then ``incr``). ``None`` when the cache is not
-    :class:`mcpauth.cache.RedisCache` or rate limiting is disabled: callers then use
+    :class:`mcpauth.admission.cache.RedisCache` or rate limiting is disabled: callers then use
     ``get_usage`` itself.
     """
     cache = _redis()

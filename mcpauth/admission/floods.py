@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from mcpauth import ratelimit
+from mcpauth.admission import ratelimit
 from mcpauth.conf import get_settings
 from mcpauth.exceptions import RateLimited, ServiceUnavailable
 

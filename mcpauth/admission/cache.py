@@ -8,10 +8,11 @@ Differences from ``django.core.cache.backends.redis.RedisCache``:
   same servers and options shares one client and its pool.
 * **One ``redis.Redis`` object per pool**, instead of a new one per command.
 * **A one-round-trip window counter** (``count``: ``INCR``, plus ``EXPIRE`` when new), which
-  ``mcpauth.ratelimit`` uses with django-ratelimit's own keys and windows.
+  ``mcpauth.admission.ratelimit`` uses with django-ratelimit's own keys and windows.
 * **An async window counter** (``acount``) for admission on the event loop
   (``mcpauth.middleware``), with the same script and keys: a pipelined connection per event
-  loop (``mcpauth.redispipe``), or redis-py's asyncio client for URLs that one does not speak.
+  loop (``mcpauth.admission.redispipe``), or redis-py's asyncio client for URLs that one does
+  not speak.
 * **One round trip per ``incr``.** Django checks ``EXISTS`` and then ``INCRBY``; a Lua script
   does both atomically with the same contract (``ValueError`` for a missing key), which
   django-ratelimit's ``get_usage`` relies on.
@@ -29,7 +30,7 @@ from django.core.cache.backends.redis import RedisCache as DjangoRedisCache
 from django.core.cache.backends.redis import RedisCacheClient
 from django.utils.functional import cached_property
 
-from mcpauth import redispipe
+from mcpauth.admission import redispipe
 
 _INCR_EXISTING = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -102,7 +103,7 @@ class RedisCache(DjangoRedisCache):
         return client
 
     def count(self, key: str, ttl: int) -> int:
-        """One round trip: increment a window counter (see ``mcpauth.ratelimit``)."""
+        """One round trip: increment a window counter (see ``mcpauth.admission.ratelimit``)."""
         return self._cache.count(self.make_and_validate_key(key), ttl)
 
     def _async_counter(self) -> Any:

@@ -1,8 +1,9 @@
 """Configuration changes reach every worker at once: tenants, bindings, policies, scope maps.
 
 Workers cache tenants, client bindings, client policies and the scope map
-(``mcpauth.identity.tenancy``, ``mcpauth.ratelimit``, ``mcpauth.identity.scopes``). A change made
-in one process clears that process's caches at once (model signals); for every other worker:
+(``mcpauth.identity.tenancy``, ``mcpauth.admission.ratelimit``, ``mcpauth.identity.scopes``). A
+change made in one process clears that process's caches at once (model signals); for every other
+worker:
 
 * **with a shared cache** (``REDIS_URL``): every change bumps a version counter in it when its
   transaction commits, and each worker compares the counter with the one it last saw at most
@@ -28,8 +29,8 @@ from typing import Any
 from django.core.cache import caches
 from django.db import transaction
 
+from mcpauth.admission.localcache import require_io
 from mcpauth.conf import get_settings
-from mcpauth.localcache import require_io
 
 log = logging.getLogger(__name__)
 
