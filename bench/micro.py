@@ -42,9 +42,9 @@ def micro_figures(token: str, scale: float = 1.0) -> dict[str, Any]:
     from audit.recorder import record
     from mcpauth.admission import ratelimit
     from mcpauth.conf import get_settings
-    from mcpauth.context import CallContext
-    from mcpauth.envelope import parse_envelope
     from mcpauth.identity.tokens import principal_for, verify
+    from mcpauth.runtime.context import CallContext
+    from mcpauth.runtime.envelope import parse_envelope
     from todos import services
 
     def n(base: int) -> int:
@@ -172,11 +172,11 @@ def micro_figures(token: str, scale: float = 1.0) -> dict[str, Any]:
 
 async def transport_figures(n: Callable[[int], int]) -> dict[str, Any]:
     """What a governed call pays for notifications and cancellation when it uses neither:
-    the reply through ``mcpauth.streaming.ReplyStream`` (one JSON body) and the watcher task
-    ``mcpauth.cancellation.watching`` keeps beside the call (waiting for a disconnect)."""
-    from mcpauth.cancellation import watching
-    from mcpauth.context import CallContext
-    from mcpauth.streaming import ReplyStream
+    the reply through ``mcpauth.runtime.streaming.ReplyStream`` (one JSON body) and the watcher task
+    ``mcpauth.runtime.cancellation.watching`` keeps beside the call (waiting for a disconnect)."""
+    from mcpauth.runtime.cancellation import watching
+    from mcpauth.runtime.context import CallContext
+    from mcpauth.runtime.streaming import ReplyStream
 
     async def send(message: dict[str, Any]) -> None:
         return None

@@ -169,8 +169,8 @@ def _micro(n: int = 20000) -> dict[str, float]:
     """Microseconds per call of the observability code alone (best of 3 x ``n``)."""
     import timeit
 
-    from mcpauth.context import CallContext
     from mcpauth.observability import metrics, request, tracing
+    from mcpauth.runtime.context import CallContext
 
     scope = {
         "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json")] * 3,

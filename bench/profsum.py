@@ -115,12 +115,12 @@ COMPONENTS: list[tuple[str, list[Any]]] = [
     ),
     ("    rate limit: hit (Redis INCR/ADD)", [_f("hit", "mcpauth/admission/ratelimit.py")]),
     ("  authorize()", [_f("authorize", "mcpauth/middleware.py")]),
-    ("  parse_envelope() + _depth()", [_f("parse_envelope", "mcpauth/envelope.py")]),
+    ("  parse_envelope() + _depth()", [_f("parse_envelope", "mcpauth/runtime/envelope.py")]),
     ("  _outcome_from_response() (re-parse reply JSON)", [_f("_outcome_from_response")]),
-    ("  Transport.serve (SDK + FastMCP)", [_f("serve", "mcpauth/transport.py")]),
+    ("  Transport.serve (SDK + FastMCP)", [_f("serve", "mcpauth/runtime/transport.py")]),
     (
         "    serve_single_exchange (handshake-era shortcut)",
-        [_f("serve_single_exchange", "mcpauth/transport.py")],
+        [_f("serve_single_exchange", "mcpauth/runtime/transport.py")],
     ),
     (
         "    SDK modern entry (handle_modern_request)",
@@ -130,7 +130,7 @@ COMPONENTS: list[tuple[str, list[Any]]] = [
     ("    FastMCP call_tool (middleware + runner)", [_f("call_tool", "fastmcp/server/server.py")]),
     (
         "      GovernedBody._run_sync: body + result + audit row, one transaction",
-        [_f("_run_sync", "mcpauth/runner.py")],
+        [_f("_run_sync", "mcpauth/runtime/runner.py")],
     ),
     ("        tool body (todos/services.py)", [_f(None, "todos/services.py")]),
     ("        Tool.convert_result (FastMCP serializer)", [_f("convert_result", "fastmcp/")]),

@@ -6,8 +6,8 @@ Public API (see the README's "Add your own tools")::
 """
 
 from mcpauth import downstream
-from mcpauth.components import prompt, resource
-from mcpauth.context import current_principal
-from mcpauth.registry import tool
+from mcpauth.runtime.components import prompt, resource
+from mcpauth.runtime.context import current_principal
+from mcpauth.runtime.registry import tool
 
 __all__ = ["current_principal", "downstream", "prompt", "resource", "tool"]

@@ -31,7 +31,7 @@ from mcpauth.admin_base import AuditedAdmin, IssuerFormMixin, audit_url, perm_na
 from mcpauth.admin_clients import ClientBindingAdmin, ClientPolicyAdmin, TenantAliasAdmin
 from mcpauth.admin_owned import TenantOwnedAdmin
 from mcpauth.models import ClientBinding, ClientPolicy, ScopeMapping, Tenant, TenantAlias
-from mcpauth.registry import registry
+from mcpauth.runtime.registry import registry
 
 __all__ = [
     "ClientBindingAdmin",

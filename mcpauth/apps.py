@@ -15,7 +15,7 @@ def _tenant_exists(external_id: str) -> bool:
 
 
 def _tool_names() -> list[str]:
-    from mcpauth.registry import registry
+    from mcpauth.runtime.registry import registry
 
     return registry.names()
 
@@ -34,7 +34,7 @@ class MCPAuthConfig(AppConfig):
         from mcpauth.identity import scopes, tenancy  # noqa: F401  (checks and signals)
         from mcpauth.observability import checks as observability_checks  # noqa: F401
         from mcpauth.observability import prepare_metrics_dir
-        from mcpauth.registry import autodiscover
+        from mcpauth.runtime.registry import autodiscover
 
         # PostgreSQL row-level security: every connection checks its tenant before each
         # statement; policies and composite keys are (re)installed after every migrate.

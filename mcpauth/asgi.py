@@ -30,7 +30,7 @@ from mcpauth.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from mcpauth.middleware import GovernedMCP
-    from mcpauth.transport import Transport
+    from mcpauth.runtime.transport import Transport
 
 __all__ = ["MCPApplication", "build_application", "get_asgi_application"]
 
@@ -39,14 +39,14 @@ class MCPApplication:
     """``await app(scope, receive, send)`` for ``/mcp`` requests and for the lifespan.
 
     It owns one FastMCP Starlette app (``stateless_http=True``, ``json_response=True``) for the
-    server :func:`mcpauth.server.get_server` built from the registry. FastMCP's app runs its
+    server :func:`mcpauth.runtime.server.get_server` built from the registry. FastMCP's app runs its
     lifespan once, so a restart needs a new ``MCPApplication``.
     """
 
     def __init__(self) -> None:
         from mcpauth.middleware import GovernedMCP
-        from mcpauth.server import get_server
-        from mcpauth.transport import Transport
+        from mcpauth.runtime.server import get_server
+        from mcpauth.runtime.transport import Transport
 
         self.path = get_settings().path
         server = get_server()

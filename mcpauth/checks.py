@@ -9,7 +9,7 @@
 * ``mcpauth.E007`` a tool's, resource's or prompt's permission is not ``app_label.codename``;
 * ``mcpauth.E008`` a tool is declared both ``read_only`` and ``destructive``;
 * ``mcpauth.E009`` a tool's or prompt's name is not an MCP tool name: 1 to ``MAX_TOOL_NAME``
-  (100) characters of ``A-Z a-z 0-9 _ - .`` (:func:`mcpauth.registry.is_tool_name`);
+  (100) characters of ``A-Z a-z 0-9 _ - .`` (:func:`mcpauth.runtime.registry.is_tool_name`);
 * ``mcpauth.E030`` FastMCP refuses a resource or prompt declaration (a template whose
   parameters do not match the function's, positional-only arguments ...);
 * ``mcpauth.E031`` an app's ``mcp.py`` builds a FastMCP server of its own (nothing on it would
@@ -50,9 +50,9 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from mcpauth import rls
-from mcpauth.components import fastmcp_prompt, fastmcp_resource
 from mcpauth.conf import MCPAuthSettings, get_settings, parse_rate
-from mcpauth.registry import MAX_TOOL_NAME, ToolRegistry, is_tool_name, registry
+from mcpauth.runtime.components import fastmcp_prompt, fastmcp_resource
+from mcpauth.runtime.registry import MAX_TOOL_NAME, ToolRegistry, is_tool_name, registry
 
 _ROLE_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _SHARED_CACHES = ("redis", "memcached", "db.DatabaseCache")

@@ -264,8 +264,8 @@ class MCPAuthSettings:
     body_timeout: float = 30.0
     max_json_depth: int = 32
     #: Answer single handshake-era JSON-RPC requests without the MCP SDK's per-request stateless
-    #: transport (same handler kernel and serializer, see ``mcpauth.transport``); off sends every
-    #: request through the SDK's session manager.
+    #: transport (same handler kernel and serializer, see ``mcpauth.runtime.transport``); off sends
+    #: every request through the SDK's session manager.
     fast_transport: bool = True
     #: The development issuer's RSA key (created on first use; relative: to the working
     #: directory).

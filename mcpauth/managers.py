@@ -339,7 +339,7 @@ class TenantManager(models.Manager[M]):
 
     def current(self) -> TenantQuerySet[M]:
         """The rows of the running tool's caller (``current_principal()``)."""
-        from mcpauth.context import current_principal
+        from mcpauth.runtime.context import current_principal
 
         return self.for_principal(current_principal())
 

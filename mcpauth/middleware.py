@@ -4,7 +4,7 @@ For every request, in order:
 
 1. ``Host``/``Origin`` check (DNS-rebinding protection) → 403;
 2. body read with a size cap and a time limit → 413/408, and the JSON-RPC envelope parsed
-   (:mod:`mcpauth.envelope`): a method or tool name outside its alphabet → 400 at once, any
+   (:mod:`mcpauth.runtime.envelope`): a method or tool name outside its alphabet → 400 at once, any
    other envelope error (a bad ``id``, an unknown tool ...) is answered after auth;
 3. bearer token → :func:`mcpauth.identity.tokens.verify` → tenant → scopes → ``Principal``
    → 401/403;
@@ -14,12 +14,12 @@ For every request, in order:
    permissions of the tool, resource or prompt it names → 403 ``insufficient_scope`` step-up
    challenge (an unknown tool is refused here; an unknown resource or prompt gets FastMCP's own
    not-found error);
-6. the request is served by :class:`mcpauth.transport.Transport` (the MCP SDK and FastMCP, one
-   handler kernel for every protocol version); a call's audit row is written by the runner of
+6. the request is served by :class:`mcpauth.runtime.transport.Transport` (the MCP SDK and FastMCP,
+   one handler kernel for every protocol version); a call's audit row is written by the runner of
    its body before the reply exists, any other request's here, before the reply is sent with
    ``X-Request-ID`` and rate-limit headers.
 
-The call's :class:`~mcpauth.context.CallContext` is bound for the whole request, so the tool
+The call's :class:`~mcpauth.runtime.context.CallContext` is bound for the whole request, so the tool
 runner and ``current_principal()`` see the admitted caller. Every refusal is audited (except
 IP-throttled floods, which is the point of the throttle).
 """
@@ -42,8 +42,6 @@ from audit.recorder import record
 from mcpauth.admission import floods, ratelimit, revocation
 from mcpauth.admission.localcache import CacheMiss, cache_only
 from mcpauth.conf import MCPAuthSettings, get_settings, origin_key
-from mcpauth.context import CallContext, bind, refresh_connections
-from mcpauth.envelope import ALWAYS_AUDITED, parse_envelope, read_body
 from mcpauth.exceptions import (
     HostNotAllowed,
     InsufficientScope,
@@ -58,8 +56,10 @@ from mcpauth.identity import scopes
 from mcpauth.identity.tokens import principal_for, verify
 from mcpauth.observability import request as observe
 from mcpauth.observability.tracing import step
-from mcpauth.streaming import sse_event, sse_reply
-from mcpauth.transport import Transport, protocol_version
+from mcpauth.runtime.context import CallContext, bind, refresh_connections
+from mcpauth.runtime.envelope import ALWAYS_AUDITED, parse_envelope, read_body
+from mcpauth.runtime.streaming import sse_event, sse_reply
+from mcpauth.runtime.transport import Transport, protocol_version
 from mcpauth.types import Message, Receive, Scope, Send, client_ip, header_values
 from mcpauth.values import Principal
 
@@ -269,7 +269,7 @@ def _audit_failed() -> MCPAuthError:
 
 
 class GovernedMCP:
-    """The ``/mcp`` ASGI app: governance, then :class:`~mcpauth.transport.Transport`."""
+    """The ``/mcp`` ASGI app: governance, then :class:`~mcpauth.runtime.transport.Transport`."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport

@@ -334,7 +334,7 @@ def test_client_pages_link_to_the_clients_calls(staff):
 
 def test_scope_mapping_form_offers_only_governed_permissions_and_shows_unlocked_tools(staff):
     import todos.mcp  # noqa: F401  (registers the tools)
-    from mcpauth.registry import registry
+    from mcpauth.runtime.registry import registry
 
     html = staff.get(reverse("admin:mcpauth_scopemapping_add")).content.decode()
     assert "Todos | todo | Can view todo" in html

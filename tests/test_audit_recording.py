@@ -105,13 +105,13 @@ def test_exception_inside_tool_is_a_server_error_row(live, mint, monkeypatch, se
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "via-fastmcp"])
 def test_failing_audit_write_rolls_back_the_change(live, mint, monkeypatch, settings, direct):
     settings.MCPAUTH_FAST_TRANSPORT = direct
-    import mcpauth.runner
+    import mcpauth.runtime.runner
 
     def broken_record(*args, **kwargs):
         raise RuntimeError("audit table unavailable")
 
     # the runner's writer fails; the middleware's (for the 500 itself) still works
-    monkeypatch.setattr(mcpauth.runner, "record_call", broken_record)
+    monkeypatch.setattr(mcpauth.runtime.runner, "record_call", broken_record)
     resp = post(live, mint(), call_tool("create_todo", {"title": "must not persist"}))
     # the SDK's path streams a call's reply (SSE accepted): the error is the stream's last event
     assert resp.status_code == (500 if direct else 200)

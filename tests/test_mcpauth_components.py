@@ -25,9 +25,9 @@ from fastmcp.utilities.tasks import TASKS_EXTENSION_ID
 from mcp import MCPError
 
 from mcpauth import checks, prompt, resource
-from mcpauth.components import PromptSpec, ResourceSpec, uri_for_audit
-from mcpauth.registry import LateRegistration, ToolRegistry, ToolSpec, registry
-from mcpauth.server import ServerBuiltTooEarly, ServerSealed, build_server, get_server
+from mcpauth.runtime.components import PromptSpec, ResourceSpec, uri_for_audit
+from mcpauth.runtime.registry import LateRegistration, ToolRegistry, ToolSpec, registry
+from mcpauth.runtime.server import ServerBuiltTooEarly, ServerSealed, build_server, get_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

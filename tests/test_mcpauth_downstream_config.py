@@ -18,12 +18,12 @@ from django.urls import reverse
 from audit.models import AuditEvent
 from mcpauth import checks as mcpauth_checks
 from mcpauth import rls
-from mcpauth.context import CallContext
 from mcpauth.downstream import crypto, records
 from mcpauth.downstream.checks import check_downstreams
 from mcpauth.downstream.conf import get_settings, parse
 from mcpauth.downstream.models import DownstreamSecret
 from mcpauth.models import Tenant
+from mcpauth.runtime.context import CallContext
 from mcpauth.tenant_scope import confined
 from tests.downstream_service import KEY
 

@@ -18,7 +18,7 @@ import httpx2
 import pytest
 
 from audit.models import AuditEvent
-from mcpauth.envelope import escaped
+from mcpauth.runtime.envelope import escaped
 from tests.conftest import MCP_ACCEPT, LiveServer, Minter, reply_of
 from todos.models import Todo
 

@@ -118,7 +118,7 @@ def test_the_graph_sees_deferred_and_type_checking_imports() -> None:
     # mcpauth.identity.tokens imports tenancy inside principal_for; a TYPE_CHECKING import
     # counts too
     assert "mcpauth.identity.tenancy" in edges["mcpauth.identity.tokens"]
-    assert "mcpauth.values" in edges["mcpauth.context"]
+    assert "mcpauth.values" in edges["mcpauth.runtime.context"]
     # and the cycle finder finds a circle when there is one
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -169,7 +169,7 @@ def test_value_types_are_a_leaf() -> None:
 @pytest.mark.django_db
 def test_mcpauth_fills_the_audit_choices_with_its_tenants_and_tools() -> None:
     from mcpauth.models import Tenant
-    from mcpauth.registry import registry
+    from mcpauth.runtime.registry import registry
 
     Tenant.objects.create(external_id="zeta", name="Zeta Ltd")
     assert ("zeta", "Zeta Ltd") in choices.tenants()

@@ -31,9 +31,9 @@ from mcp.server.request_state import AESGCMRequestStateCodec, InvalidRequestStat
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from audit.models import AuditEvent
-from mcpauth import request_state
 from mcpauth.checks import check_configuration
 from mcpauth.conf import derived_state_key, get_settings
+from mcpauth.runtime import request_state
 from tests.conftest import ZOO_STATE_KEY, LiveServer, Minter
 from tests.test_mcpauth_zoo import seed_zoo_scopes
 from tests.zoo.models import Exhibit

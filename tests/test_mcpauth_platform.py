@@ -17,13 +17,13 @@ from fastmcp import Client
 
 from audit.models import AuditEvent
 from mcpauth import checks, current_principal, tool
-from mcpauth.context import CallContext, bind
 from mcpauth.exceptions import NoPrincipal
 from mcpauth.identity.tokens import Principal, TenantRef
 from mcpauth.models import Tenant
 from mcpauth.operations import seed_scope_mappings
-from mcpauth.registry import ToolRegistry, ToolSpec, is_tool_name, registry
-from mcpauth.server import get_server
+from mcpauth.runtime.context import CallContext, bind
+from mcpauth.runtime.registry import ToolRegistry, ToolSpec, is_tool_name, registry
+from mcpauth.runtime.server import get_server
 from tests.conftest import LiveServer, Minter
 from tests.notes.models import Note
 from todos.models import Todo
@@ -97,7 +97,8 @@ async def test_readme_example_tools_work_and_stay_in_their_tenant(
 # --- the decorator and the registry --------------------------------------------------------------
 
 
-@pytest.mark.filterwarnings("ignore::mcpauth.registry.LateRegistration")  # server built already
+# server built already
+@pytest.mark.filterwarnings("ignore::mcpauth.runtime.registry.LateRegistration")
 def test_tool_returns_the_function_unchanged_sync_and_async() -> None:
     local = ToolRegistry()
 

@@ -178,7 +178,7 @@ def test_content_type_is_checked_as_the_sdk_checks_it_on_both_eras(live, mint, s
 def test_a_tool_name_longer_than_any_registered_is_refused_never_cut_to_a_prefix(live, mint):
     """The audit row keeps 100 characters of a name; the name itself is never cut to find (and
     authorise) a tool: ``list_todos`` followed by 100 more characters is no tool name at all
-    (``mcpauth.registry.is_tool_name``), refused before admission."""
+    (``mcpauth.runtime.registry.is_tool_name``), refused before admission."""
     for name in ("list_todos" + "x" * 100, "list_todos".ljust(101)):
         resp = httpx2.post(
             live.url,

@@ -24,7 +24,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from audit.models import AuditEvent
 from mcpauth.operations import seed_scope_mappings
-from mcpauth.server import get_server
+from mcpauth.runtime.server import get_server
 from tests.conftest import MCP_ACCEPT, LiveServer, Minter, rpc
 from tests.zoo.models import Exhibit
 

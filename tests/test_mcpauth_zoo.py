@@ -40,7 +40,7 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 
 from audit.models import AuditEvent
 from mcpauth.operations import seed_scope_mappings
-from mcpauth.registry import registry
+from mcpauth.runtime.registry import registry
 from tests.conftest import MCP_ACCEPT, LiveServer, Minter, call_tool, free_port
 from tests.zoo.models import Exhibit
 

@@ -22,7 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from audit.models import AuditEvent
-from mcpauth.registry import registry
+from mcpauth.runtime.registry import registry
 from tests.conftest import LiveServer, Minter
 from tests.test_mcpauth_zoo import PlainServer, seed_zoo_scopes
 from tests.zoo.models import Exhibit

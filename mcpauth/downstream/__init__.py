@@ -39,8 +39,8 @@ from mcpauth.downstream.errors import (
 if TYPE_CHECKING:
     import httpx2
 
-    from mcpauth.context import CallContext
     from mcpauth.downstream.conf import Downstream
+    from mcpauth.runtime.context import CallContext
 
 __all__ = [
     "CredentialRefused",
@@ -62,9 +62,9 @@ _RESERVED = frozenset(
 def _bind(name: str, options: dict[str, Any]) -> tuple[Downstream, CallContext, dict[str, Any]]:
     import httpx2
 
-    from mcpauth.context import current_call
     from mcpauth.downstream.conf import get_settings
     from mcpauth.exceptions import NoPrincipal
+    from mcpauth.runtime.context import current_call
 
     reserved = sorted(_RESERVED & set(options))
     if reserved:

@@ -30,7 +30,7 @@ from mcpauth.downstream.errors import CredentialRefused, CredentialUnavailable, 
 from mcpauth.tenant_scope import platform
 
 if TYPE_CHECKING:
-    from mcpauth.context import CallContext
+    from mcpauth.runtime.context import CallContext
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from audit.models import AuditEvent, Outcome
 from audit.recorder import record
 
 if TYPE_CHECKING:
-    from mcpauth.context import CallContext
+    from mcpauth.runtime.context import CallContext
 
 log = logging.getLogger(__name__)
 

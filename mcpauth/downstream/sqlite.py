@@ -1,8 +1,8 @@
 """SQLite: a sync tool waiting on a downstream does not hold the write lock, when it can.
 
 SQLite has one write lock per database. The quickstart opens transactions with ``BEGIN
-IMMEDIATE``, so a sync tool's transaction (``mcpauth.runner``) holds that lock from its first
-statement to its commit, and every other call waits meanwhile, read-only ones too (each writes
+IMMEDIATE``, so a sync tool's transaction (``mcpauth.runtime.runner``) holds that lock from its
+first statement to its commit, and every other call waits meanwhile, read-only ones too (each writes
 its audit row). A tool that waits seconds on another system would stall everyone.
 
 :func:`released` wraps each downstream request of a sync client (credential included):

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 import httpx2
 from asgiref.sync import sync_to_async
 
-from mcpauth.context import refresh_connections
 from mcpauth.downstream import caller, credentials, records, sqlite
 from mcpauth.downstream.errors import (
     CredentialUnavailable,
@@ -36,10 +35,11 @@ from mcpauth.downstream.errors import (
     DownstreamRefused,
     DownstreamUnavailable,
 )
+from mcpauth.runtime.context import refresh_connections
 
 if TYPE_CHECKING:
-    from mcpauth.context import CallContext
     from mcpauth.downstream.conf import Downstream
+    from mcpauth.runtime.context import CallContext
 
 
 Origin = tuple[str, str, int]

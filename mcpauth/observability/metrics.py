@@ -30,7 +30,7 @@ import mcp_types
 from prometheus_client import Counter, Histogram, values
 
 from mcpauth.observability import prepare_metrics_dir
-from mcpauth.registry import registry
+from mcpauth.runtime.registry import registry
 
 # prometheus_client reads the variable itself (in every worker, when a value opens its file),
 # so it is exported before any metric below exists (AppConfig.ready() did so already)

@@ -43,7 +43,7 @@ from mcpauth.exceptions import (
 from mcpauth.observability import logs, metrics, tracing
 
 if TYPE_CHECKING:
-    from mcpauth.context import CallContext
+    from mcpauth.runtime.context import CallContext
 
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]

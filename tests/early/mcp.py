@@ -1,5 +1,5 @@
 from mcpauth import tool
-from mcpauth.server import get_server
+from mcpauth.runtime.server import get_server
 
 
 @tool(permissions=["todos.view_todo"], read_only=True)

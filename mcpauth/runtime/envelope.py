@@ -8,8 +8,8 @@
   tool ...) is stored and answered after authentication (the bad ``id`` as the MCP SDK's
   2026-07-28 entry answers it: -32600 with ``id: null``, on both eras and transports). A
   ``method`` outside the JSON-RPC method alphabet (:data:`METHOD_RE`) or a tool name outside the
-  MCP tool-name alphabet (:func:`mcpauth.registry.is_tool_name`) is refused at once, before any
-  token work: no tool can have such a name, and the refusal's audit row holds the name escaped
+  MCP tool-name alphabet (:func:`mcpauth.runtime.registry.is_tool_name`) is refused at once, before
+  any token work: no tool can have such a name, and the refusal's audit row holds the name escaped
   (:func:`escaped`), never verbatim.
 """
 
@@ -22,9 +22,7 @@ from typing import Any
 
 import anyio
 
-from mcpauth.components import uri_for_audit
 from mcpauth.conf import MCPAuthSettings
-from mcpauth.context import CallContext
 from mcpauth.exceptions import (
     InvalidMethod,
     InvalidRequest,
@@ -34,7 +32,9 @@ from mcpauth.exceptions import (
     RequestTimeout,
     UnknownTool,
 )
-from mcpauth.registry import MAX_TOOL_NAME, is_tool_name, registry
+from mcpauth.runtime.components import uri_for_audit
+from mcpauth.runtime.context import CallContext
+from mcpauth.runtime.registry import MAX_TOOL_NAME, is_tool_name, registry
 from mcpauth.types import Receive, Scope, header_values
 
 #: The longest method (the audit row's ``method`` column).

@@ -35,7 +35,7 @@ What the body raises decides the audit outcome and the reply, identically on eve
 * the audit row cannot be written → everything rolls back and the call is answered 500.
 
 Invalid arguments never reach the wrapper: FastMCP refuses them first, and
-:class:`mcpauth.server.Governance` records those.
+:class:`mcpauth.runtime.server.Governance` records those.
 """
 
 from __future__ import annotations
@@ -61,15 +61,15 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from audit.models import Outcome
 from mcpauth import rls
-from mcpauth.context import CallContext, current_call, refresh_connections
 from mcpauth.exceptions import AuditWriteFailed, CrossTenantAccess, NoPrincipal, ServiceError
 from mcpauth.observability.request import record_call
 from mcpauth.observability.tracing import step
+from mcpauth.runtime.context import CallContext, current_call, refresh_connections
 from mcpauth.tenant_scope import confined
 
 if TYPE_CHECKING:
-    from mcpauth.components import PromptSpec, ResourceSpec
-    from mcpauth.registry import ToolSpec
+    from mcpauth.runtime.components import PromptSpec, ResourceSpec
+    from mcpauth.runtime.registry import ToolSpec
 
 log = logging.getLogger(__name__)
 

@@ -29,15 +29,15 @@ tool on every protocol version. Only how the request gets there differs:
   goes to the SDK's session manager (``StreamableHTTPSessionManager.handle_request``), exactly
   as FastMCP's app would route it. ``MCPAUTH_FAST_TRANSPORT = False`` sends every POST there.
 
-**Notifications** (:mod:`mcpauth.streaming`). A client that accepts ``text/event-stream`` gets
-the notifications a body sends about its request (progress, log messages) on both eras: the
+**Notifications** (:mod:`mcpauth.runtime.streaming`). A client that accepts ``text/event-stream``
+gets the notifications a body sends about its request (progress, log messages) on both eras: the
 single exchange turns its reply into an SSE stream at the first one (a call that sends none is
 still answered with one JSON body), and the SDK's path takes the SDK's transports in their SSE
 mode (``json_response=False``), as plain FastMCP's default HTTP app would. A JSON-only client
 gets one JSON body, its notifications dropped, as before.
 
-**Cancellation** (:mod:`mcpauth.cancellation`). A governed call runs beside a watcher: when its
-client goes away, or (handshake era) posts ``notifications/cancelled`` for it to any worker, the
+**Cancellation** (:mod:`mcpauth.runtime.cancellation`). A governed call runs beside a watcher: when
+its client goes away, or (handshake era) posts ``notifications/cancelled`` for it to any worker, the
 call is cancelled as the SDK's SSE transport cancels it, and its row says ``cancelled``. The
 handshake era answers a cancelled request that is still connected with ``-32800 Request
 cancelled``, as the SDK's 2025-era transport does.
@@ -49,8 +49,8 @@ token's id (``jti`` or fingerprint), never the bearer: a body that wants to call
 system uses ``mcpauth.downstream``.
 
 Both paths see the same requests: one whose ``id`` is not a string or an integer never gets
-here (:mod:`mcpauth.envelope` refuses it, where the SDK's handshake-era transport would take it
-for a notification), and a notification always takes the SDK's path (202, nothing run; the
+here (:mod:`mcpauth.runtime.envelope` refuses it, where the SDK's handshake-era transport would take
+it for a notification), and a notification always takes the SDK's path (202, nothing run; the
 governance layer records a request method sent that way as ``not_executed``).
 
 In all cases the request first gets what FastMCP's ``RequestContextMiddleware`` gives it (the
@@ -114,12 +114,12 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 
-from mcpauth import cancellation
 from mcpauth.conf import get_settings
-from mcpauth.context import CallContext
 from mcpauth.downstream import caller, records
 from mcpauth.identity.tokens import Principal
-from mcpauth.streaming import ReplyStream
+from mcpauth.runtime import cancellation
+from mcpauth.runtime.context import CallContext
+from mcpauth.runtime.streaming import ReplyStream
 from mcpauth.types import Message, Receive, Scope, Send, header
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,8 @@ class SingleExchangeContext:
 
     As on the SDK's stateless transports there is no back channel: requests to the client raise
     ``NoBackChannelError``. Notifications scoped to the request (``ctx.info``, progress) go to
-    the request's :class:`~mcpauth.streaming.ReplyStream`: SSE frames for a client that accepts
-    them, nothing for a JSON-only one.
+    the request's :class:`~mcpauth.runtime.streaming.ReplyStream`: SSE frames for a client that
+    accepts them, nothing for a JSON-only one.
     """
 
     request_id: RequestId

@@ -60,9 +60,9 @@ from mcp_types.methods import INPUT_REQUIRED_METHODS, is_input_required
 
 from audit.models import Outcome
 from mcpauth.conf import MCPAuthSettings, get_settings
-from mcpauth.context import get_call
 from mcpauth.exceptions import NoPrincipal
-from mcpauth.runner import arecord
+from mcpauth.runtime.context import get_call
+from mcpauth.runtime.runner import arecord
 
 log = logging.getLogger(__name__)
 

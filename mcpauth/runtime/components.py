@@ -1,10 +1,10 @@
 """Governed resources and prompts: ``@resource`` and ``@prompt``, next to ``@tool``.
 
-Both decorators record a spec in the registry (:mod:`mcpauth.registry`) and return the function
-unchanged; ``mcpauth.server`` turns every spec into FastMCP's own component (a resource, a
-resource template or a prompt, made from a governed wrapper with the function's signature), so
-FastMCP validates the arguments and converts the result exactly as it would for the bare
-function. What governance adds is the same as for tools: the caller must hold every permission
+Both decorators record a spec in the registry (:mod:`mcpauth.runtime.registry`) and return the
+function unchanged; ``mcpauth.runtime.server`` turns every spec into FastMCP's own component (a
+resource, a resource template or a prompt, made from a governed wrapper with the function's
+signature), so FastMCP validates the arguments and converts the result exactly as it would for the
+bare function. What governance adds is the same as for tools: the caller must hold every permission
 (else 403 with an ``insufficient_scope`` step-up challenge), the lists show only what the caller
 may use, the body runs as the caller (``current_principal()``, ``Model.objects.current()``), and
 each read or get leaves exactly one audit row.
@@ -26,8 +26,8 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
-from mcpauth.registry import registry
-from mcpauth.specs import (  # re-exported: the specs lived here
+from mcpauth.runtime.registry import registry
+from mcpauth.runtime.specs import (  # re-exported: the specs lived here
     PromptSpec,
     ResourceSpec,
     normalize_uri,

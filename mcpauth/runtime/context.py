@@ -86,7 +86,7 @@ class CallContext:
     rpc_id: Any = None
     method: str = ""
     #: The audit row's ``tool``: the tool's or prompt's name, or the resource URI as
-    #: :func:`~mcpauth.components.uri_for_audit` keeps it.
+    #: :func:`~mcpauth.runtime.components.uri_for_audit` keeps it.
     tool: str = ""
     arguments: Any = None
     #: The registry spec the call names (``tools/call``, ``resources/read``, ``prompts/get``),
@@ -127,9 +127,9 @@ class CallContext:
     #: call a ``notifications/cancelled`` names.
     links: dict[str, Any] | None = None
     #: Why the client gave up on the call (``"disconnected"``, ``"notifications/cancelled"``);
-    #: empty while it has not (``mcpauth.transport``).
+    #: empty while it has not (``mcpauth.runtime.transport``).
     cancelled: str = ""
-    #: Asks, without waiting, whether the client has gone away (``mcpauth.cancellation``).
+    #: Asks, without waiting, whether the client has gone away (``mcpauth.runtime.cancellation``).
     client_gone: Callable[[], bool] | None = None
 
     def refresh_db(self) -> None:

@@ -19,9 +19,9 @@ calls that live long enough to need one) and stops the call when its client give
   long, so short calls never touch the cache; a cancel that arrives before then is remembered
   for :data:`EARLY_CANCEL_SECONDS` under the caller and id, and caught by the first look.
 
-The call's audit row says ``cancelled`` (``mcpauth.transport`` settles it), the notification's
-row names the call it cancelled (``arguments["@mcpauth"]["cancels"]``, when the call was
-registered) and the call's row names the notification (``cancelled_by``).
+The call's audit row says ``cancelled`` (``mcpauth.runtime.transport`` settles it), the
+notification's row names the call it cancelled (``arguments["@mcpauth"]["cancels"]``, when the call
+was registered) and the call's row names the notification (``cancelled_by``).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp_types import ErrorData, JSONRPCError
 
 from audit.models import Outcome
-from mcpauth.context import CallContext
 from mcpauth.identity.tokens import Principal
-from mcpauth.runner import DISCONNECTED, arecord, status_of
-from mcpauth.streaming import ReplyStream
+from mcpauth.runtime.context import CallContext
+from mcpauth.runtime.runner import DISCONNECTED, arecord, status_of
+from mcpauth.runtime.streaming import ReplyStream
 from mcpauth.types import Receive
 
 log = logging.getLogger(__name__)

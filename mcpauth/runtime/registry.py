@@ -1,8 +1,8 @@
 """The registry: which governed tools, resources and prompts exist, what each one needs.
 
 Apps contribute them the way they contribute ``admin.py``: a module ``<app>/mcp.py`` that
-decorates functions with :func:`tool`, :func:`~mcpauth.components.resource` or
-:func:`~mcpauth.components.prompt`. :func:`autodiscover` (run by ``mcpauth``'s
+decorates functions with :func:`tool`, :func:`~mcpauth.runtime.components.resource` or
+:func:`~mcpauth.runtime.components.prompt`. :func:`autodiscover` (run by ``mcpauth``'s
 ``AppConfig.ready``) imports that module of every installed app, so adding an app takes no edit
 outside it except ``INSTALLED_APPS``::
 
@@ -18,8 +18,8 @@ outside it except ``INSTALLED_APPS``::
         ...
 
 The decorators only record a spec and return the function unchanged, so the function stays an
-ordinary function (importable, testable, usable by plain FastMCP). ``mcpauth.server`` builds the
-one FastMCP server from the registry, once app loading has finished; the governance layer reads
+ordinary function (importable, testable, usable by plain FastMCP). ``mcpauth.runtime.server`` builds
+the one FastMCP server from the registry, once app loading has finished; the governance layer reads
 each component's permissions from it. Two tools (or prompts) with one name, or two resources
 with one URI, are a startup error (``mcpauth.E006``), as are malformed permissions
 (``mcpauth.E007``). An app's ``mcp.py`` that builds a FastMCP server of its own is reported by
@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
-from mcpauth.specs import PromptSpec, ResourceSpec, permissions_of
+from mcpauth.runtime.specs import PromptSpec, ResourceSpec, permissions_of
 
 if TYPE_CHECKING:
     from mcpauth.values import Principal

@@ -1,11 +1,11 @@
 """The platform's one MCP server: FastMCP, built from the registry once app loading is over.
 
 :func:`get_server` builds it once per process, after every app's ``mcp.py`` was discovered:
-each :class:`~mcpauth.registry.ToolSpec` becomes a FastMCP tool made from its
-:class:`~mcpauth.runner.GovernedTool` function (same signature, so FastMCP derives the same
+each :class:`~mcpauth.runtime.registry.ToolSpec` becomes a FastMCP tool made from its
+:class:`~mcpauth.runtime.runner.GovernedTool` function (same signature, so FastMCP derives the same
 input and output schemas it would for the bare function), with the declared annotations; each
-:class:`~mcpauth.components.ResourceSpec` a FastMCP resource or resource template, each
-:class:`~mcpauth.components.PromptSpec` a FastMCP prompt, made the same way. The server
+:class:`~mcpauth.runtime.components.ResourceSpec` a FastMCP resource or resource template, each
+:class:`~mcpauth.runtime.components.PromptSpec` a FastMCP prompt, made the same way. The server
 advertises the resources and prompts capabilities only when some are registered. Building it
 before app loading has finished (``get_server()`` at import time in an app's ``mcp.py``) raises
 :class:`ServerBuiltTooEarly`; once built it takes no more components
@@ -44,13 +44,13 @@ from fastmcp.tools import FunctionTool
 from fastmcp.utilities.types import get_cached_typeadapter
 
 from audit.models import Outcome
-from mcpauth import request_state
-from mcpauth.arguments import describe_invalid_arguments, failed_argument, schema_keys
-from mcpauth.components import PromptSpec, ResourceSpec, fastmcp_prompt, fastmcp_resource
 from mcpauth.conf import get_settings
-from mcpauth.context import get_call
-from mcpauth.registry import ToolRegistry, registry
-from mcpauth.runner import (
+from mcpauth.runtime import request_state
+from mcpauth.runtime.arguments import describe_invalid_arguments, failed_argument, schema_keys
+from mcpauth.runtime.components import PromptSpec, ResourceSpec, fastmcp_prompt, fastmcp_resource
+from mcpauth.runtime.context import get_call
+from mcpauth.runtime.registry import ToolRegistry, registry
+from mcpauth.runtime.runner import (
     INTERNAL_MESSAGE,
     GovernedPrompt,
     GovernedResource,

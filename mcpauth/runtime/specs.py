@@ -1,8 +1,8 @@
 """What ``@resource`` and ``@prompt`` record: the resource and prompt specs.
 
-A leaf of the registry: :mod:`mcpauth.registry` keeps these specs and :mod:`mcpauth.components`
-(the decorators) makes them, so neither needs the other to define them. Re-exported from
-:mod:`mcpauth.components`, where they used to live.
+A leaf of the registry: :mod:`mcpauth.runtime.registry` keeps these specs and
+:mod:`mcpauth.runtime.components` (the decorators) makes them, so neither needs the other to define
+them. Re-exported from :mod:`mcpauth.runtime.components`, where they used to live.
 """
 
 from __future__ import annotations
