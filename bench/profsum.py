@@ -98,8 +98,8 @@ def _f(func: str | None = None, file: str | None = None) -> Any:
 
 
 COMPONENTS: list[tuple[str, list[Any]]] = [
-    ("GovernedMCP._handle (whole governed request)", [_f("_handle", "mcpauth/middleware.py")]),
-    ("  admit(): token → tenant → scopes → rate limit", [_f("admit", "mcpauth/middleware.py")]),
+    ("GovernedMCP._handle (whole governed request)", [_f("_handle", "mcpauth/edge/pipeline.py")]),
+    ("  admit(): token → tenant → scopes → rate limit", [_f("admit", "mcpauth/admission/gate.py")]),
     ("    close_old_connections()", [_f("close_old_connections", "django/db/")]),
     (
         "    JWT verify (mcpauth.identity.tokens.verify)",
@@ -114,9 +114,9 @@ COMPONENTS: list[tuple[str, list[Any]]] = [
         [_f("permissions_for", "mcpauth/identity/scopes.py")],
     ),
     ("    rate limit: hit (Redis INCR/ADD)", [_f("hit", "mcpauth/admission/ratelimit.py")]),
-    ("  authorize()", [_f("authorize", "mcpauth/middleware.py")]),
+    ("  authorize()", [_f("authorize", "mcpauth/admission/gate.py")]),
     ("  parse_envelope() + _depth()", [_f("parse_envelope", "mcpauth/runtime/envelope.py")]),
-    ("  _outcome_from_response() (re-parse reply JSON)", [_f("_outcome_from_response")]),
+    ("  outcome_from_response() (re-parse reply JSON)", [_f("outcome_from_response")]),
     ("  Transport.serve (SDK + FastMCP)", [_f("serve", "mcpauth/runtime/transport.py")]),
     (
         "    serve_single_exchange (handshake-era shortcut)",

@@ -29,7 +29,7 @@ from mcpauth.conf import get_settings
 from mcpauth.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from mcpauth.middleware import GovernedMCP
+    from mcpauth.edge.pipeline import GovernedMCP
     from mcpauth.runtime.transport import Transport
 
 __all__ = ["MCPApplication", "build_application", "get_asgi_application"]
@@ -44,7 +44,7 @@ class MCPApplication:
     """
 
     def __init__(self) -> None:
-        from mcpauth.middleware import GovernedMCP
+        from mcpauth.edge.pipeline import GovernedMCP
         from mcpauth.runtime.server import get_server
         from mcpauth.runtime.transport import Transport
 

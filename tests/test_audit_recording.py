@@ -110,14 +110,14 @@ def test_failing_audit_write_rolls_back_the_change(live, mint, monkeypatch, sett
     def broken_record(*args, **kwargs):
         raise RuntimeError("audit table unavailable")
 
-    # the runner's writer fails; the middleware's (for the 500 itself) still works
+    # the runner's writer fails; the pipeline's (for the 500 itself) still works
     monkeypatch.setattr(mcpauth.runtime.runner, "record_call", broken_record)
     resp = post(live, mint(), call_tool("create_todo", {"title": "must not persist"}))
     # the SDK's path streams a call's reply (SSE accepted): the error is the stream's last event
     assert resp.status_code == (500 if direct else 200)
     assert reply_of(resp)["error"]["code"] == -32603
     assert not Todo.all_tenants.exists()
-    # the failure itself is still recorded by the middleware's own writer
+    # the failure itself is still recorded by the pipeline's own writer
     assert only_row().outcome == "server_error"
 
 

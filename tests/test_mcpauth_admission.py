@@ -7,7 +7,7 @@ from typing import Any
 import httpx2
 import pytest
 
-import mcpauth.middleware
+import mcpauth.edge.pipeline
 from audit.models import AuditEvent
 from tests.conftest import MCP_ACCEPT, LiveServer, Minter, call_tool, client_id_with_room
 
@@ -16,13 +16,13 @@ from tests.conftest import MCP_ACCEPT, LiveServer, Minter, call_tool, client_id_
 def thread_admissions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every admission that took the worker-thread path, by JSON-RPC method."""
     seen: list[str] = []
-    original = mcpauth.middleware.admit
+    original = mcpauth.edge.pipeline.admit
 
     def counting(ctx: Any, raw: Any, conf: Any) -> Any:
         seen.append(ctx.method)
         return original(ctx, raw, conf)
 
-    monkeypatch.setattr(mcpauth.middleware, "admit", counting)
+    monkeypatch.setattr(mcpauth.edge.pipeline, "admit", counting)
     return seen
 
 

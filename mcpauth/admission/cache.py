@@ -10,7 +10,7 @@ Differences from ``django.core.cache.backends.redis.RedisCache``:
 * **A one-round-trip window counter** (``count``: ``INCR``, plus ``EXPIRE`` when new), which
   ``mcpauth.admission.ratelimit`` uses with django-ratelimit's own keys and windows.
 * **An async window counter** (``acount``) for admission on the event loop
-  (``mcpauth.middleware``), with the same script and keys: a pipelined connection per event
+  (``mcpauth.admission.gate``), with the same script and keys: a pipelined connection per event
   loop (``mcpauth.admission.redispipe``), or redis-py's asyncio client for URLs that one does
   not speak.
 * **One round trip per ``incr``.** Django checks ``EXISTS`` and then ``INCRBY``; a Lua script

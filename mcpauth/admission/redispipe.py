@@ -1,6 +1,6 @@
 """A pipelined Redis connection for the one command every ``/mcp`` request sends on the loop.
 
-Admission on the event loop (``mcpauth.middleware.admit_on_loop``) counts each call with one
+Admission on the event loop (``mcpauth.admission.gate.admit_on_loop``) counts each call with one
 script call. redis-py's asyncio client spends about 65 µs of CPU on it under load (a pool
 checkout, a lock, command packing and parsing in Python for every call); this connection spends
 about 10 µs (``make bench`` measures both): one TCP connection per event loop, concurrent calls

@@ -5,7 +5,8 @@
 * :mod:`~mcpauth.observability.tracing`: the SDK set-up (``OTEL_*``) and our spans;
 * :mod:`~mcpauth.observability.logs`: ``LOG_FORMAT`` (text, json) and the access line;
 * :mod:`~mcpauth.observability.request`: what each ``/mcp`` request reports, called from the
-  governance middleware at five points, and the one audit-row writer of ``/mcp`` calls;
+  governance pipeline (``mcpauth.edge.pipeline``) at five points, and the one audit-row writer of
+  ``/mcp`` calls;
 * :mod:`~mcpauth.observability.multiproc`: emptying the metrics directory at server start.
 
 :func:`setup` runs once when the ASGI application is built (``mcpauth.asgi``).

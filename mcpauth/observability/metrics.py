@@ -55,7 +55,7 @@ def _methods(union: Any) -> set[str]:
 
 
 #: The method label's vocabulary: everything an MCP client may send, plus replies and the
-#: HTTP verbs the middleware names non-POST requests by.
+#: HTTP verbs the governance pipeline names non-POST requests by.
 KNOWN_METHODS = frozenset(
     {
         *_methods(mcp_types.ClientRequest),

@@ -1,6 +1,6 @@
 """What one ``/mcp`` request reports: its span, its metrics, its access line, its audit timing.
 
-The governance middleware calls in at five points, and everything else is here:
+The pipeline (``mcpauth.edge.pipeline``) calls in at five points, and everything else is here:
 
 * :func:`request_started` when the request arrives: notes the start time and the caller's
   ``traceparent`` header, and wraps ``send`` to see the response status;
@@ -18,7 +18,7 @@ The governance middleware calls in at five points, and everything else is here:
 :func:`access_logged` gives every other HTTP request (the Django side) its access line too.
 
 :func:`record_call` is the one way a ``/mcp`` call's audit row is written (the tool runner,
-FastMCP middleware and governance middleware all use it): the ``mcp.audit`` span, the audit
+FastMCP middleware and the governance pipeline all use it): the ``mcp.audit`` span, the audit
 write histogram, and ``ctx.outcome``, which the metrics and the access line report.
 """
 

@@ -1,10 +1,10 @@
 """Per-request state for one ``/mcp`` call, and how code inside a tool reaches it.
 
-The governance middleware makes one :class:`CallContext` per request and binds it to a context
-variable for the whole request, so it follows the call into FastMCP, into the worker thread a
-sync tool runs in, and into ``sync_to_async`` (both copy the context). Tools read the caller
-with :func:`current_principal`; whoever writes the call's audit row marks it ``recorded``, so
-each call has exactly one row.
+The governance pipeline (:mod:`mcpauth.edge.pipeline`) makes one :class:`CallContext` per request
+and binds it to a context variable for the whole request, so it follows the call into FastMCP, into
+the worker thread a sync tool runs in, and into ``sync_to_async`` (both copy the context). Tools
+read the caller with :func:`current_principal`; whoever writes the call's audit row marks it
+``recorded``, so each call has exactly one row.
 """
 
 from __future__ import annotations

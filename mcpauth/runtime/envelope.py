@@ -1,8 +1,6 @@
-"""A ``/mcp`` request's body: read within a size cap and a time limit, then its JSON-RPC envelope.
+"""A ``/mcp`` request's JSON-RPC envelope (its body was read by
+:func:`mcpauth.edge.guards.read_body`, within a size cap and a time limit).
 
-* :func:`read_body` refuses a body over ``MCPAUTH_MAX_BODY_BYTES`` (413) and one that has not
-  fully arrived ``MCPAUTH_BODY_TIMEOUT`` seconds after the request's headers did (408), whether
-  it trickles in or never starts: a slow client holds a connection for a bounded time.
 * :func:`parse_envelope` fills the call's context from the JSON-RPC message. A malformed envelope
   (not JSON, a batch, no ``jsonrpc``, an ``id`` that is not a string or an integer, an unknown
   tool ...) is stored and answered after authentication (the bad ``id`` as the MCP SDK's
@@ -17,10 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from typing import Any
-
-import anyio
 
 from mcpauth.conf import MCPAuthSettings
 from mcpauth.exceptions import (
@@ -28,14 +23,11 @@ from mcpauth.exceptions import (
     InvalidRequest,
     InvalidToolName,
     ParseError,
-    PayloadTooLarge,
-    RequestTimeout,
     UnknownTool,
 )
 from mcpauth.runtime.components import uri_for_audit
 from mcpauth.runtime.context import CallContext
 from mcpauth.runtime.registry import MAX_TOOL_NAME, is_tool_name, registry
-from mcpauth.types import Receive, Scope, header_values
 
 #: The longest method (the audit row's ``method`` column).
 MAX_METHOD = 64
@@ -50,38 +42,6 @@ def escaped(value: str, limit: int) -> str:
     """``value`` for a record: every non-ASCII or control character as a ``\\x``/``\\u``
     escape (a bidi override cannot reorder what a reader sees), cut to ``limit`` characters."""
     return value.encode("unicode_escape").decode("ascii")[:limit]
-
-
-async def read_body(receive: Receive, scope: Scope, conf: MCPAuthSettings) -> bytes:
-    """The request body, whole; raise ``PayloadTooLarge`` (413) or ``RequestTimeout`` (408).
-
-    The time limit runs from now (the server calls the app once the headers are in) to the
-    body's last byte, so it bounds the wait for the first byte as well as a trickle.
-    """
-    limit = conf.max_body_bytes
-    for value in header_values(scope, b"content-length"):
-        if value.isdigit() and int(value) > limit:
-            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
-    deadline = time.monotonic() + conf.body_timeout
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        with anyio.move_on_after(max(0.0, deadline - time.monotonic())) as waited:
-            message = await receive()
-        if waited.cancelled_caught:
-            raise RequestTimeout(
-                f"The request body did not arrive within {conf.body_timeout:g} seconds."
-            )
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds {limit} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
 
 
 def _depth(value: Any, limit: int) -> bool:

@@ -1,12 +1,13 @@
-"""Pure helpers of the governance middleware: client IP, Host/Origin, bearer parsing."""
+"""Pure helpers of the ``/mcp`` edge: client IP, Host/Origin, bearer parsing."""
 
 from __future__ import annotations
 
 import pytest
 
 from mcpauth.conf import get_settings
+from mcpauth.edge.guards import bearer_token, check_host
 from mcpauth.exceptions import HostNotAllowed, InvalidToken
-from mcpauth.middleware import bearer_token, check_host, client_ip
+from mcpauth.types import client_ip
 
 
 def scope(*headers: tuple[str, str], peer: str = "10.0.0.9") -> dict:
