@@ -140,6 +140,10 @@ def test_the_wheel_is_the_two_apps_with_templates_static_files_and_migrations(wh
         "audit/py.typed",
     ):
         assert expected in names, expected
+    # and every module of the source tree, subpackages included (edge/, identity/, admission/ ...)
+    for app in ("mcpauth", "audit"):
+        for module in (ROOT / app).rglob("*.py"):
+            assert module.relative_to(ROOT).as_posix() in names, module
     templates = [n for n in names if "/templates/" in n]
     assert len(templates) == len(list((ROOT / "audit" / "templates").rglob("*.html")))
 
