@@ -1,18 +1,24 @@
-"""``make bench``: load-test the governed MCP server against the seed quickstart and a floor.
+"""``make bench``: load-test the governed MCP server against the seed quickstart, plain FastMCP
+doing the same database work (the governance tax) and a floor.
 
 One command (see bench/README.md for how to read the output):
 
 1. installs ``wrk`` with apt-get when missing (and ``py-spy`` into the venv for the profile);
 2. creates the PostgreSQL database ``mcp_bench``, migrates it, seeds the bench tenant's todos,
    flushes Redis db 11, serves the bench RSA key's JWKS on loopback from a thread;
-3. starts three servers under uvicorn on loopback ports, for 1 and then 2 workers:
+3. starts four servers under uvicorn on loopback ports, for 1 and then 2 workers:
    **baseline** (``bench/baseline_server.py``, the quickstart on FastMCP's ``JWTVerifier`` and a
-   dict), **ours** (``config.asgi:application``, full stack: PostgreSQL, Redis, audit rows) and
-   **floor** (``bench/floor_app.py``, parse JSON and answer a fixed result);
+   dict), **fair** (``bench/fair_server.py``, plain FastMCP over the same todo services and
+   database as ours, no governance), **ours** (``config.asgi:application``, full stack:
+   PostgreSQL, Redis, audit rows) and **floor** (``bench/floor_app.py``, parse JSON and answer a
+   fixed result);
 4. drives ``tools/call`` load with ``wrk`` + ``bench/mcp.lua`` for each scenario and protocol era
    (handshake-era requests and 2026-07-28 envelopes, ``bench/protocol.py``), interleaving the
-   servers (floor, baseline, ours / ours, baseline ...) over several repetitions, and reports
-   medians and ratios per era;
+   servers (floor, baseline, fair, ours / ours, fair, baseline ...) over several repetitions,
+   and reports medians, ratios and the governance tax (ours - fair, ``bench/summary.py``) per
+   era;
+4b. counts instructions per call of ours and fair under valgrind's cachegrind, in process
+   (``bench/instructions.py``);
 5. measures per-call micro-figures in-process (token verification, tenant + scope resolution,
    rate-limit round trips, audit insert, thread hops);
 6. profiles ours under ``get_todo`` load with py-spy (1 worker, 2026-07-28 by default);
@@ -27,9 +33,11 @@ on error and on SIGINT/SIGTERM.
 
 Modules, by concern: ``common`` (paths, constants, child processes, server launch),
 ``fixtures`` (issuer, database, Redis, seed data), ``machine`` (machine facts, CPU accounting),
-``protocol`` (request bodies and headers per era), ``load`` (wrk runs, summaries, stack check,
-profile), ``micro`` (in-process figures), ``auditscale`` (1M audit rows), ``report`` (table, JSON),
-``profsum`` (py-spy summaries); this file parses arguments and runs the phases.
+``protocol`` (request bodies and headers per era), ``load`` (wrk runs, stack check, profile),
+``summary`` (load medians, ratios, tax), ``instructions`` (cachegrind counts), ``asgi_driver``
+(in-process ASGI calls), ``micro`` (in-process figures), ``auditscale`` (1M audit rows),
+``report`` (table, JSON), ``profsum`` (py-spy summaries); this file parses arguments and runs
+the phases.
 """
 
 from __future__ import annotations
