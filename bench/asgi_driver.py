@@ -1,7 +1,7 @@
 """Drive an ASGI app in this process: its lifespan and one HTTP ``tools/call`` (no socket).
 
-Used by the in-process round trips (``bench/micro.py``) and the instruction counts
-(``bench/instructions.py``).
+Used by the in-process round trips (``bench/micro.py``), the instruction counts
+(``bench/instructions.py``) and ``bench/obs_overhead.py``. A leaf: imports nothing of the bench.
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from protocol import Era
+if TYPE_CHECKING:
+    from protocol import Era
 
 #: ``await app(scope, receive, send)`` (loosely typed: Django's, Starlette's and ours differ).
 ASGIApp = Callable[..., Awaitable[None]]
