@@ -46,7 +46,7 @@ SEED_IDS = [str(uuid.uuid5(SEED_NAMESPACE, f"todo-{i}")) for i in range(SEED_TOD
 ORIG_ENV = dict(os.environ)
 
 SCENARIOS = ("get_todo", "list_todos", "create_todo", "update_todo")
-SERVERS = ("baseline", "ours", "floor")
+SERVERS = ("baseline", "fair", "ours", "floor")
 
 
 def log(msg: str) -> None:

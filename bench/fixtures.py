@@ -191,6 +191,20 @@ def audit_count() -> int:
         return int(cur.fetchone()[0])
 
 
+def todo_count(tenant_pk: int, todo_id: str | None = None) -> int:
+    """The tenant's todo rows (or whether ``todo_id`` is one of them), read as the login role."""
+    from django.db import connection
+
+    sql = "SELECT count(*) FROM todos_todo WHERE tenant_id = %s"
+    params: list[Any] = [tenant_pk]
+    if todo_id is not None:
+        sql += " AND id = %s::uuid"
+        params.append(todo_id)
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        return int(cur.fetchone()[0])
+
+
 def connection_counters() -> dict[str, int]:
     """New connections so far: Redis (server-wide) and PostgreSQL sessions on the bench DB."""
     import redis

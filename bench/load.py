@@ -1,10 +1,10 @@
-"""wrk load runs: one run, a whole load phase, its summary, the stack check and the profile."""
+"""wrk load runs: the servers' environments, one run, a whole load phase (its summary is
+``bench/summary.py``), the fair server's database check, the stack check and the profile."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import threading
 import time
@@ -20,16 +20,15 @@ from common import (
     LUA,
     ORIG_ENV,
     RESULTS,
-    SCENARIOS,
+    SEED_IDS,
     SEED_TODOS,
-    SERVERS,
     Server,
     free_port,
     log,
     run_checked,
     uvicorn_cmd,
 )
-from fixtures import Issuer, analyze_tables, audit_count, connection_counters
+from fixtures import Issuer, analyze_tables, audit_count, connection_counters, todo_count
 from machine import (
     _children_cpu,
     cpu_delta,
@@ -39,6 +38,7 @@ from machine import (
     tree_rss_mib,
 )
 from protocol import ERAS, Era, looks_like_error, post, scenario_bodies, scenario_calls, validate
+from summary import summarise_load
 
 # --- wrk ------------------------------------------------------------------------------------
 
@@ -118,78 +118,55 @@ def run_wrk(
     }
 
 
-# --- summaries ------------------------------------------------------------------------------
+def server_envs(
+    issuer: Issuer, env: dict[str, str], ports: dict[str, int], tenant_pk: int
+) -> dict[str, dict[str, str]]:
+    """Each server's environment: ours gets the Django one, baseline the quickstart's, fair
+    both (the same Django settings and database as ours, FastMCP's verifier as baseline)."""
+    base_env = {**ORIG_ENV, "PYTHONUNBUFFERED": "1"}
+
+    def quickstart(name: str) -> dict[str, str]:
+        return {
+            "BENCH_JWKS_URL": issuer.jwks_url,
+            "BENCH_ISSUER": issuer.url,
+            "BENCH_AUDIENCE": f"{env['BASE_URL']}/mcp",
+            "BENCH_BASE_URL": f"http://127.0.0.1:{ports[name]}",
+        }
+
+    return {
+        "baseline": {**base_env, **quickstart("baseline"), "BENCH_SEED_TODOS": str(SEED_TODOS)},
+        "fair": {**base_env, **env, **quickstart("fair"), "BENCH_TENANT_PK": str(tenant_pk)},
+        "ours": {**base_env, **env},
+        "floor": base_env,
+    }
 
 
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 3) if values else 0.0
-
-
-PER_RUN_MEDIANS = (
-    "p90_ms",
-    "p999_ms",
-    "server_cpu_ms_per_call",
-    "postgres_cpu_ms_per_call",
-    "redis_cpu_ms_per_call",
-    "wrk_cpu_ms_per_call",
-    "redis_new_connections_per_call",
-    "pg_new_sessions_per_call",
-    "redis_commands_per_call",
-    "machine_busy_pct",
-    "other_processes_cpu_pct",
-    "server_rss_mib",
-)
-
-
-def summarise_load(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    groups: dict[tuple[str, int, int, str, str], list[dict[str, Any]]] = {}
-    for r in runs:
-        key = (r["era"], r["workers"], r["connections"], r["scenario"], r["server"])
-        groups.setdefault(key, []).append(r)
-    summary: list[dict[str, Any]] = []
-    eras = list(ERAS)
-    keys = sorted(
-        {(e, w, c, s) for (e, w, c, s, srv) in groups if srv != "floor"},
-        key=lambda k: (eras.index(k[0]), k[1], k[2], SCENARIOS.index(k[3])),
+def fair_db_check(url: str, token: str, era: Era, tenant_pk: int) -> dict[str, Any]:
+    """The fair server really reads the seeded todos and really inserts (rows before/after)."""
+    status, _, raw = post(
+        url, era.body("get_todo", {"todo_id": SEED_IDS[0]}), token, era, "get_todo"
     )
-    for e, w, c, s in keys:
-        row: dict[str, Any] = {"era": e, "workers": w, "connections": c, "scenario": s}
-        for srv in SERVERS:
-            rs = groups.get((e, w, c, s if srv != "floor" else "floor", srv), [])
-            if not rs:
-                continue
-            row[srv] = {
-                "reps": len(rs),
-                "rps": median([r["rps"] for r in rs]),
-                "rps_all": [r["rps"] for r in rs],
-                "p50_ms": median([r["p50_ms"] for r in rs]),
-                "p99_ms": median([r["p99_ms"] for r in rs]),
-                "errors": sum(r["errors"] for r in rs),
-                "requests": sum(r["requests"] for r in rs),
-            }
-            for key in PER_RUN_MEDIANS:
-                row[srv][key] = median([r.get(key, 0) for r in rs])
-            if srv == "ours":
-                row[srv]["audit_rows_ok"] = all(r.get("audit_ok", True) for r in rs)
-        b, o, f = row.get("baseline"), row.get("ours"), row.get("floor")
-        if b and o and b["rps"]:
-            row["ours_over_baseline_rps"] = round(o["rps"] / b["rps"], 3)
-            row["ours_over_baseline_p50"] = (
-                round(o["p50_ms"] / b["p50_ms"], 2) if b["p50_ms"] else None
-            )
-        if f and o and f["rps"]:
-            row["ours_over_floor_rps"] = round(o["rps"] / f["rps"], 3)
-        if f and b and f["rps"]:
-            row["baseline_over_floor_rps"] = round(b["rps"] / f["rps"], 3)
-        summary.append(row)
-    return summary
+    todo = json.loads(raw).get("result", {}).get("structuredContent", {}).get("todo") or {}
+    # (the title may have been changed by update_todo runs: the seed's other fields stay)
+    seeded = (todo.get("id"), todo.get("description"), todo.get("created_by"))
+    if status != 200 or seeded != (SEED_IDS[0], "seeded", "bench"):
+        raise RuntimeError(f"fair: get_todo did not read the seeded todo: {raw[:300]!r}")
+    before = todo_count(tenant_pk)
+    body = era.body("create_todo", {"title": "fair check", "description": "row count"})
+    status, _, raw = post(url, body, token, era, "create_todo")
+    created = json.loads(raw).get("result", {}).get("structuredContent", {}).get("todo") or {}
+    after = todo_count(tenant_pk)
+    if status != 200 or after != before + 1 or todo_count(tenant_pk, created.get("id")) != 1:
+        raise RuntimeError(
+            f"fair: create_todo did not insert one row ({before} -> {after}): {raw[:300]!r}"
+        )
+    return {"read_seeded": True, "rows_before": before, "rows_after": after}
 
 
 def run_load(
     args: argparse.Namespace,
     wrk: str,
-    issuer: Issuer,
-    env: dict[str, str],
+    envs: dict[str, dict[str, str]],
     ports: dict[str, int],
     token: str,
     result: dict[str, Any],
@@ -197,36 +174,18 @@ def run_load(
 ) -> None:
     runs: list[dict[str, Any]] = result.setdefault("load", {}).setdefault("runs", [])
     validations: dict[str, Any] = result["load"].setdefault("validation", {})
-    base_env = {**ORIG_ENV, "PYTHONUNBUFFERED": "1"}
-    baseline_env = {
-        **base_env,
-        "BENCH_JWKS_URL": issuer.jwks_url,
-        "BENCH_ISSUER": issuer.url,
-        "BENCH_AUDIENCE": f"{env['BASE_URL']}/mcp",
-        "BENCH_BASE_URL": f"http://127.0.0.1:{ports['baseline']}",
-        "BENCH_SEED_TODOS": str(SEED_TODOS),
+    apps = {
+        "baseline": ("baseline_server:app", str(BENCH)),
+        "fair": ("fair_server:app", str(BENCH)),
+        "ours": ("config.asgi:application", None),
+        "floor": ("floor_app:app", str(BENCH)),
     }
-    ours_env = {**base_env, **env}
     for workers in args.workers:
         servers = {
-            "baseline": Server(
-                "baseline",
-                ports["baseline"],
-                uvicorn_cmd("baseline_server:app", ports["baseline"], workers, app_dir=str(BENCH)),
-                baseline_env,
-            ),
-            "ours": Server(
-                "ours",
-                ports["ours"],
-                uvicorn_cmd("config.asgi:application", ports["ours"], workers),
-                ours_env,
-            ),
-            "floor": Server(
-                "floor",
-                ports["floor"],
-                uvicorn_cmd("floor_app:app", ports["floor"], workers, app_dir=str(BENCH)),
-                base_env,
-            ),
+            name: Server(
+                name, ports[name], uvicorn_cmd(app, ports[name], workers, app_dir=d), envs[name]
+            )
+            for name, (app, d) in apps.items()
         }
         try:
             log(f"starting servers with {workers} worker(s)")
@@ -244,16 +203,19 @@ def run_load(
                     s.wait_ready(lambda s=s, n=workers: listening_sockets(s.port) >= n)
             for era in (ERAS[name] for name in args.eras):
                 # the Lua check must recognise each server's tool errors: try a missing todo
-                for name in ("baseline", "ours"):
+                for name in ("baseline", "fair", "ours"):
                     missing = era.body("get_todo", {"todo_id": str(uuid.uuid4())})
                     status, _, raw = post(servers[name].url, missing, token, era, "get_todo")
                     detected = status >= 300 or looks_like_error(raw.decode(errors="replace"))
                     validations[f"{name}/{era.name}/error-detection/w{workers}"] = detected
                     if not detected:
                         raise RuntimeError(f"{name}: a tool error would not count: {raw[:300]!r}")
+                validations[f"fair/{era.name}/database/w{workers}"] = fair_db_check(
+                    servers["fair"].url, token, era, int(envs["fair"]["BENCH_TENANT_PK"])
+                )
                 # every worker must have seen its first request before timing: validate + warm
                 for scenario in args.scenarios:
-                    for name in ("baseline", "ours", "floor"):
+                    for name in ("baseline", "fair", "ours", "floor"):
                         if name == "floor" and scenario != args.scenarios[0]:
                             continue
                         checked = scenario if name != "floor" else "get_todo"
@@ -275,7 +237,10 @@ def run_load(
             for conns in args.connections:
                 for rep in range(args.reps):
                     analyze_tables()
-                    order = ["baseline", "ours"] if rep % 2 == 0 else ["ours", "baseline"]
+                    # fair next to ours; who goes first alternates
+                    order = ["baseline", "fair", "ours"]
+                    if rep % 2:
+                        order.reverse()
                     for era in (ERAS[name] for name in args.eras):
                         plan: list[tuple[str, str]] = [("floor", "get_todo")]
                         for scenario in args.scenarios:

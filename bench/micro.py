@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import threading
 import time
@@ -11,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from asgi_driver import call, lifespan, request_headers
 from common import SCENARIOS, SEED_IDS
 from protocol import ERAS, Era, looks_like_error, scenario_bodies, scenario_calls
 
@@ -326,71 +326,9 @@ def round_trips(token: str, eras: list[Era], calls: int = 40) -> dict[str, Any]:
 
         setattr(owner, name, wrapper)
 
-    def request_headers(era: Era, tool: str) -> list[tuple[bytes, bytes]]:
-        return [
-            (b"host", b"127.0.0.1"),
-            (b"authorization", f"Bearer {token}".encode()),
-            (b"user-agent", b"bench-inprocess"),
-            *((k.lower().encode(), v.encode()) for k, v in era.headers(tool).items()),
-        ]
-
-    async def one(body: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/mcp",
-            "raw_path": b"/mcp",
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000),
-        }
-        sent = False
-        status = 0
-        chunks: list[bytes] = []
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.sleep(3600)
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        await application(scope, receive, send)
-        return status, b"".join(chunks)
-
     async def run_all() -> dict[str, Any]:
-        startup_done = asyncio.Event()
-        shutdown = asyncio.Event()
-        lifespan_queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        await lifespan_queue.put({"type": "lifespan.startup"})
-
-        async def l_receive() -> dict[str, Any]:
-            msg = await lifespan_queue.get()
-            return msg
-
-        async def l_send(message: dict[str, Any]) -> None:
-            if message["type"].startswith("lifespan.startup"):
-                startup_done.set()
-            if message["type"].startswith("lifespan.shutdown"):
-                shutdown.set()
-
-        lifespan = asyncio.create_task(application({"type": "lifespan"}, l_receive, l_send))
-        await asyncio.wait_for(startup_done.wait(), 30)
         out: dict[str, Any] = {}
-        try:
+        async with lifespan(application):
             for era in eras:
                 per_era: dict[str, Any] = out.setdefault(era.name, {})
                 # every scenario as clients send it (Accept: JSON and SSE), and get_todo once
@@ -399,21 +337,21 @@ def round_trips(token: str, eras: list[Era], calls: int = 40) -> dict[str, Any]:
                 variants = [(scenario, scenario, None) for scenario in SCENARIOS]
                 variants.append(("get_todo json-only", "get_todo", "application/json"))
                 for label, scenario, accept in variants:
-                    headers = request_headers(era, scenario_calls(scenario)[0])
+                    headers = request_headers(token, era, scenario_calls(scenario)[0])
                     if accept is not None:
                         headers = [
                             (k, accept.encode() if k == b"accept" else v) for k, v in headers
                         ]
                     bodies = [b.encode() for b in scenario_bodies(scenario, era)]
                     for i in range(5):  # warm: thread pools, connections, caches
-                        await one(bodies[i % len(bodies)], headers)
+                        await call(application, bodies[i % len(bodies)], headers)
                     for key in counts:
                         counts[key] = 0
                     statements.clear()
                     t0 = time.perf_counter()
                     statuses = []
                     for i in range(calls):
-                        status, raw = await one(bodies[i % len(bodies)], headers)
+                        status, raw = await call(application, bodies[i % len(bodies)], headers)
                         statuses.append(status == 200 and not looks_like_error(raw.decode()))
                     wall = time.perf_counter() - t0
                     per_era[label] = {
@@ -426,11 +364,6 @@ def round_trips(token: str, eras: list[Era], calls: int = 40) -> dict[str, Any]:
                             for k, v in sorted(statements.items(), key=lambda kv: -kv[1])
                         },
                     }
-        finally:
-            await lifespan_queue.put({"type": "lifespan.shutdown"})
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(shutdown.wait(), 10)
-            lifespan.cancel()
         return out
 
     original_execute = psycopg.Cursor.execute

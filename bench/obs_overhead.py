@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import statistics
@@ -27,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from asgi_driver import call, lifespan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,66 +71,20 @@ async def _run(calls: int, rounds: int) -> dict[str, Any]:
         (b"user-agent", b"bench-obs"),
     ]
 
-    async def one(body: bytes) -> int:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/mcp",
-            "raw_path": b"/mcp",
-            "query_string": b"",
-            "root_path": "",
-            "headers": headers,
-            "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000),
-        }
-        sent = False
-        status = 0
-
-        async def receive() -> dict[str, Any]:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            await asyncio.sleep(3600)
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-
-        await application(scope, receive, send)
-        return status
-
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    started, stopped = asyncio.Event(), asyncio.Event()
-    await queue.put({"type": "lifespan.startup"})
-
-    async def l_send(message: dict[str, Any]) -> None:
-        if message["type"].startswith("lifespan.startup"):
-            started.set()
-        elif message["type"].startswith("lifespan.shutdown"):
-            stopped.set()
-
-    lifespan = asyncio.create_task(application({"type": "lifespan"}, queue.get, l_send))
-    await asyncio.wait_for(started.wait(), 30)
     scenarios = {
         "list_todos": lambda i: _body("list_todos", {"limit": 5}, i),
         "create_todo": lambda i: _body("create_todo", {"title": f"bench {i}"}, i),
     }
     out: dict[str, Any] = {}
-    try:
+    async with lifespan(application):
         for name, make in scenarios.items():
             for i in range(50):  # warm thread pools, connections and caches
-                assert await one(make(i)) == 200
+                assert (await call(application, make(i), headers))[0] == 200
             per_call = []
             for r in range(rounds):
                 t0 = time.process_time()
                 for i in range(calls):
-                    status = await one(make(r * calls + i))
+                    status, _ = await call(application, make(r * calls + i), headers)
                     assert status == 200, status
                 per_call.append((time.process_time() - t0) / calls * 1e6)
             out[name] = {
@@ -138,11 +93,6 @@ async def _run(calls: int, rounds: int) -> dict[str, Any]:
                 "rounds": rounds,
                 "calls_per_round": calls,
             }
-    finally:
-        await queue.put({"type": "lifespan.shutdown"})
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(stopped.wait(), 10)
-        lifespan.cancel()
     return out
 
 

@@ -42,6 +42,37 @@ def print_table(result: dict[str, Any]) -> None:
             )
         print()
         print(
+            "Governance tax: ours - fair (plain FastMCP, same services and database), server "
+            "CPU ms per call (median of reps); backend = PostgreSQL + Redis CPU; "
+            "p99 target <= 1.2x fair"
+        )
+        hdr = (
+            f"{'era':<10} {'w':>1} {'c':>3} {'scenario':<12} | "
+            f"{'fair rps':>8} {'p50':>6} {'p99':>6} {'err':>3} {'cpu/call':>8} | "
+            f"{'ours cpu':>8} | {'tax cpu':>8} {'backend':>8} | "
+            f"{'ours/fair rps':>13} {'p99':>5} | {'ours/base':>9}"
+        )
+        print(hdr)
+        print("-" * len(hdr))
+        for row in summary:
+            fair, o = row.get("fair", {}), row.get("ours", {})
+            if not fair:
+                continue
+            print(
+                f"{row['era']:<10} {row['workers']:>1} {row['connections']:>3} "
+                f"{row['scenario']:<12} | "
+                f"{fair.get('rps', 0):>8.0f} {fair.get('p50_ms', 0):>6.2f} "
+                f"{fair.get('p99_ms', 0):>6.1f} {fair.get('errors', 0):>3} "
+                f"{fair.get('server_cpu_ms_per_call', 0):>6.2f}ms | "
+                f"{o.get('server_cpu_ms_per_call', 0):>6.2f}ms | "
+                f"{row.get('tax_cpu_ms_per_call') or 0:>+6.2f}ms "
+                f"{row.get('tax_backend_cpu_ms_per_call') or 0:>+6.2f}ms | "
+                f"{row.get('ours_over_fair_rps') or 0:>13.2f} "
+                f"{row.get('ours_over_fair_p99') or 0:>5.2f} | "
+                f"{row.get('ours_over_baseline_rps') or 0:>9.2f}"
+            )
+        print()
+        print(
             "Per call, ours (median): server CPU, PostgreSQL CPU, Redis CPU, wrk CPU (ms); new "
             "Redis connections and PostgreSQL sessions per call; CPU used by other processes (%)"
         )
@@ -63,6 +94,21 @@ def print_table(result: dict[str, Any]) -> None:
                 f"rss {o.get('server_rss_mib', 0):6.1f} MiB  "
                 f"audit rows ok {o.get('audit_rows_ok')}"
             )
+    instr = result.get("instructions")
+    if instr:
+        print()
+        print(
+            f"Instructions per call (cachegrind, in process, (I(N2) - I(N1)) / (N2 - N1), "
+            f"N = {instr['calls'][0]}, {instr['calls'][1]}): ours, fair, tax = ours - fair"
+        )
+        for era, scenarios in instr.get("tax", {}).items():
+            for scenario, tax in scenarios.items():
+                ours = instr["ours"][era][scenario]["instructions_per_call"]
+                fair = instr["fair"][era][scenario]["instructions_per_call"]
+                print(
+                    f"  {era:<10} {scenario:<12} ours {ours:>12,}  fair {fair:>12,}  "
+                    f"tax {tax:>12,}  ({ours / fair:.2f}x)"
+                )
     stack = result.get("stack_check")
     if stack:
         print()

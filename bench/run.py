@@ -1,18 +1,24 @@
-"""``make bench``: load-test the governed MCP server against the seed quickstart and a floor.
+"""``make bench``: load-test the governed MCP server against the seed quickstart, plain FastMCP
+doing the same database work (the governance tax) and a floor.
 
 One command (see bench/README.md for how to read the output):
 
 1. installs ``wrk`` with apt-get when missing (and ``py-spy`` into the venv for the profile);
 2. creates the PostgreSQL database ``mcp_bench``, migrates it, seeds the bench tenant's todos,
    flushes Redis db 11, serves the bench RSA key's JWKS on loopback from a thread;
-3. starts three servers under uvicorn on loopback ports, for 1 and then 2 workers:
+3. starts four servers under uvicorn on loopback ports, for 1 and then 2 workers:
    **baseline** (``bench/baseline_server.py``, the quickstart on FastMCP's ``JWTVerifier`` and a
-   dict), **ours** (``config.asgi:application``, full stack: PostgreSQL, Redis, audit rows) and
-   **floor** (``bench/floor_app.py``, parse JSON and answer a fixed result);
+   dict), **fair** (``bench/fair_server.py``, plain FastMCP over the same todo services and
+   database as ours, no governance), **ours** (``config.asgi:application``, full stack:
+   PostgreSQL, Redis, audit rows) and **floor** (``bench/floor_app.py``, parse JSON and answer a
+   fixed result);
 4. drives ``tools/call`` load with ``wrk`` + ``bench/mcp.lua`` for each scenario and protocol era
    (handshake-era requests and 2026-07-28 envelopes, ``bench/protocol.py``), interleaving the
-   servers (floor, baseline, ours / ours, baseline ...) over several repetitions, and reports
-   medians and ratios per era;
+   servers (floor, baseline, fair, ours / ours, fair, baseline ...) over several repetitions,
+   and reports medians, ratios and the governance tax (ours - fair, ``bench/summary.py``) per
+   era;
+4b. counts instructions per call of ours and fair under valgrind's cachegrind, in process
+   (``bench/instructions.py``);
 5. measures per-call micro-figures in-process (token verification, tenant + scope resolution,
    rate-limit round trips, audit insert, thread hops);
 6. profiles ours under ``get_todo`` load with py-spy (1 worker, 2026-07-28 by default);
@@ -27,9 +33,11 @@ on error and on SIGINT/SIGTERM.
 
 Modules, by concern: ``common`` (paths, constants, child processes, server launch),
 ``fixtures`` (issuer, database, Redis, seed data), ``machine`` (machine facts, CPU accounting),
-``protocol`` (request bodies and headers per era), ``load`` (wrk runs, summaries, stack check,
-profile), ``micro`` (in-process figures), ``auditscale`` (1M audit rows), ``report`` (table, JSON),
-``profsum`` (py-spy summaries); this file parses arguments and runs the phases.
+``protocol`` (request bodies and headers per era), ``load`` (wrk runs, stack check, profile),
+``summary`` (load medians, ratios, tax), ``instructions`` (cachegrind counts), ``asgi_driver``
+(in-process ASGI calls), ``micro`` (in-process figures), ``auditscale`` (1M audit rows),
+``report`` (table, JSON), ``profsum`` (py-spy summaries); this file parses arguments and runs
+the phases.
 """
 
 from __future__ import annotations
@@ -82,7 +90,8 @@ from fixtures import (
     seed_todos,
     setup_django,
 )
-from load import profile_ours, run_load, stack_check
+from instructions import instruction_counts
+from load import profile_ours, run_load, server_envs, stack_check
 from machine import machine_facts
 from micro import micro_figures, round_trips
 from protocol import ERAS
@@ -162,6 +171,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the floor run under plain `uvicorn --workers 2` (the Nagle check)",
     )
     p.add_argument("--keep-db", action="store_true", help="leave the mcp_bench database")
+    p.add_argument(
+        "--no-instructions",
+        dest="instructions",
+        action="store_false",
+        default=True,
+        help="skip the instruction counts (ours and fair under valgrind's cachegrind)",
+    )
+    p.add_argument(
+        "--instructions-only",
+        action="store_true",
+        help="only the instruction counts: no stack check, load, micro, profile or audit scale",
+    )
+    p.add_argument(
+        "--instr-calls",
+        help="N1,N2: calls in the two counted children per era and scenario "
+        "(instructions/call = (I(N2) - I(N1)) / (N2 - N1); default 10,40; quick 5,20)",
+    )
+    p.add_argument(
+        "--instr-warmup",
+        type=int,
+        help="warm-up calls before the counted ones (default 10; quick 5)",
+    )
     args = p.parse_args(argv)
     q = args.quick
     args.duration = args.duration or (2.0 if q else 3.0)
@@ -183,6 +214,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.export_formats = [f for f in args.export_formats.split(",") if f]
     if args.audit_scale is None:
         args.audit_scale = not q
+    if args.instructions_only:
+        if not args.instructions:
+            p.error("--instructions-only and --no-instructions contradict each other")
+        args.no_load = args.no_micro = args.no_stack_check = True
+        args.profile = args.audit_scale = False
+    calls = [int(n) for n in (args.instr_calls or ("5,20" if q else "10,40")).split(",")]
+    if len(calls) != 2 or not 0 <= calls[0] < calls[1]:
+        p.error("--instr-calls takes N1,N2 with 0 <= N1 < N2")
+    args.instr_calls = (calls[0], calls[1])
+    if args.instr_warmup is None:
+        args.instr_warmup = 5 if q else 10
     return args
 
 
@@ -238,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         ports = {name: free_port() for name in SERVERS}
         issuer = Issuer()
         env = django_env(issuer, ports["ours"], args.rate)
+        envs: dict[str, dict[str, str]] = {}
         token = issuer.mint(f"{env['BASE_URL']}/mcp")
         result["config"]["token_claims"] = {
             "client_id": CLIENT_ID,
@@ -254,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             setup_django(env)
             django_ready = True
             result["seed"] = {"tenant_pk": seed_todos(), "todos": SEED_TODOS}
+            envs = server_envs(issuer, env, ports, result["seed"]["tenant_pk"])
         if not args.no_stack_check and not args.no_load:
             with phase("stack_check"):
                 result["stack_check"] = stack_check(args, wrk, token)
@@ -270,7 +314,17 @@ def main(argv: list[str] | None = None) -> int:
                         profile_ours(args, wrk, py_spy, servers["ours"], token, result)
 
             with phase("load"):
-                run_load(args, wrk, issuer, env, ports, token, result, hook)
+                run_load(args, wrk, envs, ports, token, result, hook)
+        if args.instructions:
+            with phase("instructions"):
+                result["instructions"] = instruction_counts(
+                    envs,
+                    token,
+                    args.eras,
+                    args.scenarios,
+                    warmup=args.instr_warmup,
+                    calls=args.instr_calls,
+                )
         if args.audit_scale:
             with phase("audit_scale"):
                 audit: dict[str, Any] = {}
