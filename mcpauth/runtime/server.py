@@ -49,6 +49,7 @@ from mcpauth.runtime import request_state
 from mcpauth.runtime.arguments import describe_invalid_arguments, failed_argument, schema_keys
 from mcpauth.runtime.components import PromptSpec, ResourceSpec, fastmcp_prompt, fastmcp_resource
 from mcpauth.runtime.context import get_call
+from mcpauth.runtime.fastmcp_trims import SingleProviderLookup
 from mcpauth.runtime.registry import ToolRegistry, registry
 from mcpauth.runtime.runner import (
     INTERNAL_MESSAGE,
@@ -233,12 +234,13 @@ _ADDERS = (
 )
 
 
-class GovernedServer(FastMCP[Any]):
+class GovernedServer(SingleProviderLookup, FastMCP[Any]):
     """FastMCP that takes nothing more once :func:`build_server` is done with it.
 
     Whatever is added to the platform's server directly (``get_server().add_resource(...)``,
     ``.mount(...)``, ``@get_server().prompt``) would be served without governance: it raises
-    :class:`ServerSealed` instead, naming the decorators to use.
+    :class:`ServerSealed` instead, naming the decorators to use. Sealed, it has exactly one
+    provider, so a tool lookup asks that provider directly (:mod:`mcpauth.runtime.fastmcp_trims`).
     """
 
     _sealed = False
