@@ -20,7 +20,7 @@ from django.db.models import Q
 from django.db.models.signals import class_prepared
 from django.dispatch import receiver
 
-from mcpauth.admission import revocation
+from mcpauth.caching import revocation
 from mcpauth.conf import get_settings, parse_rate
 from mcpauth.exceptions import CrossTenantAccess
 from mcpauth.managers import (

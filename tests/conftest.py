@@ -23,7 +23,8 @@ from django.core.cache import caches
 from django.test import override_settings
 from jwt.algorithms import RSAAlgorithm
 
-from mcpauth.admission import floods, ratelimit, revocation
+from mcpauth.admission import floods, ratelimit
+from mcpauth.caching import revocation
 from mcpauth.identity import scopes, tenancy, tokens
 from mcpauth.identity.tokens import Principal, TenantRef
 from mcpauth.operations import seed_scope_mappings

@@ -127,6 +127,32 @@ def test_no_import_circles_in_mcpauth_and_audit() -> None:
     assert cycles(graph()) == []
 
 
+#: mcpauth's subpackages by concern (docs/architecture.md, "Where the code is").
+SUBPACKAGES = ("edge", "admission", "identity", "caching", "runtime")
+
+
+def _subpackage(module: str) -> str | None:
+    parts = module.split(".")
+    if len(parts) > 2 and parts[0] == "mcpauth" and parts[1] in SUBPACKAGES:
+        return parts[1]
+    return None
+
+
+def test_the_subpackages_depend_one_way() -> None:
+    """Not only modules: the concerns themselves form no circle (identity never reaches back
+    into admission, the runtime never into the edge ...)."""
+    edges: dict[str, set[str]] = {name: set() for name in SUBPACKAGES}
+    for module, targets in graph().items():
+        source = _subpackage(module)
+        for target in targets:
+            owner = _subpackage(target)
+            if source is not None and owner is not None and owner != source:
+                edges[source].add(owner)
+    assert cycles(edges) == []
+    assert edges["caching"] == set()  # shared by the others, it uses none of them
+    assert "identity" in edges["admission"] and "admission" not in edges["identity"]
+
+
 @pytest.mark.parametrize("app", APPS)
 def test_apps_import_no_domain_app_or_reference_project(app: str) -> None:
     forbidden = ("todos", "config", "tests", "bench")

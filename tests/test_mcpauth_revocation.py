@@ -1,4 +1,4 @@
-"""The shared configuration version (mcpauth.admission.revocation) against the real Redis."""
+"""The shared configuration version (mcpauth.caching.revocation) against the real Redis."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.core.cache import caches
 
-from mcpauth.admission import revocation
+from mcpauth.caching import revocation
 
 pytestmark = [pytest.mark.needs_shared_services]
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.core.exceptions import SynchronousOnlyOperation
 
-from mcpauth.admission import floods, ratelimit, revocation
-from mcpauth.admission.localcache import CacheMiss, cache_only
+from mcpauth.admission import floods, ratelimit
+from mcpauth.caching import revocation
+from mcpauth.caching.localcache import CacheMiss, cache_only
 from mcpauth.conf import MCPAuthSettings
 from mcpauth.exceptions import InsufficientScope, MCPAuthError, MissingToken
 from mcpauth.identity import scopes
@@ -62,7 +63,7 @@ async def admit_on_loop(ctx: CallContext, raw: str | None) -> bool:
     The common case (a token already verified, its tenant, scopes and client policy cached, the
     count in Redis or in process) costs a thread hop less this way. Anything that would need a
     database query, a JWKS fetch or a blocking cache raises ``CacheMiss`` inside
-    :func:`~mcpauth.admission.localcache.cache_only` before anything is counted, and so does any
+    :func:`~mcpauth.caching.localcache.cache_only` before anything is counted, and so does any
     refusal before the count: the caller then runs :func:`admit` in a thread, which decides it all
     again (and a refusal is then recorded exactly as on that path). Returns whether it admitted.
     """

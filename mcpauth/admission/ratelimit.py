@@ -27,9 +27,9 @@ from django.dispatch import receiver
 from django_ratelimit import core as rl_core
 from django_ratelimit.core import get_usage
 
-from mcpauth.admission import revocation
 from mcpauth.admission.cache import RedisCache
-from mcpauth.admission.localcache import TTLCache, require_io
+from mcpauth.caching import revocation
+from mcpauth.caching.localcache import TTLCache, require_io
 from mcpauth.conf import get_settings, parse_rate
 from mcpauth.exceptions import AccessDenied, RateLimited, ServiceUnavailable
 from mcpauth.models import ClientPolicy

@@ -31,7 +31,7 @@ from typing import Any
 import jwt
 from jwt import PyJWK
 
-from mcpauth.admission.localcache import require_io
+from mcpauth.caching.localcache import require_io
 from mcpauth.conf import IssuerConfig, MCPAuthSettings, get_settings
 from mcpauth.exceptions import InvalidToken, ServiceUnavailable
 

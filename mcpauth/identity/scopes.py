@@ -18,8 +18,8 @@ from typing import Any
 from django.contrib.auth.models import Permission
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
-from mcpauth.admission import revocation
-from mcpauth.admission.localcache import TTLCache
+from mcpauth.caching import revocation
+from mcpauth.caching.localcache import TTLCache
 from mcpauth.conf import get_settings
 from mcpauth.models import ScopeMapping
 

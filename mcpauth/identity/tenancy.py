@@ -19,8 +19,8 @@ from typing import Any
 
 from django.db.models.signals import post_delete, post_save
 
-from mcpauth.admission import revocation
-from mcpauth.admission.localcache import TTLCache, require_io
+from mcpauth.caching import revocation
+from mcpauth.caching.localcache import TTLCache, require_io
 from mcpauth.conf import get_settings
 from mcpauth.exceptions import AccessDenied, InvalidToken
 from mcpauth.models import ClientBinding, Tenant, TenantAlias

@@ -43,7 +43,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 
-from mcpauth.admission.localcache import cache_only_active
+from mcpauth.caching.localcache import cache_only_active
 from mcpauth.observability.conf import ObservabilitySettings
 
 if TYPE_CHECKING:

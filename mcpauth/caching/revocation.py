@@ -29,7 +29,7 @@ from typing import Any
 from django.core.cache import caches
 from django.db import transaction
 
-from mcpauth.admission.localcache import require_io
+from mcpauth.caching.localcache import require_io
 from mcpauth.conf import get_settings
 
 log = logging.getLogger(__name__)
