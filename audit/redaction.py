@@ -55,13 +55,16 @@ _KEY_SHAPES_RE = re.compile(
     | \bAIza[0-9A-Za-z_-]{35}                       # Google API keys
     """
 )
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+#: What no database column can take: NUL (PostgreSQL text and jsonb refuse it) and lone
+#: surrogates (valid JSON escapes, ``"\\ud800"``, but not encodable as UTF-8 anywhere).
+_UNSTORABLE_RE = re.compile(r"[\x00\ud800-\udfff]")
 REDACTED = "[redacted]"
 
 
 def clean(text: str) -> str:
-    """Text PostgreSQL can store: NUL (valid in JSON, refused by text/jsonb) becomes U+FFFD."""
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    """Text any database can store: NUL and lone surrogates (both valid in JSON) become U+FFFD."""
+    return _UNSTORABLE_RE.sub("\ufffd", text)
 
 
 def identifier(text: str) -> str:

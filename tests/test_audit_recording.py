@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import httpx2
 import pytest
@@ -16,7 +17,11 @@ from todos.models import Todo
 
 def post(live, token, body) -> httpx2.Response:
     headers = {**MCP_ACCEPT, "authorization": f"Bearer {token}", "user-agent": "audit-test/1"}
-    return httpx2.post(live.url, json=body, headers=headers)
+    # ASCII JSON, as most clients send it: a lone surrogate travels as its escape "\ud800"
+    content = json.dumps(body).encode()
+    return httpx2.post(
+        live.url, content=content, headers=headers | {"content-type": "application/json"}
+    )
 
 
 def only_row(**filters) -> AuditEvent:
@@ -192,17 +197,43 @@ def test_no_raw_token_in_audit_rows_or_logs(live, mint, caplog, admin_client):
         call_tool("create_todo", {"title": "a\x00b"}),
         call_tool("create_todo", {"title": "ok", "descr\x00iption": "x"}),
         call_tool("no\x00tool", {}),
+        call_tool("get_todo", {"todo_id": "\ud800abc"}),
+        call_tool("list_todos", {"cursor": "a\udfffb"}),
+        call_tool("create_todo", {"title": "a\ud800"}),
+        call_tool("create_todo", {"title": "ok", "description": "\udc00"}),
+        call_tool("create_todo", {"title": "ok", "descr\ud800iption": "x"}),
+        call_tool("no\udfbftool", {}),
     ],
-    ids=["id", "cursor", "title", "key", "tool-name"],
+    ids=[
+        "id",
+        "cursor",
+        "title",
+        "key",
+        "tool-name",
+        "surrogate-id",
+        "surrogate-cursor",
+        "surrogate-title",
+        "surrogate-description",
+        "surrogate-key",
+        "surrogate-tool-name",
+    ],
 )
-def test_nul_characters_are_audited_not_a_crash(live, mint, body):
-    """NUL is valid JSON but PostgreSQL text and jsonb refuse it: stored as U+FFFD (in a tool
-    name, which no tool can have, refused before admission with 400 and stored escaped)."""
+def test_unstorable_characters_are_audited_not_a_crash(live, mint, body):
+    """NUL and lone surrogates are valid JSON (``"\\u0000"``, ``"\\ud800"``) but no database
+    text column takes them (PostgreSQL refuses NUL, nothing encodes a lone surrogate as UTF-8):
+    stored as U+FFFD, and the call answered as any other bad input (a tool name, which no tool
+    can have, is refused before admission with 400 and stored escaped)."""
     resp = post(live, mint(), body)
-    assert resp.status_code == (400 if "\x00" in body["params"]["name"] else 200), resp.text
+    name = body["params"]["name"]
+    assert resp.status_code == (400 if name not in TOOL_NAMES else 200), resp.text
     row = only_row()
-    assert row.outcome in {"tool_error", "invalid_request"}
-    assert "\x00" not in json.dumps(row.arguments) + row.tool + row.error_message
+    assert row.outcome in {"tool_error", "invalid_request"}, (row.outcome, row.error_message)
+    stored = json.dumps(row.arguments, ensure_ascii=False) + row.tool + row.error_message
+    assert not UNSTORABLE.search(stored)
+
+
+TOOL_NAMES = {"get_todo", "list_todos", "create_todo"}
+UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
 def test_nul_in_unauthenticated_request_is_still_a_401(live, mint):

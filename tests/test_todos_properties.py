@@ -380,3 +380,16 @@ def test_nul_in_title_or_description_is_refused_never_a_crash(make_principal):
     with pytest.raises(services.InvalidInput, match="NUL"):
         services.update_todo(p, todo_id, description="x\x00")
     assert list(Todo.all_tenants.values_list("title", "description")) == [("fine", "")]
+
+
+def test_a_lone_surrogate_is_refused_never_a_crash(make_principal):
+    """A lone surrogate is valid JSON (``"\\ud800"``) but no database stores it as UTF-8: the
+    service refuses it with InvalidInput (a tool error with a reason), on every DB."""
+    p = make_principal("prop-acme")
+    for fields in ({"title": "a\ud800b"}, {"title": "ok", "description": "\udfff"}):
+        with pytest.raises(services.InvalidInput, match="lone surrogate"):
+            services.create_todo(p, **fields)
+    todo_id = services.create_todo(p, title="fine")["id"]
+    with pytest.raises(services.InvalidInput, match="lone surrogate"):
+        services.update_todo(p, todo_id, title="\udc00x")
+    assert list(Todo.all_tenants.values_list("title", "description")) == [("fine", "")]

@@ -17,6 +17,7 @@ import base64
 import binascii
 import functools
 import json
+import re
 import uuid
 from datetime import datetime
 from typing import Any
@@ -73,12 +74,18 @@ def serialize(todo: Todo) -> dict[str, Any]:
     return serialize_row({name: getattr(todo, name) for name in FIELDS})
 
 
+#: A lone surrogate: a valid JSON escape (``"\\ud800"``) that no database can store as UTF-8.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def _title(value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidInput("Title must be a string.")
     title = value.strip()
     if "\x00" in title:
         raise InvalidInput("Title must not contain NUL characters.")
+    if _SURROGATE.search(title):
+        raise InvalidInput("Title must be valid Unicode text (it holds a lone surrogate).")
     if not title:
         raise InvalidInput("Title must not be empty.")
     if len(title) > TITLE_MAX:
@@ -93,6 +100,8 @@ def _description(value: Any) -> str:
         raise InvalidInput("Description must be a string.")
     if "\x00" in value:
         raise InvalidInput("Description must not contain NUL characters.")
+    if _SURROGATE.search(value):
+        raise InvalidInput("Description must be valid Unicode text (it holds a lone surrogate).")
     if len(value) > DESCRIPTION_MAX:
         raise InvalidInput(
             f"Description is too long ({len(value)} > {DESCRIPTION_MAX} characters)."
