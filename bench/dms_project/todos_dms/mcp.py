@@ -40,6 +40,8 @@ def _todos() -> QuerySet[Todo]:
 
 
 def _serialize(row: dict[str, Any]) -> dict[str, Any]:
+    """The API shape of a todo, as ``todos.services.serialize_row`` (which this venv, on
+    mcp 1.x, cannot import; so are the cursor helpers below)."""
     return {
         "id": str(row["id"]),
         "title": row["title"],
