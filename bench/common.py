@@ -46,7 +46,7 @@ SEED_IDS = [str(uuid.uuid5(SEED_NAMESPACE, f"todo-{i}")) for i in range(SEED_TOD
 ORIG_ENV = dict(os.environ)
 
 SCENARIOS = ("get_todo", "list_todos", "create_todo", "update_todo")
-SERVERS = ("baseline", "fair", "ours", "floor")
+SERVERS = ("baseline", "fair", "dms", "ours", "floor")
 
 
 def log(msg: str) -> None:
@@ -265,13 +265,19 @@ LAUNCH: dict[str, Any] = {"plain": False, "loop": "auto", "http": "auto"}
 
 
 def uvicorn_cmd(
-    app: str, port: int, workers: int, app_dir: str | None = None, plain: bool | None = None
+    app: str,
+    port: int,
+    workers: int,
+    app_dir: str | None = None,
+    plain: bool | None = None,
+    python: str = PY,
 ) -> list[str]:
-    """``uvicorn APP --workers N`` via bench/serve.py (TCP_NODELAY; see there) or the CLI."""
+    """``uvicorn APP --workers N`` via bench/serve.py (TCP_NODELAY; see there) or the CLI, run
+    by ``python`` (the project's, or another venv's with uvicorn, e.g. django-mcp-server's)."""
     if plain if plain is not None else LAUNCH["plain"]:
-        cmd = [PY, "-m", "uvicorn", app, "--no-access-log"]
+        cmd = [python, "-m", "uvicorn", app, "--no-access-log"]
     else:
-        cmd = [PY, str(BENCH / "serve.py"), app]
+        cmd = [python, str(BENCH / "serve.py"), app]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     cmd += ["--log-level", "warning", "--loop", LAUNCH["loop"], "--http", LAUNCH["http"]]
     if app_dir:

@@ -23,7 +23,7 @@ Installing the project's apps also installs mcpauth's per-connection execute wra
 row-level security; outside a governed body no tenant is bound, so it compares one attribute
 per statement and never switches the connection: the connection stays the login role, which the
 restrictive policy does not apply to, and sees the same rows as ours (``bench/load.py``'s
-``fair_db_check`` verifies a seeded read and a counted insert before every load).
+``db_check`` verifies a seeded read and a counted insert before every load).
 
 **Tenant.** The services take a principal and confine every statement to its tenant in the
 SQL (``WHERE tenant_id = …``); with no tenant bound they need no context, only the principal.

@@ -1,42 +1,34 @@
 """wrk load runs: the servers' environments, one run, a whole load phase (its summary is
-``bench/summary.py``), the fair server's database check, the stack check and the profile."""
+``bench/summary.py``), the fair and dms servers' database check and the stack check (the
+profile is ``bench/profile_load.py``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-import profsum
 from common import (
     BENCH,
     CHILDREN,
     LAUNCH,
     LUA,
     ORIG_ENV,
-    RESULTS,
+    PY,
     SEED_IDS,
     SEED_TODOS,
     Server,
     free_port,
     log,
-    run_checked,
     uvicorn_cmd,
 )
+from dms import DMS_APP, DMS_ERAS, dms_env
 from fixtures import Issuer, analyze_tables, audit_count, connection_counters, todo_count
-from machine import (
-    _children_cpu,
-    cpu_delta,
-    cpu_snapshot,
-    listening_sockets,
-    tree_pids,
-    tree_rss_mib,
-)
+from machine import _children_cpu, cpu_delta, cpu_snapshot, listening_sockets, tree_rss_mib
 from protocol import ERAS, Era, looks_like_error, post, scenario_bodies, scenario_calls, validate
 from summary import summarise_load
 
@@ -122,7 +114,8 @@ def server_envs(
     issuer: Issuer, env: dict[str, str], ports: dict[str, int], tenant_pk: int
 ) -> dict[str, dict[str, str]]:
     """Each server's environment: ours gets the Django one, baseline the quickstart's, fair
-    both (the same Django settings and database as ours, FastMCP's verifier as baseline)."""
+    both (the same Django settings and database as ours, FastMCP's verifier as baseline), dms
+    the quickstart's issuer and the bench database (its own Django settings)."""
     base_env = {**ORIG_ENV, "PYTHONUNBUFFERED": "1"}
 
     def quickstart(name: str) -> dict[str, str]:
@@ -136,13 +129,15 @@ def server_envs(
     return {
         "baseline": {**base_env, **quickstart("baseline"), "BENCH_SEED_TODOS": str(SEED_TODOS)},
         "fair": {**base_env, **env, **quickstart("fair"), "BENCH_TENANT_PK": str(tenant_pk)},
+        "dms": dms_env(base_env, quickstart("dms"), tenant_pk),
         "ours": {**base_env, **env},
         "floor": base_env,
     }
 
 
-def fair_db_check(url: str, token: str, era: Era, tenant_pk: int) -> dict[str, Any]:
-    """The fair server really reads the seeded todos and really inserts (rows before/after)."""
+def db_check(name: str, url: str, token: str, era: Era, tenant_pk: int) -> dict[str, Any]:
+    """A server (fair, dms) really reads the seeded todos and really inserts one row in the
+    bench tenant (rows before/after)."""
     status, _, raw = post(
         url, era.body("get_todo", {"todo_id": SEED_IDS[0]}), token, era, "get_todo"
     )
@@ -150,17 +145,28 @@ def fair_db_check(url: str, token: str, era: Era, tenant_pk: int) -> dict[str, A
     # (the title may have been changed by update_todo runs: the seed's other fields stay)
     seeded = (todo.get("id"), todo.get("description"), todo.get("created_by"))
     if status != 200 or seeded != (SEED_IDS[0], "seeded", "bench"):
-        raise RuntimeError(f"fair: get_todo did not read the seeded todo: {raw[:300]!r}")
+        raise RuntimeError(f"{name}: get_todo did not read the seeded todo: {raw[:300]!r}")
     before = todo_count(tenant_pk)
-    body = era.body("create_todo", {"title": "fair check", "description": "row count"})
+    body = era.body("create_todo", {"title": f"{name} check", "description": "row count"})
     status, _, raw = post(url, body, token, era, "create_todo")
     created = json.loads(raw).get("result", {}).get("structuredContent", {}).get("todo") or {}
     after = todo_count(tenant_pk)
     if status != 200 or after != before + 1 or todo_count(tenant_pk, created.get("id")) != 1:
         raise RuntimeError(
-            f"fair: create_todo did not insert one row ({before} -> {after}): {raw[:300]!r}"
+            f"{name}: create_todo did not insert one row ({before} -> {after}): {raw[:300]!r}"
         )
     return {"read_seeded": True, "rows_before": before, "rows_after": after}
+
+
+def served(name: str, era: str) -> bool:
+    """Whether a server is loaded on an era (dms only speaks the handshake era)."""
+    return name != "dms" or era in DMS_ERAS
+
+
+def server_order(rep: int, dms: bool) -> list[str]:
+    """The servers of one repetition, fair next to ours; who goes first alternates."""
+    order = ["dms", "baseline", "fair", "ours"] if dms else ["baseline", "fair", "ours"]
+    return order[::-1] if rep % 2 else order
 
 
 def run_load(
@@ -171,21 +177,30 @@ def run_load(
     token: str,
     result: dict[str, Any],
     profile_hook: Callable[[dict[str, Server]], None] | None,
+    dms_python: str | None = None,
 ) -> None:
+    """Every server, scenario and era under wrk, per worker count; dms (django-mcp-server, run
+    by ``dms_python``, its venv's) only when that is given."""
     runs: list[dict[str, Any]] = result.setdefault("load", {}).setdefault("runs", [])
     validations: dict[str, Any] = result["load"].setdefault("validation", {})
     apps = {
-        "baseline": ("baseline_server:app", str(BENCH)),
-        "fair": ("fair_server:app", str(BENCH)),
-        "ours": ("config.asgi:application", None),
-        "floor": ("floor_app:app", str(BENCH)),
+        "baseline": ("baseline_server:app", str(BENCH), PY),
+        "fair": ("fair_server:app", str(BENCH), PY),
+        "ours": ("config.asgi:application", None, PY),
+        "floor": ("floor_app:app", str(BENCH), PY),
     }
+    if dms_python:
+        apps["dms"] = (DMS_APP, str(BENCH), dms_python)
+    checked_dbs = [name for name in ("fair", "dms") if name in apps]
     for workers in args.workers:
         servers = {
             name: Server(
-                name, ports[name], uvicorn_cmd(app, ports[name], workers, app_dir=d), envs[name]
+                name,
+                ports[name],
+                uvicorn_cmd(app, ports[name], workers, app_dir=d, python=py),
+                envs[name],
             )
-            for name, (app, d) in apps.items()
+            for name, (app, d, py) in apps.items()
         }
         try:
             log(f"starting servers with {workers} worker(s)")
@@ -202,20 +217,32 @@ def run_load(
                 if workers > 1 and not LAUNCH["plain"]:  # every worker bound (app loaded)
                     s.wait_ready(lambda s=s, n=workers: listening_sockets(s.port) >= n)
             for era in (ERAS[name] for name in args.eras):
+                tools = [n for n in ("baseline", "fair", "dms", "ours") if n in servers]
+                if "dms" in servers and not served("dms", era.name):
+                    validations[f"dms/{era.name}/refused/w{workers}"] = refused(
+                        servers["dms"].url, token, era
+                    )
+                tools = [n for n in tools if served(n, era.name)]
                 # the Lua check must recognise each server's tool errors: try a missing todo
-                for name in ("baseline", "fair", "ours"):
+                for name in tools:
                     missing = era.body("get_todo", {"todo_id": str(uuid.uuid4())})
                     status, _, raw = post(servers[name].url, missing, token, era, "get_todo")
                     detected = status >= 300 or looks_like_error(raw.decode(errors="replace"))
                     validations[f"{name}/{era.name}/error-detection/w{workers}"] = detected
                     if not detected:
                         raise RuntimeError(f"{name}: a tool error would not count: {raw[:300]!r}")
-                validations[f"fair/{era.name}/database/w{workers}"] = fair_db_check(
-                    servers["fair"].url, token, era, int(envs["fair"]["BENCH_TENANT_PK"])
-                )
+                for name in checked_dbs:
+                    if served(name, era.name):
+                        validations[f"{name}/{era.name}/database/w{workers}"] = db_check(
+                            name,
+                            servers[name].url,
+                            token,
+                            era,
+                            int(envs[name]["BENCH_TENANT_PK"]),
+                        )
                 # every worker must have seen its first request before timing: validate + warm
                 for scenario in args.scenarios:
-                    for name in ("baseline", "fair", "ours", "floor"):
+                    for name in [*tools, "floor"]:
                         if name == "floor" and scenario != args.scenarios[0]:
                             continue
                         checked = scenario if name != "floor" else "get_todo"
@@ -237,14 +264,11 @@ def run_load(
             for conns in args.connections:
                 for rep in range(args.reps):
                     analyze_tables()
-                    # fair next to ours; who goes first alternates
-                    order = ["baseline", "fair", "ours"]
-                    if rep % 2:
-                        order.reverse()
+                    order = server_order(rep, "dms" in servers)
                     for era in (ERAS[name] for name in args.eras):
                         plan: list[tuple[str, str]] = [("floor", "get_todo")]
                         for scenario in args.scenarios:
-                            plan += [(srv, scenario) for srv in order]
+                            plan += [(srv, scenario) for srv in order if served(srv, era.name)]
                         for srv, scenario in plan:
                             runs.append(
                                 one_run(
@@ -267,6 +291,19 @@ def run_load(
             for s in servers.values():
                 s.stop()
         result["load"]["summary"] = summarise_load(runs)
+
+
+def refused(url: str, token: str, era: Era) -> dict[str, Any]:
+    """dms on an era it does not speak: its refusal, checked (if it ever answers, say so)."""
+    status, _, raw = post(
+        url, era.body("get_todo", {"todo_id": SEED_IDS[0]}), token, era, "get_todo"
+    )
+    if status < 400:
+        raise RuntimeError(
+            f"dms answered a {era.name} request ({status}): load it on that era (bench/dms.py "
+            f"DMS_ERAS): {raw[:300]!r}"
+        )
+    return {"status": status, "reply": raw[:300].decode(errors="replace")}
 
 
 def one_run(
@@ -377,88 +414,3 @@ def stack_check(args: argparse.Namespace, wrk: str, token: str) -> dict[str, Any
         finally:
             server.stop()
     return out
-
-
-# --- profile ---------------------------------------------------------------------------------
-
-
-def profile_ours(
-    args: argparse.Namespace,
-    wrk: str,
-    py_spy: str,
-    server: Server,
-    token: str,
-    result: dict[str, Any],
-) -> None:
-    assert server.proc is not None
-    pid = server.proc.pid
-    prof: dict[str, Any] = {
-        "pid_tree": tree_pids(pid),
-        "scenario": "get_todo",
-        "era": args.profile_era,
-        "connections": args.profile_connections,
-        "workers": 1,
-    }
-    passes = [("gil", ["--gil"]), ("active", [])]
-    if args.profile_svg:
-        passes.append(("svg", ["--gil"]))
-    for name, extra in passes:
-        fmt = "flamegraph" if name == "svg" else "raw"
-        out_path = RESULTS / ("profile-ours.svg" if name == "svg" else f"profile-ours-{name}.raw")
-        wrk_proc = threading.Thread(
-            target=lambda name=name: prof.setdefault("load", {}).__setitem__(
-                name,
-                run_wrk(
-                    wrk,
-                    server.url,
-                    token,
-                    "get_todo",
-                    ERAS[args.profile_era],
-                    connections=args.profile_connections,
-                    threads=args.threads,
-                    duration=args.profile_duration + 3,
-                    check=True,
-                ),
-            ),
-            daemon=True,
-        )
-        wrk_proc.start()
-        time.sleep(1.0)
-        cmd = [
-            py_spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(args.profile_duration),
-            "--rate",
-            "200",
-            "--format",
-            fmt,
-            "--output",
-            str(out_path),
-            "--threads",
-            *extra,
-        ]
-        try:
-            run_checked(cmd, timeout=args.profile_duration + 60)
-        except RuntimeError as exc:
-            prof[f"{name}_error"] = str(exc)[-2000:]
-            log(f"py-spy failed: {str(exc)[-500:]}")
-        wrk_proc.join(timeout=args.profile_duration + 30)
-        if fmt == "raw" and out_path.exists():
-            stacks = profsum.parse(out_path.read_text().splitlines())
-            prof[name] = profsum.summarise(stacks, top=30)
-    text = []
-    titles = {
-        "gil": f"ours under get_todo load ({args.profile_era}, 1 worker) — py-spy --gil: "
-        "samples holding the GIL (where the CPU goes)",
-        "active": f"ours under get_todo load ({args.profile_era}, 1 worker) — py-spy without "
-        "--gil: every non-idle thread (incl. waiting for the GIL)",
-    }
-    for name in ("gil", "active"):
-        if name in prof:
-            text.append(profsum.render(prof[name], titles[name]))
-    if text:
-        (RESULTS / "profile-ours.txt").write_text("\n\n".join(text))
-    result["profile"] = prof

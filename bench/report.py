@@ -71,6 +71,7 @@ def print_table(result: dict[str, Any]) -> None:
                 f"{row.get('ours_over_fair_p99') or 0:>5.2f} | "
                 f"{row.get('ours_over_baseline_rps') or 0:>9.2f}"
             )
+        print_dms(summary)
         print()
         print(
             "Per call, ours (median): server CPU, PostgreSQL CPU, Redis CPU, wrk CPU (ms); new "
@@ -188,6 +189,37 @@ def print_table(result: dict[str, Any]) -> None:
             print(f"  {pct:5.1f}%  {label}")
         print(f"  full text: {RESULTS / 'profile-ours.txt'}")
     print()
+
+
+def print_dms(summary: list[dict[str, Any]]) -> None:
+    """Ours against django-mcp-server, where dms ran (the handshake era)."""
+    rows = [row for row in summary if row.get("dms")]
+    if not rows:
+        return
+    print()
+    print(
+        "django-mcp-server (dms, same tools and database work): ours / dms in calls/s, p99 and "
+        "server CPU per call; target: ours/dms rps >= 3 at 2 workers on get_todo, create_todo"
+    )
+    hdr = (
+        f"{'era':<10} {'w':>1} {'c':>3} {'scenario':<12} | "
+        f"{'dms rps':>8} {'p50':>6} {'p99':>6} {'err':>3} {'cpu/call':>8} | "
+        f"{'ours rps':>8} {'p99':>6} {'cpu/call':>8} | {'ours/dms rps':>12} {'p99':>5} {'cpu':>5}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    for row in rows:
+        d, o = row["dms"], row.get("ours", {})
+        print(
+            f"{row['era']:<10} {row['workers']:>1} {row['connections']:>3} "
+            f"{row['scenario']:<12} | "
+            f"{d['rps']:>8.0f} {d['p50_ms']:>6.2f} {d['p99_ms']:>6.1f} {d['errors']:>3} "
+            f"{d['server_cpu_ms_per_call']:>6.2f}ms | "
+            f"{o.get('rps', 0):>8.0f} {o.get('p99_ms', 0):>6.1f} "
+            f"{o.get('server_cpu_ms_per_call', 0):>6.2f}ms | "
+            f"{row.get('ours_over_dms_rps') or 0:>12.2f} "
+            f"{row.get('ours_over_dms_p99') or 0:>5.2f} {row.get('ours_over_dms_cpu') or 0:>5.2f}"
+        )
 
 
 def write_results(result: dict[str, Any]) -> Path:

@@ -6,12 +6,13 @@ One command (see bench/README.md for how to read the output):
 1. installs ``wrk`` with apt-get when missing (and ``py-spy`` into the venv for the profile);
 2. creates the PostgreSQL database ``mcp_bench``, migrates it, seeds the bench tenant's todos,
    flushes Redis db 11, serves the bench RSA key's JWKS on loopback from a thread;
-3. starts four servers under uvicorn on loopback ports, for 1 and then 2 workers:
+3. starts five servers under uvicorn on loopback ports, for 1 and then 2 workers:
    **baseline** (``bench/baseline_server.py``, the quickstart on FastMCP's ``JWTVerifier`` and a
    dict), **fair** (``bench/fair_server.py``, plain FastMCP over the same todo services and
-   database as ours, no governance), **ours** (``config.asgi:application``, full stack:
-   PostgreSQL, Redis, audit rows) and **floor** (``bench/floor_app.py``, parse JSON and answer a
-   fixed result);
+   database as ours, no governance), **dms** (``bench/dms_project``, django-mcp-server over the
+   same table, in its own venv ``bench/.venv-dms``, ``bench/dms.py``; handshake era only),
+   **ours** (``config.asgi:application``, full stack: PostgreSQL, Redis, audit rows) and
+   **floor** (``bench/floor_app.py``, parse JSON and answer a fixed result);
 4. drives ``tools/call`` load with ``wrk`` + ``bench/mcp.lua`` for each scenario and protocol era
    (handshake-era requests and 2026-07-28 envelopes, ``bench/protocol.py``), interleaving the
    servers (floor, baseline, fair, ours / ours, fair, baseline ...) over several repetitions,
@@ -33,7 +34,8 @@ on error and on SIGINT/SIGTERM.
 
 Modules, by concern: ``common`` (paths, constants, child processes, server launch),
 ``fixtures`` (issuer, database, Redis, seed data), ``machine`` (machine facts, CPU accounting),
-``protocol`` (request bodies and headers per era), ``load`` (wrk runs, stack check, profile),
+``protocol`` (request bodies and headers per era), ``load`` (wrk runs, stack check),
+``profile_load`` (py-spy under load), ``dms`` (django-mcp-server's venv and environment),
 ``summary`` (load medians, ratios, tax), ``instructions`` (cachegrind counts), ``asgi_driver``
 (in-process ASGI calls), ``micro`` (in-process figures), ``auditscale`` (1M audit rows),
 ``report`` (table, JSON), ``profsum`` (py-spy summaries); this file parses arguments and runs
@@ -81,6 +83,7 @@ from common import (
     log,
     run_checked,
 )
+from dms import DMS_ERAS, ensure_venv, reported_pins
 from fixtures import (
     Issuer,
     django_env,
@@ -91,9 +94,10 @@ from fixtures import (
     setup_django,
 )
 from instructions import instruction_counts
-from load import profile_ours, run_load, server_envs, stack_check
+from load import run_load, server_envs, stack_check
 from machine import machine_facts
 from micro import micro_figures, round_trips
+from profile_load import profile_ours
 from protocol import ERAS
 from report import print_table, write_results
 
@@ -122,6 +126,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="no per-response error check in wrk's Lua (faster, errors undetected)",
     )
     p.add_argument("--no-load", action="store_true", help="skip the load runs")
+    p.add_argument(
+        "--dms",
+        dest="dms",
+        action="store_true",
+        default=None,
+        help="load django-mcp-server too (its own venv bench/.venv-dms, created on demand; "
+        "handshake era only); default on, off with --quick",
+    )
+    p.add_argument("--no-dms", dest="dms", action="store_false")
     p.add_argument("--no-micro", action="store_true", help="skip the micro-figures")
     p.add_argument(
         "--profile",
@@ -214,6 +227,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.export_formats = [f for f in args.export_formats.split(",") if f]
     if args.audit_scale is None:
         args.audit_scale = not q
+    if args.dms is None:
+        args.dms = not q
     if args.instructions_only:
         if not args.instructions:
             p.error("--instructions-only and --no-instructions contradict each other")
@@ -305,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             with phase("micro"):
                 result["micro"] = micro_figures(token, scale=0.3 if args.quick else 1.0)
                 result["round_trips"] = round_trips(token, [ERAS[e] for e in args.eras])
+        dms_python = None
+        if args.dms and not args.no_load:
+            with phase("dms_venv"):
+                dms_python = ensure_venv()
+                result["dms"] = {"python": dms_python, "pins": reported_pins(), "eras": DMS_ERAS}
         if not args.no_load:
             hook = None
             if args.profile:
@@ -314,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                         profile_ours(args, wrk, py_spy, servers["ours"], token, result)
 
             with phase("load"):
-                run_load(args, wrk, envs, ports, token, result, hook)
+                run_load(args, wrk, envs, ports, token, result, hook, dms_python)
         if args.instructions:
             with phase("instructions"):
                 result["instructions"] = instruction_counts(

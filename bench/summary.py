@@ -8,6 +8,11 @@ server process), and the same for PostgreSQL + Redis CPU (``tax_backend_cpu_ms_p
 audit row, the rate limit, the tenant switch). ``ours_over_fair_rps`` and
 ``ours_over_fair_p99`` put it in calls/s and tail latency (issue 20's target: p99 no worse than
 1.2x fair's).
+
+**Against django-mcp-server** (``dms``, same table, same database work): ours ÷ dms in calls/s
+(``ours_over_dms_rps``; issue 20's target: >= 3 at 2 workers on ``get_todo`` and
+``create_todo``), in p99 latency (``ours_over_dms_p99``) and in server CPU per call
+(``ours_over_dms_cpu``); below 1 is better for the last two.
 """
 
 from __future__ import annotations
@@ -92,5 +97,19 @@ def summarise_load(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["tax_backend_cpu_ms_per_call"] = round(
                 sum(o[k] for k in backend) - sum(fair[k] for k in backend), 3
             )
+        row.update(over_dms(o, row.get("dms")))
         summary.append(row)
     return summary
+
+
+def over_dms(ours: dict[str, Any] | None, dms: dict[str, Any] | None) -> dict[str, float | None]:
+    """Ours ÷ dms (django-mcp-server) in calls/s, p99 and server CPU per call."""
+    if not ours or not dms:
+        return {}
+    return {
+        "ours_over_dms_rps": _ratio(ours["rps"], dms["rps"]),
+        "ours_over_dms_p99": _ratio(ours["p99_ms"], dms["p99_ms"], 2),
+        "ours_over_dms_cpu": _ratio(
+            ours["server_cpu_ms_per_call"], dms["server_cpu_ms_per_call"], 2
+        ),
+    }

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -13,6 +15,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import jwt
@@ -475,3 +479,20 @@ def reply_of(resp: Any) -> Any:
 
 def call_tool(name: str, arguments: dict[str, Any] | None = None, id: int = 1) -> dict[str, Any]:
     return rpc("tools/call", {"name": name, "arguments": arguments or {}}, id=id)
+
+
+@pytest.fixture(scope="module")
+def bench() -> Iterator[dict[str, ModuleType]]:
+    """``make bench``'s modules by name, imported as bench/run.py imports them (bench/ on
+    sys.path); their signal handlers (a bench run's, ending its children) are undone
+    afterwards."""
+    path = str(Path(__file__).resolve().parent.parent / "bench")
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    sys.path.insert(0, path)
+    try:
+        names = ("dms", "instructions", "load", "run", "summary")
+        yield {name: importlib.import_module(name) for name in names}
+    finally:
+        sys.path.remove(path)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -1,71 +1,33 @@
 """``make bench``'s governance tax: the summary against the fair server, the instruction counts
 read from cachegrind's files, and the command line of the new phase (no servers, no valgrind).
 
-The fair server itself is checked by every bench run (``bench/load.py``'s ``fair_db_check``:
+The fair server itself is checked by every bench run (``bench/load.py``'s ``db_check``:
 it reads a seeded todo and inserts one row, counted before and after).
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
+
+from tests.bench_runs import load_run
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-@pytest.fixture(scope="module")
-def bench() -> Iterator[dict[str, ModuleType]]:
-    """The bench's modules, imported as bench/run.py imports them (bench/ on sys.path); their
-    signal handlers (a bench run's, ending its children) are undone afterwards."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    sys.path.insert(0, str(BENCH))
-    try:
-        import instructions
-        import run
-        import summary
-
-        yield {"instructions": instructions, "run": run, "summary": summary}
-    finally:
-        sys.path.remove(str(BENCH))
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
-def _run(server: str, rep: int, rps: float, p99: float, cpu: float, pg: float) -> dict[str, Any]:
-    return {
-        "era": "handshake",
-        "workers": 1,
-        "connections": 8,
-        "scenario": "get_todo" if server != "floor" else "floor",
-        "server": server,
-        "rep": rep,
-        "rps": rps,
-        "p50_ms": p99 / 4,
-        "p99_ms": p99,
-        "errors": 0,
-        "requests": int(rps * 3),
-        "server_cpu_ms_per_call": cpu,
-        "postgres_cpu_ms_per_call": pg,
-        "redis_cpu_ms_per_call": 0.05 if server == "ours" else 0.0,
-    }
-
-
 def test_tax_is_ours_minus_fair_per_scenario(bench: dict[str, ModuleType]) -> None:
     runs = [
-        _run("floor", 0, 20000, 1.0, 0.03, 0.0),
-        _run("baseline", 0, 700, 60, 1.4, 0.0),
-        _run("fair", 0, 500, 80, 1.7, 0.30),
-        _run("fair", 1, 520, 90, 1.9, 0.34),
-        _run("ours", 0, 400, 100, 2.3, 0.50),
-        _run("ours", 1, 420, 110, 2.5, 0.56),
+        load_run("floor", 0, 20000, 1.0, 0.03, 0.0),
+        load_run("baseline", 0, 700, 60, 1.4, 0.0),
+        load_run("fair", 0, 500, 80, 1.7, 0.30),
+        load_run("fair", 1, 520, 90, 1.9, 0.34),
+        load_run("ours", 0, 400, 100, 2.3, 0.50),
+        load_run("ours", 1, 420, 110, 2.5, 0.56),
     ]
     (row,) = bench["summary"].summarise_load(runs)
     assert row["fair"]["server_cpu_ms_per_call"] == 1.8  # medians of the reps
@@ -79,7 +41,7 @@ def test_tax_is_ours_minus_fair_per_scenario(bench: dict[str, ModuleType]) -> No
 
 
 def test_no_fair_runs_no_tax(bench: dict[str, ModuleType]) -> None:
-    runs = [_run("baseline", 0, 700, 60, 1.4, 0.0), _run("ours", 0, 400, 100, 2.3, 0.5)]
+    runs = [load_run("baseline", 0, 700, 60, 1.4, 0.0), load_run("ours", 0, 400, 100, 2.3, 0.5)]
     (row,) = bench["summary"].summarise_load(runs)
     assert "tax_cpu_ms_per_call" not in row
     assert "ours_over_baseline_rps" in row
