@@ -490,7 +490,7 @@ def bench() -> Iterator[dict[str, ModuleType]]:
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     sys.path.insert(0, path)
     try:
-        names = ("dms", "instructions", "load", "run", "summary")
+        names = ("attribution", "dms", "instructions", "load", "run", "summary")
         yield {name: importlib.import_module(name) for name in names}
     finally:
         sys.path.remove(path)

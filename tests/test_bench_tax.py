@@ -112,3 +112,31 @@ def test_run_help_lists_the_new_phase() -> None:
         check=True,
     )
     assert "--instructions-only" in proc.stdout and "--no-instructions" in proc.stdout
+
+
+def test_attribution_stand_ins_are_undone(bench: dict[str, ModuleType]) -> None:
+    """``bench/attribution.py``'s diagnostic variants skip a round trip only inside their
+    block: the recorder, the counting cache and FastMCP's telemetry are restored exactly."""
+    import asyncio
+    import inspect
+
+    import fastmcp
+
+    import audit.recorder
+    from mcpauth.admission.cache import RedisCache
+
+    patched = bench["attribution"]._patched
+    insert = audit.recorder._insert
+    acount = inspect.getattr_static(RedisCache, "acount")
+    mode = fastmcp.settings.telemetry_mode
+    with patched("ours"):
+        assert audit.recorder._insert is insert
+        assert inspect.getattr_static(RedisCache, "acount") is acount
+    with patched("ours, neither sent"):
+        assert audit.recorder._insert is not insert
+        assert asyncio.run(RedisCache.acount(None, "key", 60)) == 1  # type: ignore[arg-type]
+    assert audit.recorder._insert is insert
+    assert inspect.getattr_static(RedisCache, "acount") is acount
+    with patched("fair"):
+        assert fastmcp.settings.telemetry_mode == "native"
+    assert fastmcp.settings.telemetry_mode == mode
