@@ -78,14 +78,19 @@ def serialize(todo: Todo) -> dict[str, Any]:
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
+def _storable(text: str, field: str) -> str:
+    """``text`` if a database can store it: valid JSON may carry NUL and lone surrogates."""
+    if "\x00" in text:
+        raise InvalidInput(f"{field} must not contain NUL characters.")
+    if _SURROGATE.search(text):
+        raise InvalidInput(f"{field} must be valid Unicode text (it holds a lone surrogate).")
+    return text
+
+
 def _title(value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidInput("Title must be a string.")
-    title = value.strip()
-    if "\x00" in title:
-        raise InvalidInput("Title must not contain NUL characters.")
-    if _SURROGATE.search(title):
-        raise InvalidInput("Title must be valid Unicode text (it holds a lone surrogate).")
+    title = _storable(value.strip(), "Title")
     if not title:
         raise InvalidInput("Title must not be empty.")
     if len(title) > TITLE_MAX:
@@ -98,10 +103,7 @@ def _description(value: Any) -> str:
         return ""
     if not isinstance(value, str):
         raise InvalidInput("Description must be a string.")
-    if "\x00" in value:
-        raise InvalidInput("Description must not contain NUL characters.")
-    if _SURROGATE.search(value):
-        raise InvalidInput("Description must be valid Unicode text (it holds a lone surrogate).")
+    _storable(value, "Description")
     if len(value) > DESCRIPTION_MAX:
         raise InvalidInput(
             f"Description is too long ({len(value)} > {DESCRIPTION_MAX} characters)."
