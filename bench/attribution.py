@@ -7,6 +7,8 @@ socket, no uvicorn), and drives blocks of calls through five variants in turn, r
 round, so that drift on a busy machine hits every variant alike:
 
 * ``ours``: as served;
+* ``ours, every call counted``: no count leased (``MCPAUTH_RATE_LIMIT_LEASE = 1``): one Redis
+  round trip per call, as before ``mcpauth.admission.leases``;
 * ``ours, count not sent``: the Redis rate-limit count answers at once (``RedisCache.acount``
   returns 1 without a round trip); every other step as served;
 * ``ours, row not sent``: the audit row is built, redacted and scrubbed as always, but its
@@ -52,7 +54,10 @@ from fixtures import (
     setup_django,
 )
 
-VARIANTS = ("ours", "ours, count not sent", "ours, row not sent", "ours, neither sent", "fair")
+VARIANTS = (
+    "ours",
+    "ours, every call counted",
+    "ours, count not sent", "ours, row not sent", "ours, neither sent", "fair")
 
 
 @contextlib.contextmanager
@@ -62,8 +67,12 @@ def _patched(variant: str) -> Iterator[None]:
 
     import audit.recorder
     from mcpauth.admission.cache import RedisCache
+    from mcpauth.admission.leases import Leases
 
-    async def acount(self: Any, key: str, ttl: int) -> int:
+    async def acount(self: Any, key: str, ttl: int, by: int = 1) -> int:
+        return by
+
+    def one_at_a_time(self: Any, key: str, limit: int, cap: int) -> int:
         return 1
 
     def insert(**values: Any) -> int:
@@ -75,6 +84,8 @@ def _patched(variant: str) -> Iterator[None]:
         saved.append((owner, name, inspect.getattr_static(owner, name)))
         setattr(owner, name, value)
 
+    if variant == "ours, every call counted":
+        put(Leases, "size", one_at_a_time)
     if variant in ("ours, count not sent", "ours, neither sent"):
         put(RedisCache, "acount", acount)
     if variant in ("ours, row not sent", "ours, neither sent"):

@@ -25,6 +25,7 @@
 * ``mcpauth.E014`` the rate-limit cache (``RATELIMIT_USE_CACHE``, default ``"default"``) is not
   an alias in ``CACHES``;
 * ``mcpauth.E016`` ``MCPAUTH_PATH`` is not a path such as ``/mcp``;
+* ``mcpauth.E017`` ``MCPAUTH_RATE_LIMIT_LEASE`` is not a whole number of calls, 1 or more;
 * with ``check --deploy``: ``mcpauth.W015`` ``MCPAUTH_BASE_URL`` is not https,
   ``mcpauth.W016`` ``MCPAUTH_BASE_URL`` is not set (the development default is used), and
   ``mcpauth.W024`` metrics are per process (:mod:`mcpauth.observability.checks`);
@@ -50,7 +51,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 
 from mcpauth import rls
-from mcpauth.conf import MCPAuthSettings, get_settings, parse_rate
+from mcpauth.conf import MCPAuthSettings, get_settings, lease_problem, parse_rate
 from mcpauth.runtime.components import fastmcp_prompt, fastmcp_resource
 from mcpauth.runtime.registry import MAX_TOOL_NAME, ToolRegistry, is_tool_name, registry
 
@@ -176,6 +177,16 @@ def check_configuration(app_configs: Any = None, **kwargs: Any) -> list[checks.C
                 "through CACHES and RATELIMIT_USE_CACHE; the reference project does so when "
                 "REDIS_URL is set.",
                 id="mcpauth.W010",
+            )
+        )
+    lease = lease_problem(getattr(settings, "MCPAUTH_RATE_LIMIT_LEASE", 32))
+    if lease:
+        messages.append(
+            checks.Error(
+                lease,
+                hint="The most calls a worker counts in Redis at once, e.g. 32; 1 counts every "
+                "call on its own. Until fixed, every call is counted on its own.",
+                id="mcpauth.E017",
             )
         )
     if not _PATH_RE.fullmatch(conf.path):

@@ -253,6 +253,8 @@ class MCPAuthSettings:
     #: (default ``"default"``); ``mcpauth.E014`` when ``CACHES`` has no such alias.
     rate_limit_cache: str = "default"
     rate_limit_fail_open: bool = False
+    #: Most calls a worker counts in Redis at once (``mcpauth.admission.leases``); 1: every call.
+    rate_limit_lease: int = 32
     unauthenticated_rate_limit: str = "30/m"
     trusted_proxies: int = 0
     allowed_hosts: tuple[str, ...] = ()
@@ -322,6 +324,18 @@ class MCPAuthSettings:
     @property
     def dev_issuer(self) -> str:
         return f"{self.base_url}/dev-issuer"
+
+
+def lease_problem(value: Any) -> str | None:
+    """Why ``MCPAUTH_RATE_LIMIT_LEASE`` is unusable, or ``None``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return f"MCPAUTH_RATE_LIMIT_LEASE is {value!r}, not a whole number of calls (1 or more)."
+    return None
+
+
+def _lease(value: Any) -> int:
+    """``MCPAUTH_RATE_LIMIT_LEASE``; an unusable value (``mcpauth.E017``) counts every call."""
+    return 1 if lease_problem(value) else int(value)
 
 
 def _build() -> MCPAuthSettings:
@@ -409,6 +423,7 @@ def _build() -> MCPAuthSettings:
         # django-ratelimit's own setting, which its counting (get_usage) reads too
         rate_limit_cache=str(getattr(s, "RATELIMIT_USE_CACHE", "default") or "default"),
         rate_limit_fail_open=bool(getattr(s, "MCPAUTH_RATE_LIMIT_FAIL_OPEN", False)),
+        rate_limit_lease=_lease(getattr(s, "MCPAUTH_RATE_LIMIT_LEASE", 32)),
         unauthenticated_rate_limit=str(getattr(s, "MCPAUTH_UNAUTHENTICATED_RATE_LIMIT", "30/m")),
         trusted_proxies=int(getattr(s, "MCPAUTH_TRUSTED_PROXIES", 0)),
         allowed_hosts=hosts,

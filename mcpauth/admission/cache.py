@@ -7,8 +7,9 @@ Differences from ``django.core.cache.backends.redis.RedisCache``:
   connection pool, and a new TCP connection) for every request. Here every instance with the
   same servers and options shares one client and its pool.
 * **One ``redis.Redis`` object per pool**, instead of a new one per command.
-* **A one-round-trip window counter** (``count``: ``INCR``, plus ``EXPIRE`` when new), which
-  ``mcpauth.admission.ratelimit`` uses with django-ratelimit's own keys and windows.
+* **A one-round-trip window counter** (``count``: ``INCRBY``, plus ``EXPIRE`` when new), which
+  ``mcpauth.admission.ratelimit`` uses with django-ratelimit's own keys and windows; it adds
+  one call, or a lease of several (``mcpauth.admission.leases``).
 * **An async window counter** (``acount``) for admission on the event loop
   (``mcpauth.admission.gate``), with the same script and keys: a pipelined connection per event
   loop (``mcpauth.admission.redispipe``), or redis-py's asyncio client for URLs that one does
@@ -40,8 +41,9 @@ return nil
 """
 
 _INCR_WINDOW = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local by = tonumber(ARGV[2] or '1')
+local n = redis.call('INCRBY', KEYS[1], by)
+if n == by then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
 
@@ -61,12 +63,12 @@ class FastIncrRedisCacheClient(RedisCacheClient):
             client = self._clients[id(pool)] = self._client(connection_pool=pool)  # type: ignore[attr-defined]
         return client
 
-    def _run(self, source: str, key: Any, arg: int) -> Any:
+    def _run(self, source: str, key: Any, *args: int) -> Any:
         client = self.get_client(key, write=True)
         script = self._scripts.get(source)
         if script is None:
             script = self._scripts[source] = client.register_script(source)
-        return script(keys=[key], args=[arg], client=client)
+        return script(keys=[key], args=list(args), client=client)
 
     def incr(self, key: Any, delta: int) -> int:
         value = self._run(_INCR_EXISTING, key, delta)
@@ -74,9 +76,9 @@ class FastIncrRedisCacheClient(RedisCacheClient):
             raise ValueError(f"Key '{key}' not found.")
         return int(value)
 
-    def count(self, key: Any, ttl: int) -> int:
-        """Increment a window counter, creating it with ``ttl`` seconds to live."""
-        return int(self._run(_INCR_WINDOW, key, ttl))
+    def count(self, key: Any, ttl: int, by: int = 1) -> int:
+        """Add ``by`` to a window counter, creating it with ``ttl`` seconds to live."""
+        return int(self._run(_INCR_WINDOW, key, ttl, by))
 
 
 _clients: dict[tuple[tuple[str, ...], str], FastIncrRedisCacheClient] = {}
@@ -102,9 +104,10 @@ class RedisCache(DjangoRedisCache):
                     client = _clients[key] = FastIncrRedisCacheClient(servers, **options)
         return client
 
-    def count(self, key: str, ttl: int) -> int:
-        """One round trip: increment a window counter (see ``mcpauth.admission.ratelimit``)."""
-        return self._cache.count(self.make_and_validate_key(key), ttl)
+    def count(self, key: str, ttl: int, by: int = 1) -> int:
+        """One round trip: add ``by`` to a window counter (see ``mcpauth.admission.ratelimit``)
+        and return its new value."""
+        return self._cache.count(self.make_and_validate_key(key), ttl, by)
 
     def _async_counter(self) -> Any:
         servers: list[str] = self._servers  # type: ignore[attr-defined]
@@ -121,12 +124,12 @@ class RedisCache(DjangoRedisCache):
                 kwargs = {k: v for k, v in options.items() if k in timeouts}
                 script = aredis.Redis.from_url(servers[0], **kwargs).register_script(_INCR_WINDOW)
 
-                async def counter(key: str, ttl: int) -> Any:
-                    return await script(keys=[key], args=[ttl])
+                async def counter(key: str, ttl: int, by: int) -> Any:
+                    return await script(keys=[key], args=[ttl, by])
 
             per_loop[ident] = counter
         return counter
 
-    async def acount(self, key: str, ttl: int) -> int:
+    async def acount(self, key: str, ttl: int, by: int = 1) -> int:
         """:meth:`count` for the event loop: the same script, keys and result."""
-        return int(await self._async_counter()(self.make_and_validate_key(key), ttl))
+        return int(await self._async_counter()(self.make_and_validate_key(key), ttl, by))

@@ -10,6 +10,9 @@
   (``mcpauth.admission.floods``).
 * When the cache is unreachable the call fails closed with 503, unless
   ``MCPAUTH_RATE_LIMIT_FAIL_OPEN`` is on.
+* With Redis, a worker that sees plenty of a window left counts several calls at once and
+  admits the rest of them itself (:mod:`mcpauth.admission.leases`): never over the limit, one
+  round trip for up to ``MCPAUTH_RATE_LIMIT_LEASE`` calls.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from django_ratelimit import core as rl_core
 from django_ratelimit.core import get_usage
 
 from mcpauth.admission.cache import RedisCache
+from mcpauth.admission.leases import Leases
 from mcpauth.caching import revocation
 from mcpauth.caching.localcache import TTLCache, require_io
 from mcpauth.conf import get_settings, parse_rate
@@ -39,6 +43,8 @@ log = logging.getLogger(__name__)
 
 _ttl = lambda: get_settings().cache_ttl  # noqa: E731
 _policies: TTLCache[tuple[str, str] | None] = TTLCache(_ttl)
+#: This process's leased counts (Redis only).
+leases = Leases()
 
 
 class _Req:
@@ -141,7 +147,12 @@ def _count_in_redis(group: str, value: str, rate: str) -> dict[str, Any] | None:
     if cache is None:
         return None
     key, limit, period, window = _window(group, value, rate)
-    return _counted(cache.count(key, period + rl_core.EXPIRATION_FUDGE), limit, window)
+    count = leases.take(key, limit)
+    if count is None:
+        asked = leases.size(key, limit, get_settings().rate_limit_lease)
+        total = cache.count(key, period + rl_core.EXPIRATION_FUDGE, asked)
+        count = leases.counted(key, limit, window, asked, total)
+    return _counted(count, limit, window)
 
 
 def _usage(group: str, value: str, rate: str, *, increment: bool, policy: str) -> Usage | None:
@@ -225,9 +236,14 @@ async def ahit(principal: Principal, rated: tuple[str | None, str] | None = None
             require_io()
         return _usage(group, value, rate, increment=True, policy=policy)  # in-process
     key, limit, period, window = _window(group, value, rate)
+    count = leases.take(key, limit)
+    if count is not None:  # leased: counted in Redis already
+        return _judge(_counted(count, limit, window), rate, increment=True, policy=policy)
+    asked = leases.size(key, limit, get_settings().rate_limit_lease)
     try:
+        total = await cache.acount(key, period + rl_core.EXPIRATION_FUDGE, asked)
         counted: dict[str, Any] | None = _counted(
-            await cache.acount(key, period + rl_core.EXPIRATION_FUDGE), limit, window
+            leases.counted(key, limit, window, asked, total), limit, window
         )
     except Exception:  # the cache backend's own errors (redis.ConnectionError, timeouts ...)
         log.warning("rate-limit cache unavailable", exc_info=True)
@@ -242,6 +258,7 @@ def clear_policies() -> None:
 
 def clear_cache(**_: Any) -> None:
     _policies.clear()
+    leases.clear()
 
 
 post_save.connect(revocation.changed, sender=ClientPolicy, dispatch_uid="mcpauth-policy-save")

@@ -179,19 +179,19 @@ class ScriptConnection:
             self._reader_task.cancel()
         self._reader_task = None
 
-    async def run(self, key: str, arg: int) -> Any:
-        """The script's reply for ``KEYS[1] = key``, ``ARGV[1] = arg``."""
+    async def run(self, key: str, *args: int) -> Any:
+        """The script's reply for ``KEYS[1] = key``, ``ARGV = args``."""
         await self._ensure()
         assert self.sha is not None
-        k, a = key.encode(), str(arg).encode()
-        future = self._send(_command(b"EVALSHA", self.sha, b"1", k, a))
+        k, a = key.encode(), [str(arg).encode() for arg in args]
+        future = self._send(_command(b"EVALSHA", self.sha, b"1", k, *a))
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.target.timeout)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
             # the server lost its scripts (restart, SCRIPT FLUSH): run it by source, reload
-            retry = self._send(_command(b"EVAL", self.source, b"1", k, a))
+            retry = self._send(_command(b"EVAL", self.source, b"1", k, *a))
             self._send(_command(b"SCRIPT", b"LOAD", self.source))
             return await asyncio.wait_for(asyncio.shield(retry), self.target.timeout)
         except TimeoutError:
