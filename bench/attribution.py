@@ -57,7 +57,11 @@ from fixtures import (
 VARIANTS = (
     "ours",
     "ours, every call counted",
-    "ours, count not sent", "ours, row not sent", "ours, neither sent", "fair")
+    "ours, count not sent",
+    "ours, row not sent",
+    "ours, neither sent",
+    "fair",
+)
 
 
 @contextlib.contextmanager
