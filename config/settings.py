@@ -216,6 +216,9 @@ MCPAUTH_TENANT_CLAIM = os.environ.get("MCPAUTH_TENANT_CLAIM", "oid")
 MCPAUTH_AUTO_PROVISION_TENANTS = env_bool("MCPAUTH_AUTO_PROVISION_TENANTS", True)
 MCPAUTH_RATE_LIMIT = os.environ.get("MCPAUTH_RATE_LIMIT", "120/m")
 MCPAUTH_RATE_LIMIT_FAIL_OPEN = env_bool("MCPAUTH_RATE_LIMIT_FAIL_OPEN", False)
+# the most calls a worker counts in Redis at once (mcpauth.admission.leases); 1: every call
+_lease = os.environ.get("MCPAUTH_RATE_LIMIT_LEASE", "32").strip()
+MCPAUTH_RATE_LIMIT_LEASE: int | str = int(_lease) if _lease.isdigit() else _lease  # else E017
 MCPAUTH_UNAUTHENTICATED_RATE_LIMIT = os.environ.get("MCPAUTH_UNAUTHENTICATED_RATE_LIMIT", "30/m")
 MCPAUTH_TRUSTED_PROXIES = int(os.environ.get("MCPAUTH_TRUSTED_PROXIES", "0"))
 MCPAUTH_ALLOWED_ORIGINS = env_list("MCPAUTH_ALLOWED_ORIGINS")
