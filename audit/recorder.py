@@ -9,17 +9,38 @@ ORM's per-call SQL compilation costs more than the insert. Raw tokens are never 
 identity comes from the ``Principal`` (``token_id`` is a ``jti`` or fingerprint), arguments and
 messages are redacted here, and control characters in identifiers (``method``, ``tool``, ids)
 are replaced, so that a name such as ``x\r=HYPERLINK(…)`` is stored as one harmless line.
+
+``record(..., commit=True)`` is for the last statement of a transaction: on PostgreSQL, inside
+the outermost ``atomic()`` block with no savepoint open, the row's ``INSERT`` and the
+transaction's ``COMMIT`` go to the database together (libpq's pipeline mode), one round trip
+instead of two; the
+block's own commit then finds nothing left to do (``on_commit`` callbacks still run after it).
+When the ``COMMIT`` fails (a deferred constraint of the work before the row), nothing of the
+transaction was kept and :class:`CommitFailed` carries the database's error; when the
+``INSERT`` fails the transaction is left aborted for the block to roll back, as without
+``commit``. Anywhere else ``commit`` changes nothing.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 
-from django.db import connections, router
+from django.db import DatabaseError, connections, router
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from audit.models import AuditEvent, Outcome
 from audit.redaction import identifier, redact, scrub_text
+
+
+class CommitFailed(Exception):
+    """The row and the ``COMMIT`` went together and the ``COMMIT`` failed: the transaction,
+    the row with it, was rolled back by the database. ``error`` is what the database said."""
+
+    def __init__(self, error: DatabaseError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Tenant(Protocol):
@@ -66,11 +87,13 @@ def record(
     actor: str = "",
     trace_id: str = "",
     issuer: str = "",
+    commit: bool = False,
 ) -> int:
     """Insert one audit row; return its id.
 
     ``issuer``: the issuer of the caller's verified token (taken from ``principal`` when given);
     for a configuration change, the issuer of the tenant, binding or policy it concerns.
+    ``commit``: the row is the transaction's last statement (see the module docstring).
     """
     if principal is not None:
         issuer = principal.issuer
@@ -80,6 +103,7 @@ def record(
         token_id = principal.token_id
         scopes = " ".join(sorted(principal.scopes))
     return _insert(
+        commit,
         created_at=timezone.now(),
         outcome=str(outcome),
         status=status,
@@ -116,7 +140,29 @@ _PREPARED = frozenset({"created_at", "client_ip", "arguments"})
 _SQL: dict[str, str] = {}
 
 
-def _insert(**values: Any) -> int:
+def _ends_transaction(connection: BaseDatabaseWrapper) -> bool:
+    """Whether the row's ``INSERT`` may carry the ``COMMIT`` of ``connection``'s transaction:
+    PostgreSQL with libpq's pipeline mode, inside the outermost ``atomic()`` block, which
+    commits on exit, with no savepoint open."""
+    return (
+        connection.vendor == "postgresql"
+        and connection.in_atomic_block
+        and connection.commit_on_exit
+        and not connection.needs_rollback
+        and not connection.savepoint_ids
+        and len(connection.atomic_blocks) == 1
+        and _pipelines()
+    )
+
+
+@functools.cache
+def _pipelines() -> bool:
+    import psycopg
+
+    return bool(psycopg.Pipeline.is_supported())
+
+
+def _insert(commit: bool, **values: Any) -> int:
     using = router.db_for_write(AuditEvent)
     connection = connections[using]
     sql = _SQL.get(using)
@@ -135,7 +181,25 @@ def _insert(**values: Any) -> int:
         else values[f.attname]
         for f in _FIELDS
     ]
+    if not (commit and _ends_transaction(connection)):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            (pk,) = cursor.fetchone()
+        return int(pk)
+    from psycopg.pq import TransactionStatus
+
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        raw = connection.connection
+        try:
+            # one round trip: the INSERT and the COMMIT are sent together, then both answers read
+            with connection.wrap_database_errors, raw.pipeline():
+                cursor.execute(sql, params)
+                raw.commit()  # the block's own commit then finds the session idle: a no-op
+        except DatabaseError as exc:
+            # A failed INSERT leaves the transaction aborted (the COMMIT after it was skipped);
+            # a failed COMMIT has ended it: the session is idle again.
+            if raw.info.transaction_status == TransactionStatus.IDLE:
+                raise CommitFailed(exc) from exc
+            raise
         (pk,) = cursor.fetchone()
     return int(pk)

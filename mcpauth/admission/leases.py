@@ -21,7 +21,8 @@ What it changes:
 
 * Calls leased by a worker and not used there are lost to the window: a client whose calls
   stop reaching one worker may be refused that many calls before its limit (at most
-  ``1/LEASE_SHARE`` of what was left when the lease was taken, per worker).
+  ``1/LEASE_SHARE`` of what was left when the lease was taken, per worker: a worker asks for one
+  lease at a time, and concurrent calls count one each while it is on its way).
 * ``RateLimit`` headers say what this worker knows: the count when its lease was taken plus
   the calls it admitted since.
 * While Redis is unreachable, a worker admits what it has leased (those calls were counted),
@@ -32,6 +33,7 @@ What it changes:
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass
@@ -53,6 +55,10 @@ class _Lease:
     next_count: int
     #: the shared counter's value at its last answer
     seen: int
+    #: a lease of several calls is being asked for: meanwhile concurrent calls on the asker's
+    #: event loop wait for it (``arrival``), calls from threads count one each
+    asking: bool = False
+    arrival: asyncio.Future[None] | None = None
 
 
 class Leases:
@@ -78,15 +84,49 @@ class Leases:
             lease.next_count += 1
             return min(count, limit)
 
-    def size(self, key: str, limit: int, cap: int) -> int:
-        """How many calls the next count of ``key`` should add."""
+    def size(
+        self, key: str, limit: int, cap: int, loop: asyncio.AbstractEventLoop | None = None
+    ) -> int:
+        """How many calls the next count of ``key`` should add. Several: a lease is asked for,
+        and until :meth:`counted` or :meth:`failed`, other calls on ``loop`` (the asker's
+        event loop, when it has one) can wait for it (:meth:`arriving`)."""
         if cap <= 1:
             return 1
         with self._lock:
             lease = self._leases.get(key)
-        if lease is None:
-            return 1  # the first call of a window: nothing known of what is left
-        return max(1, min(cap, (limit - lease.seen) // LEASE_SHARE))
+            if lease is None or lease.asking:
+                # the first call of a window (nothing known of what is left), or a lease is on
+                # its way: one lease per worker at a time keeps what it can strand bounded
+                return 1
+            size = max(1, min(cap, (limit - lease.seen) // LEASE_SHARE))
+            if size > 1:
+                lease.asking = True
+                lease.arrival = loop.create_future() if loop is not None else None
+            return size
+
+    def arriving(self, key: str, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None] | None:
+        """The lease of ``key`` that a call on ``loop`` is asking for, to wait for; or ``None``."""
+        with self._lock:
+            lease = self._leases.get(key)
+            arrival = lease.arrival if lease is not None else None
+        return arrival if arrival is not None and arrival.get_loop() is loop else None
+
+    def failed(self, key: str, asked: int) -> None:
+        """The count of ``asked`` calls got no answer: the next call may ask again."""
+        if asked > 1:
+            with self._lock:
+                lease = self._leases.get(key)
+                if lease is not None:
+                    self._answered(lease)
+
+    @staticmethod
+    def _answered(lease: _Lease) -> None:
+        """The lease asked for came (or will not): wake those waiting (on the asker's loop,
+        which is where :meth:`counted` and :meth:`failed` run for a lease with an arrival)."""
+        lease.asking = False
+        arrival, lease.arrival = lease.arrival, None
+        if arrival is not None and not arrival.done():
+            arrival.set_result(None)
 
     def counted(self, key: str, limit: int, window: int, asked: int, count: int) -> int:
         """Record Redis's answer ``count`` to adding ``asked``; return the count the calling
@@ -100,6 +140,8 @@ class Leases:
                     self._prune()
                 lease = self._leases[key] = _Lease(window, 0, 0, count)
             lease.seen = max(lease.seen, count)
+            if asked > 1:
+                self._answered(lease)
             if granted <= 0:
                 return count
             lease.left += granted - 1

@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -150,7 +151,11 @@ def _count_in_redis(group: str, value: str, rate: str) -> dict[str, Any] | None:
     count = leases.take(key, limit)
     if count is None:
         asked = leases.size(key, limit, get_settings().rate_limit_lease)
-        total = cache.count(key, period + rl_core.EXPIRATION_FUDGE, asked)
+        try:
+            total = cache.count(key, period + rl_core.EXPIRATION_FUDGE, asked)
+        except BaseException:  # _usage decides what a failed count means
+            leases.failed(key, asked)
+            raise
         count = leases.counted(key, limit, window, asked, total)
     return _counted(count, limit, window)
 
@@ -236,18 +241,28 @@ async def ahit(principal: Principal, rated: tuple[str | None, str] | None = None
             require_io()
         return _usage(group, value, rate, increment=True, policy=policy)  # in-process
     key, limit, period, window = _window(group, value, rate)
-    count = leases.take(key, limit)
-    if count is not None:  # leased: counted in Redis already
-        return _judge(_counted(count, limit, window), rate, increment=True, policy=policy)
-    asked = leases.size(key, limit, get_settings().rate_limit_lease)
+    loop = asyncio.get_running_loop()
+    while True:
+        count = leases.take(key, limit)
+        if count is not None:  # leased: counted in Redis already
+            return _judge(_counted(count, limit, window), rate, increment=True, policy=policy)
+        arrival = leases.arriving(key, loop)
+        if arrival is None:
+            break
+        await asyncio.shield(arrival)  # a lease on its way: take from it, or ask once it came
+    asked = leases.size(key, limit, get_settings().rate_limit_lease, loop)
+    counted: dict[str, Any] | None
     try:
         total = await cache.acount(key, period + rl_core.EXPIRATION_FUDGE, asked)
-        counted: dict[str, Any] | None = _counted(
-            leases.counted(key, limit, window, asked, total), limit, window
-        )
     except Exception:  # the cache backend's own errors (redis.ConnectionError, timeouts ...)
         log.warning("rate-limit cache unavailable", exc_info=True)
+        leases.failed(key, asked)
         counted = None
+    except BaseException:  # cancelled: the next call may ask for a lease again
+        leases.failed(key, asked)
+        raise
+    else:
+        counted = _counted(leases.counted(key, limit, window, asked, total), limit, window)
     return _judge(counted, rate, increment=True, policy=policy)
 
 

@@ -60,6 +60,7 @@ from fastmcp.tools.base import InputRequiredToolResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from audit.models import Outcome
+from audit.recorder import CommitFailed
 from mcpauth import rls
 from mcpauth.exceptions import AuditWriteFailed, CrossTenantAccess, NoPrincipal, ServiceError
 from mcpauth.observability.request import record_call
@@ -80,17 +81,36 @@ INTERNAL_MESSAGE = "internal error"
 class _Stage:
     BODY = "body"
     SERIALIZE = "serialize"
+    #: the row and the transaction's commit (a deferred constraint fails here)
+    COMMIT = "commit"
 
 
 def record_outcome(
-    call: CallContext, outcome: str, *, code: str = "", message: str = "", status: int = 200
+    call: CallContext,
+    outcome: str,
+    *,
+    code: str = "",
+    message: str = "",
+    status: int = 200,
+    commit: bool = False,
 ) -> None:
     """Write the call's one audit row (sync; in the caller's transaction, if any).
 
     Marks the call ``recorded``; raises :class:`AuditWriteFailed` when the write fails.
+    ``commit``: the row ends the caller's transaction (``audit.recorder``); when that commit
+    fails, the database's error is raised as the block's own commit would have raised it.
     """
     try:
-        record_call(call, outcome=outcome, status=status, error_code=code, error_message=message)
+        record_call(
+            call,
+            outcome=outcome,
+            status=status,
+            error_code=code,
+            error_message=message,
+            commit=commit,
+        )
+    except CommitFailed as failed:
+        raise failed.error from None
     except Exception as exc:
         raise AuditWriteFailed from exc
     call.recorded = True
@@ -289,7 +309,16 @@ class GovernedBody:
                 stage = _Stage.SERIALIZE
                 result = self._convert(raw)
                 outcome, code, message = completed(call, result)
-                record_outcome(call, outcome, code=code, message=message, status=status_of(call))
+                stage = _Stage.COMMIT
+                # the row is the transaction's last statement: its COMMIT goes with it
+                record_outcome(
+                    call,
+                    outcome,
+                    code=code,
+                    message=message,
+                    status=status_of(call),
+                    commit=self.transactional,
+                )
             return result
         except AuditWriteFailed:
             log.exception("audit write failed; the call was rolled back")
