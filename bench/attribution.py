@@ -9,6 +9,8 @@ round, so that drift on a busy machine hits every variant alike:
 * ``ours``: as served;
 * ``ours, every call counted``: no count leased (``MCPAUTH_RATE_LIMIT_LEASE = 1``): one Redis
   round trip per call, as before ``mcpauth.admission.leases``;
+* ``ours, COMMIT on its own``: a write call's audit row and its transaction's ``COMMIT`` in two
+  round trips, as before ``audit.recorder``'s ``commit=True``;
 * ``ours, count not sent``: the Redis rate-limit count answers at once (``RedisCache.acount``
   returns 1 without a round trip); every other step as served;
 * ``ours, row not sent``: the audit row is built, redacted and scrubbed as always, but its
@@ -57,6 +59,7 @@ from fixtures import (
 VARIANTS = (
     "ours",
     "ours, every call counted",
+    "ours, COMMIT on its own",
     "ours, count not sent",
     "ours, row not sent",
     "ours, neither sent",
@@ -90,6 +93,8 @@ def _patched(variant: str) -> Iterator[None]:
 
     if variant == "ours, every call counted":
         put(Leases, "size", one_at_a_time)
+    if variant == "ours, COMMIT on its own":
+        put(audit.recorder, "_ends_transaction", lambda connection: False)
     if variant in ("ours, count not sent", "ours, neither sent"):
         put(RedisCache, "acount", acount)
     if variant in ("ours, row not sent", "ours, neither sent"):
