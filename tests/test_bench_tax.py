@@ -140,3 +140,34 @@ def test_attribution_stand_ins_are_undone(bench: dict[str, ModuleType]) -> None:
     with patched("fair"):
         assert fastmcp.settings.telemetry_mode == "native"
     assert fastmcp.settings.telemetry_mode == mode
+
+
+def test_attribution_stand_ins_take_what_they_stand_in_for(bench: dict[str, ModuleType]) -> None:
+    """Each stand-in accepts the arguments of the function it replaces: a stand-in that raises
+    makes its variant's calls fail, and a failing call costs less than a real one."""
+    import inspect
+
+    import audit.recorder
+    from mcpauth.admission.cache import RedisCache
+    from mcpauth.admission.leases import Leases
+
+    real = {
+        (audit.recorder, "_insert"): audit.recorder._insert,
+        (audit.recorder, "_ends_transaction"): audit.recorder._ends_transaction,
+        (RedisCache, "acount"): inspect.getattr_static(RedisCache, "acount"),
+        (Leases, "size"): inspect.getattr_static(Leases, "size"),
+    }
+    seen = set()
+    for variant in bench["attribution"].VARIANTS:
+        with bench["attribution"]._patched(variant):
+            for (owner, name), function in real.items():
+                standin = inspect.getattr_static(owner, name)
+                if standin is function:
+                    continue
+                seen.add(name)
+                params = inspect.signature(function).parameters
+                inspect.signature(standin).bind(
+                    *[None] * sum(p.kind is p.POSITIONAL_OR_KEYWORD for p in params.values()),
+                    **{n: None for n, p in params.items() if p.kind is p.KEYWORD_ONLY},
+                )
+    assert seen == {name for _, name in real}
