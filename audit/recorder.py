@@ -12,8 +12,9 @@ are replaced, so that a name such as ``x\r=HYPERLINK(…)`` is stored as one har
 
 ``record(..., commit=True)`` is for the last statement of a transaction: on PostgreSQL, inside
 the outermost ``atomic()`` block with no savepoint open, the row's ``INSERT`` and the
-transaction's ``COMMIT`` go to the database together (libpq's pipeline mode), one round trip
-instead of two; the
+transaction's ``COMMIT`` go to the database as one query (the row's values bound client-side),
+one round trip and one wake-up instead of two (libpq's pipeline mode saves no wake-up: PostgreSQL
+answers the ``INSERT`` before the ``COMMIT``'s flush); the
 block's own commit then finds nothing left to do (``on_commit`` callbacks still run after it).
 When the ``COMMIT`` fails (a deferred constraint of the work before the row), nothing of the
 transaction was kept and :class:`CommitFailed` carries the database's error; when the
@@ -23,7 +24,6 @@ transaction was kept and :class:`CommitFailed` carries the database's error; whe
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Protocol
 
 from django.db import DatabaseError, connections, router
@@ -142,8 +142,8 @@ _SQL: dict[str, str] = {}
 
 def _ends_transaction(connection: BaseDatabaseWrapper) -> bool:
     """Whether the row's ``INSERT`` may carry the ``COMMIT`` of ``connection``'s transaction:
-    PostgreSQL with libpq's pipeline mode, inside the outermost ``atomic()`` block, which
-    commits on exit, with no savepoint open."""
+    PostgreSQL, inside the outermost ``atomic()`` block, which commits on exit, with no
+    savepoint open."""
     return (
         connection.vendor == "postgresql"
         and connection.in_atomic_block
@@ -151,15 +151,7 @@ def _ends_transaction(connection: BaseDatabaseWrapper) -> bool:
         and not connection.needs_rollback
         and not connection.savepoint_ids
         and len(connection.atomic_blocks) == 1
-        and _pipelines()
     )
-
-
-@functools.cache
-def _pipelines() -> bool:
-    import psycopg
-
-    return bool(psycopg.Pipeline.is_supported())
 
 
 def _insert(commit: bool, **values: Any) -> int:
@@ -186,17 +178,19 @@ def _insert(commit: bool, **values: Any) -> int:
             cursor.execute(sql, params)
             (pk,) = cursor.fetchone()
         return int(pk)
+    from psycopg import ClientCursor
     from psycopg.pq import TransactionStatus
 
+    raw = connection.connection
+    # The values bound client-side (psycopg's quoting, as Django's default cursor does it): a
+    # query without parameters goes as one simple query, which may hold two statements.
+    with ClientCursor(raw) as client:
+        statement = client.mogrify(sql, params)
     with connection.cursor() as cursor:
-        raw = connection.connection
         try:
-            # one round trip: the INSERT and the COMMIT are sent together, then both answers read
-            with connection.wrap_database_errors, raw.pipeline():
-                cursor.execute(sql, params)
-                raw.commit()  # the block's own commit then finds the session idle: a no-op
+            cursor.execute(f"{statement}; COMMIT")
         except DatabaseError as exc:
-            # A failed INSERT leaves the transaction aborted (the COMMIT after it was skipped);
+            # A failed INSERT leaves the transaction aborted (the COMMIT after it did not run);
             # a failed COMMIT has ended it: the session is idle again.
             if raw.info.transaction_status == TransactionStatus.IDLE:
                 raise CommitFailed(exc) from exc

@@ -110,7 +110,7 @@ def record_outcome(
             commit=commit,
         )
     except CommitFailed as failed:
-        raise failed.error from None
+        raise failed.error from failed.error.__cause__  # the driver's error stays its cause
     except Exception as exc:
         raise AuditWriteFailed from exc
     call.recorded = True
