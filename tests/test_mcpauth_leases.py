@@ -12,7 +12,6 @@ import httpx2
 import pytest
 import redis
 from django.core.cache import caches
-from django.db import connection
 
 from audit.models import AuditEvent
 from mcpauth.admission import ratelimit
@@ -20,7 +19,7 @@ from mcpauth.admission.leases import LEASE_SHARE, Leases
 from mcpauth.exceptions import RateLimited, ServiceUnavailable
 from mcpauth.values import Principal, TenantRef
 from tests.conftest import MCP_ACCEPT, call_tool, client_id_with_room, free_port
-from tests.servers import uvicorn_process
+from tests.servers import server_env, uvicorn_process
 
 WINDOW = 2_000_000_000  # a window end far ahead: the arithmetic does not look at the clock
 
@@ -234,17 +233,7 @@ def _post(base: str, token: str) -> httpx2.Response:
 def test_two_server_processes_share_a_leased_limit(live, mint, idp, tmp_path) -> None:
     """Two workers, a fresh connection per request, calls alternating: never over the limit,
     at most one lease short of it, and fewer round trips than calls."""
-    db = connection.settings_dict
-    env = {
-        "DEBUG": "0",
-        "VAR_DIR": str(tmp_path),
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "REDIS_URL": os.environ["REDIS_URL"],
-        "BASE_URL": "http://127.0.0.1:8000",
-        "MCPAUTH_ISSUER": idp.issuer,
-        "MCPAUTH_TENANT_CLAIM": "org_id",
-        "MCPAUTH_RATE_LIMIT": "200/m",
-    }
+    env = server_env(idp.issuer, str(tmp_path), MCPAUTH_RATE_LIMIT="200/m")
     with uvicorn_process(free_port(), env) as a, uvicorn_process(free_port(), env) as b:
         client_id = client_id_with_room("leased-client")
         token = mint(client_id=client_id)
