@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
+import time
 
 import httpx2
 import pytest
@@ -15,7 +17,7 @@ from django.core.cache import caches
 
 from audit.models import AuditEvent
 from mcpauth.admission import ratelimit
-from mcpauth.admission.leases import LEASE_SHARE, Leases
+from mcpauth.admission.leases import LEASE_SHARE, Leases, lease_size
 from mcpauth.exceptions import RateLimited, ServiceUnavailable
 from mcpauth.values import Principal, TenantRef
 from tests.conftest import MCP_ACCEPT, call_tool, client_id_with_room, free_port
@@ -25,7 +27,8 @@ WINDOW = 2_000_000_000  # a window end far ahead: the arithmetic does not look a
 
 
 class Worker:
-    """One process's leases, counting against ``shared`` (what Redis's ``INCRBY`` does)."""
+    """One process's leases, counting against ``shared`` (what the Redis script does: it sizes
+    the lease against the shared count and adds it)."""
 
     def __init__(self, shared: list[int], cap: int) -> None:
         self.leases = Leases()
@@ -39,9 +42,13 @@ class Worker:
         if count is not None:
             return count
         asked = self.leases.size("k", limit, self.cap)
-        self.shared[0] += asked
+        added = lease_size(asked, limit, self.shared[0])
+        self.shared[0] += added
         self.round_trips += 1
-        return self.leases.counted("k", limit, WINDOW, asked, self.shared[0])
+        return self.leases.counted("k", limit, WINDOW, asked, added, self.shared[0])
+
+    def unused(self) -> int:
+        return sum(left for left, _seen in self.leases.snapshot().values())
 
 
 def run(limit: int, workers: int, calls: int, cap: int = 32, seed: int = 0) -> list[Worker]:
@@ -53,21 +60,24 @@ def run(limit: int, workers: int, calls: int, cap: int = 32, seed: int = 0) -> l
     return pool
 
 
-def admitted(limit: int, workers: int, calls: int, cap: int = 32, seed: int = 0) -> int:
-    shared = [0]
-    pool = [Worker(shared, cap) for _ in range(workers)]
-    rng = random.Random(seed)
-    return sum(rng.choice(pool).call(limit) <= limit for _ in range(calls))
-
-
 @pytest.mark.parametrize("limit", [1, 10, 31, 100, 1000, 100_000])
 @pytest.mark.parametrize("workers", [1, 2, 4])
-def test_never_over_the_limit_and_little_lost(limit: int, workers: int) -> None:
+def test_never_over_the_limit_and_every_counted_call_admitted_or_held(
+    limit: int, workers: int
+) -> None:
     for seed in range(5):
-        got = admitted(limit, workers, calls=min(3 * limit, limit + 3000), seed=seed)
-        assert got <= limit
-        # calls a worker leased and never used: at most one lease per other worker
-        assert got >= limit - (workers - 1) * min(32, limit // LEASE_SHARE), (seed, got)
+        for calls in (limit // 2, limit, limit + 50):
+            shared = [0]
+            pool = [Worker(shared, 32) for _ in range(workers)]
+            rng = random.Random(seed)
+            got = sum(rng.choice(pool).call(limit) <= limit for _ in range(calls))
+            assert got <= limit
+            # every call counted in Redis under the limit was admitted, or is still held in a
+            # worker's lease (nothing lost, nothing invented) ...
+            held = sum(w.unused() for w in pool)
+            assert got + held == min(shared[0], limit), (seed, calls, got, held)
+            # ... and each worker holds at most one lease, of at most 1/16 of the window
+            assert all(w.unused() < max(1, min(32, limit // LEASE_SHARE)) for w in pool)
 
 
 def test_one_worker_loses_nothing_and_reports_every_count() -> None:
@@ -89,6 +99,19 @@ def test_near_the_limit_every_call_is_counted_alone() -> None:
         trips.append(worker.round_trips - before)
     assert trips[-LEASE_SHARE:] == [1] * LEASE_SHARE  # under 16 left: leases of one call
     assert shared[0] == 1000  # and nothing was leased beyond what was used
+
+
+def test_a_lease_is_sized_against_the_shared_count_not_a_stale_view() -> None:
+    """A worker that last saw an empty window asks for a big lease after others have nearly
+    filled it: Redis grants what the shared count allows, so the worker strands little."""
+    shared = [0]
+    idle, busy = Worker(shared, 32), Worker(shared, 32)
+    idle.call(1000)  # its view: 1 of 1000 used
+    while shared[0] < 961:
+        busy.call(1000)
+    assert idle.call(1000) <= 1000  # asks for up to 32 ...
+    assert idle.unused() < (1000 - 961) // LEASE_SHARE  # ... and holds under 1/16 of 39
+    assert sum(busy.call(1000) <= 1000 for _ in range(100)) >= 1000 - 961 - 2
 
 
 def test_small_limits_and_cap_one_count_every_call() -> None:
@@ -114,25 +137,72 @@ def test_a_refused_count_leases_nothing_and_stays_refused() -> None:
 
 def test_a_partly_granted_lease_admits_only_what_fitted() -> None:
     leases = Leases()
-    assert leases.counted("k", 100, WINDOW, 1, 1) == 1
-    # another worker took 96 meanwhile; this one asks for 6 and gets the 3 left
-    assert leases.counted("k", 100, WINDOW, 6, 103) == 98
+    assert leases.counted("k", 100, WINDOW, 1, 1, 1) == 1
+    # another worker took 91 meanwhile (and raced this lease: 6 added, 3 of them fit)
+    assert leases.counted("k", 100, WINDOW, 32, 6, 103) == 98
     assert [leases.take("k", 100) for _ in range(3)] == [99, 100, None]
 
 
 def test_one_lease_at_a_time_while_calls_run_concurrently() -> None:
     leases = Leases()
-    leases.counted("k", 10_000, WINDOW, 1, 1)
+    leases.counted("k", 10_000, WINDOW, 1, 1, 1)
     first = leases.size("k", 10_000, 32)
     assert first == 32
     # while that lease is on its way, concurrent calls count one each
     assert [leases.size("k", 10_000, 32) for _ in range(3)] == [1, 1, 1]
-    assert leases.counted("k", 10_000, WINDOW, 1, 2) == 2
+    assert leases.counted("k", 10_000, WINDOW, 1, 1, 2) == 2
     assert leases.size("k", 10_000, 32) == 1
-    leases.counted("k", 10_000, WINDOW, 32, 34)
-    assert leases.size("k", 10_000, 32) == 32  # answered: the next may lease again
-    leases.failed("k", 32)
-    assert leases.size("k", 10_000, 32) == 32  # a count that failed frees the next one too
+    leases.counted("k", 10_000, WINDOW, 32, 32, 34)
+    assert leases.size("k", 10_000, 32) == 1  # it arrived: take from it before asking again
+    for _ in range(31):
+        assert leases.take("k", 10_000) is not None
+    assert leases.size("k", 10_000, 32) == 32  # used up: the next may lease again
+
+
+def test_a_failed_count_wakes_its_waiters_and_calls_count_alone_until_one_succeeds() -> None:
+    async def scenario() -> None:
+        leases = Leases()
+        loop = asyncio.get_running_loop()
+        leases.counted("k", 10_000, WINDOW, 1, 1, 1)
+        assert leases.size("k", 10_000, 32, loop) == 32
+        arrival = leases.arriving("k", loop)
+        assert arrival is not None and not arrival.done()
+        leases.failed("k", 32)
+        assert arrival.done()  # the waiting calls go on at once ...
+        assert leases.arriving("k", loop) is None
+        # ... and each counts on its own (concurrently, not one lease attempt after another)
+        assert [leases.size("k", 10_000, 32, loop) for _ in range(3)] == [1, 1, 1]
+        assert leases.arriving("k", loop) is None
+        leases.counted("k", 10_000, WINDOW, 1, 1, 2)  # Redis answers again
+        assert leases.size("k", 10_000, 32, loop) == 32
+        leases.failed("k", 32, cancelled=True)  # a cancelled asker: Redis is not failing
+        assert leases.size("k", 10_000, 32, loop) == 32
+
+    asyncio.run(scenario())
+
+
+def test_a_lease_on_its_way_survives_pruning_and_clearing() -> None:
+    """Its waiters are woken by its answer even when the table was pruned or cleared while it
+    was on its way (a dropped lease would leave them waiting forever)."""
+
+    async def scenario() -> None:
+        leases = Leases()
+        loop = asyncio.get_running_loop()
+        ended = 1_000_000  # a window long over
+        leases.counted("k", 10_000, ended, 1, 1, 1)
+        assert leases.size("k", 10_000, 32, loop) == 32
+        arrival = leases.arriving("k", loop)
+        assert arrival is not None
+        for i in range(1100):  # enough keys for a prune, all of ended windows
+            leases.counted(f"other-{i}", 10, ended, 1, 1, 1)
+        assert "k" in leases.snapshot() and len(leases.snapshot()) < 1100
+        leases.clear()
+        assert list(leases.snapshot()) == ["k"]
+        assert leases.counted("k", 10_000, ended, 32, 32, 33) == 2
+        assert arrival.done()
+        assert leases.arriving("k", loop) is None
+
+    asyncio.run(scenario())
 
 
 # --- against Redis --------------------------------------------------------------------------
@@ -222,6 +292,44 @@ def test_with_redis_gone_a_worker_admits_only_what_it_leased(db, settings) -> No
         assert ratelimit.hit(principal) is not None
     with pytest.raises(ServiceUnavailable):
         ratelimit.hit(principal)
+
+
+@pytest.mark.needs_shared_services
+def test_a_stalled_redis_fails_the_waiting_calls_together_not_in_turn(db, settings) -> None:
+    """Redis stops answering while a lease is on its way and many calls of one client wait for
+    it on the worker's loop: they all fail closed within a couple of timeouts (each waiting
+    call asking for a lease of its own in turn would take one timeout per call)."""
+    settings.MCPAUTH_RATE_LIMIT = "100000/m"
+    principal = _principal(client_id_with_room("lease-stall"))
+    rated = ratelimit.rate_for(principal)
+    ratelimit.hit(principal)  # the window's first call: counted alone; now leases are asked for
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        settings.CACHES = {
+            **settings.CACHES,
+            "ratelimit": {
+                "BACKEND": "mcpauth.admission.cache.RedisCache",
+                "LOCATION": f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+                "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+            },
+        }
+
+        async def burst() -> list[BaseException | None]:
+            async def one() -> BaseException | None:
+                try:
+                    await ratelimit.ahit(principal, rated)
+                except ServiceUnavailable as exc:
+                    return exc
+                return None
+
+            return await asyncio.gather(*(one() for _ in range(20)))
+
+        started = time.monotonic()
+        results = asyncio.run(burst())
+        elapsed = time.monotonic() - started
+    assert all(isinstance(r, ServiceUnavailable) for r in results)  # failed closed, every one
+    assert elapsed < 4 * 0.5, elapsed  # not 20 timeouts one after another
 
 
 def _post(base: str, token: str) -> httpx2.Response:

@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from mcpauth.admission.cache import _INCR_WINDOW
+from mcpauth.admission.leases import LEASE_SHARE, lease_size
 from mcpauth.admission.redispipe import ScriptConnection, for_url
 from tests.conftest import free_port
 
@@ -37,8 +38,9 @@ def counter(url: str = REDIS, **options: float) -> ScriptConnection:
 async def test_concurrent_counts_are_exact_and_expire() -> None:
     key = f"pipe-{uuid.uuid4().hex}"
     conn = counter()
-    counts = await asyncio.gather(*(conn.run(key, 30) for _ in range(200)))
-    assert sorted(counts) == list(range(1, 201))
+    replies = await asyncio.gather(*(conn.run(key, 30) for _ in range(200)))
+    assert sorted(n for n, _added in replies) == list(range(1, 201))
+    assert {added for _n, added in replies} == {1}
     sync = redis.Redis.from_url(REDIS)
     assert int(sync.get(key)) == 200 and 0 < sync.ttl(key) <= 30  # in db 14, with its TTL
 
@@ -57,7 +59,7 @@ async def test_a_call_arriving_while_the_connection_sets_up_waits_for_it() -> No
     else:
         pytest.fail("never saw the connection between open and SCRIPT LOAD")
     second = await conn.run(key, 30)
-    assert sorted([await first, second]) == [1, 2]
+    assert sorted([(await first)[0], second[0]]) == [1, 2]
 
 
 async def test_a_set_up_cut_short_does_not_wedge_later_calls() -> None:
@@ -85,16 +87,16 @@ async def test_a_set_up_cut_short_does_not_wedge_later_calls() -> None:
     for sock in accepted:
         sock.close()
     conn.target = for_url(REDIS, {"socket_timeout": 1})  # type: ignore[assignment]
-    assert await asyncio.wait_for(conn.run(f"pipe-{uuid.uuid4().hex}", 30), 5) == 1
+    assert await asyncio.wait_for(conn.run(f"pipe-{uuid.uuid4().hex}", 30), 5) == [1, 1]
 
 
 async def test_recovers_after_the_server_forgets_its_scripts() -> None:
     key = f"pipe-{uuid.uuid4().hex}"
     conn = counter()
-    assert await conn.run(key, 30) == 1
+    assert await conn.run(key, 30) == [1, 1]
     redis.Redis.from_url(REDIS).script_flush()
-    assert await conn.run(key, 30) == 2
-    assert await conn.run(key, 30) == 3
+    assert await conn.run(key, 30) == [2, 1]
+    assert await conn.run(key, 30) == [3, 1]
 
 
 async def test_a_closed_port_fails_fast() -> None:
@@ -120,7 +122,7 @@ async def test_a_silent_server_times_out_then_the_next_call_reconnects() -> None
     for sock in accepted:
         sock.close()
     conn.target = for_url(REDIS, {"socket_timeout": 1})  # type: ignore[assignment]
-    assert await conn.run(f"pipe-{uuid.uuid4().hex}", 30) == 1
+    assert await conn.run(f"pipe-{uuid.uuid4().hex}", 30) == [1, 1]
 
 
 def test_only_plain_redis_urls_are_spoken() -> None:
@@ -144,5 +146,20 @@ async def test_calls_made_while_connecting_wait_for_the_setup() -> None:
     while conn._writer is None:  # the socket is open; AUTH/SELECT/SCRIPT LOAD are in flight
         await asyncio.sleep(0)
     later = [asyncio.ensure_future(conn.run(key, 30)) for _ in range(20)]
-    counts = await asyncio.gather(first, *later)  # none may run before the script is loaded
-    assert sorted(counts) == list(range(1, 22))
+    replies = await asyncio.gather(first, *later)  # none may run before the script is loaded
+    assert sorted(n for n, _added in replies) == list(range(1, 22))
+
+
+async def test_the_script_sizes_a_lease_against_the_shared_count() -> None:
+    """Asked for up to 32 calls, Redis adds what ``lease_size`` says for the count it holds:
+    1/16 of what is left, at least one, at most what was asked."""
+    conn = counter()
+    sync = redis.Redis.from_url(REDIS)
+    for current in (0, 5, 500, 968, 985, 999, 1000, 1005):
+        key = f"pipe-{uuid.uuid4().hex}"
+        if current:
+            sync.set(key, current, ex=30)
+        added = lease_size(32, 1000, current)
+        assert await conn.run(key, 30, 32, 1000, LEASE_SHARE) == [current + added, added]
+        assert 0 < sync.ttl(key) <= 30
+    assert [lease_size(32, 1000, c) for c in (0, 500, 968, 985, 999, 1005)] == [32, 31, 2, 1, 1, 1]

@@ -9,7 +9,7 @@ Differences from ``django.core.cache.backends.redis.RedisCache``:
 * **One ``redis.Redis`` object per pool**, instead of a new one per command.
 * **A one-round-trip window counter** (``count``: ``INCRBY``, plus ``EXPIRE`` when new), which
   ``mcpauth.admission.ratelimit`` uses with django-ratelimit's own keys and windows; it adds
-  one call, or a lease of several (``mcpauth.admission.leases``).
+  one call, or a lease of several sized against the shared count (``mcpauth.admission.leases``).
 * **An async window counter** (``acount``) for admission on the event loop
   (``mcpauth.admission.gate``), with the same script and keys: a pipelined connection per event
   loop (``mcpauth.admission.redispipe``), or redis-py's asyncio client for URLs that one does
@@ -32,6 +32,7 @@ from django.core.cache.backends.redis import RedisCacheClient
 from django.utils.functional import cached_property
 
 from mcpauth.admission import redispipe
+from mcpauth.admission.leases import LEASE_SHARE
 
 _INCR_EXISTING = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -40,12 +41,30 @@ end
 return nil
 """
 
+#: KEYS[1] a window's counter; ARGV: its time to live, the most calls to add (default 1), the
+#: limit and the share (``mcpauth.admission.leases.lease_size``, which this mirrors: the size of
+#: a lease is decided here, against the count every worker shares, not a worker's last view of
+#: it). Returns ``{count after, calls added}``.
 _INCR_WINDOW = """
-local by = tonumber(ARGV[2] or '1')
+local most = tonumber(ARGV[2] or '1')
+local by = 1
+if most > 1 then
+  local left = tonumber(ARGV[3]) - tonumber(redis.call('GET', KEYS[1]) or '0')
+  by = math.max(1, math.min(most, math.floor(left / tonumber(ARGV[4]))))
+end
 local n = redis.call('INCRBY', KEYS[1], by)
 if n == by then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-return n
+return {n, by}
 """
+
+
+def _script_args(ttl: int, most: int, limit: int) -> tuple[int, ...]:
+    return (ttl, most, limit, LEASE_SHARE) if most > 1 else (ttl,)
+
+
+def _pair(reply: Any) -> tuple[int, int]:
+    count, added = reply
+    return int(count), int(added)
 
 
 class FastIncrRedisCacheClient(RedisCacheClient):
@@ -76,9 +95,10 @@ class FastIncrRedisCacheClient(RedisCacheClient):
             raise ValueError(f"Key '{key}' not found.")
         return int(value)
 
-    def count(self, key: Any, ttl: int, by: int = 1) -> int:
-        """Add ``by`` to a window counter, creating it with ``ttl`` seconds to live."""
-        return int(self._run(_INCR_WINDOW, key, ttl, by))
+    def count(self, key: Any, ttl: int, most: int = 1, limit: int = 0) -> tuple[int, int]:
+        """Add one call, or a lease of up to ``most`` (sized against ``limit``), to a window
+        counter, creating it with ``ttl`` seconds to live: ``(count after, calls added)``."""
+        return _pair(self._run(_INCR_WINDOW, key, *_script_args(ttl, most, limit)))
 
 
 _clients: dict[tuple[tuple[str, ...], str], FastIncrRedisCacheClient] = {}
@@ -104,10 +124,11 @@ class RedisCache(DjangoRedisCache):
                     client = _clients[key] = FastIncrRedisCacheClient(servers, **options)
         return client
 
-    def count(self, key: str, ttl: int, by: int = 1) -> int:
-        """One round trip: add ``by`` to a window counter (see ``mcpauth.admission.ratelimit``)
-        and return its new value."""
-        return self._cache.count(self.make_and_validate_key(key), ttl, by)
+    def count(self, key: str, ttl: int, most: int = 1, limit: int = 0) -> tuple[int, int]:
+        """One round trip: add one call, or a lease of up to ``most`` calls sized against
+        ``limit`` (``mcpauth.admission.leases``), to a window counter: ``(count after, calls
+        added)``."""
+        return self._cache.count(self.make_and_validate_key(key), ttl, most, limit)
 
     def _async_counter(self) -> Any:
         servers: list[str] = self._servers  # type: ignore[attr-defined]
@@ -124,12 +145,13 @@ class RedisCache(DjangoRedisCache):
                 kwargs = {k: v for k, v in options.items() if k in timeouts}
                 script = aredis.Redis.from_url(servers[0], **kwargs).register_script(_INCR_WINDOW)
 
-                async def counter(key: str, ttl: int, by: int) -> Any:
-                    return await script(keys=[key], args=[ttl, by])
+                async def counter(key: str, *args: int) -> Any:
+                    return await script(keys=[key], args=list(args))
 
             per_loop[ident] = counter
         return counter
 
-    async def acount(self, key: str, ttl: int, by: int = 1) -> int:
+    async def acount(self, key: str, ttl: int, most: int = 1, limit: int = 0) -> tuple[int, int]:
         """:meth:`count` for the event loop: the same script, keys and result."""
-        return int(await self._async_counter()(self.make_and_validate_key(key), ttl, by))
+        args = _script_args(ttl, most, limit)
+        return _pair(await self._async_counter()(self.make_and_validate_key(key), *args))

@@ -152,11 +152,11 @@ def _count_in_redis(group: str, value: str, rate: str) -> dict[str, Any] | None:
     if count is None:
         asked = leases.size(key, limit, get_settings().rate_limit_lease)
         try:
-            total = cache.count(key, period + rl_core.EXPIRATION_FUDGE, asked)
-        except BaseException:  # _usage decides what a failed count means
-            leases.failed(key, asked)
+            total, added = cache.count(key, period + rl_core.EXPIRATION_FUDGE, asked, limit)
+        except BaseException as exc:  # _usage decides what a failed count means
+            leases.failed(key, asked, cancelled=not isinstance(exc, Exception))
             raise
-        count = leases.counted(key, limit, window, asked, total)
+        count = leases.counted(key, limit, window, asked, added, total)
     return _counted(count, limit, window)
 
 
@@ -253,16 +253,17 @@ async def ahit(principal: Principal, rated: tuple[str | None, str] | None = None
     asked = leases.size(key, limit, get_settings().rate_limit_lease, loop)
     counted: dict[str, Any] | None
     try:
-        total = await cache.acount(key, period + rl_core.EXPIRATION_FUDGE, asked)
+        total, added = await cache.acount(key, period + rl_core.EXPIRATION_FUDGE, asked, limit)
     except Exception:  # the cache backend's own errors (redis.ConnectionError, timeouts ...)
         log.warning("rate-limit cache unavailable", exc_info=True)
         leases.failed(key, asked)
         counted = None
     except BaseException:  # cancelled: the next call may ask for a lease again
-        leases.failed(key, asked)
+        leases.failed(key, asked, cancelled=True)
         raise
     else:
-        counted = _counted(leases.counted(key, limit, window, asked, total), limit, window)
+        count = leases.counted(key, limit, window, asked, added, total)
+        counted = _counted(count, limit, window)
     return _judge(counted, rate, increment=True, policy=policy)
 
 

@@ -6,7 +6,8 @@ checkout, a lock, command packing and parsing in Python for every call); this co
 about 10 µs (``make bench`` measures both): one TCP connection per event loop, concurrent calls
 written back to back without waiting (RESP replies come back in order), one reader task that
 resolves them. It speaks only what the counter needs: ``AUTH``/``SELECT`` when connecting,
-``SCRIPT LOAD``, ``EVALSHA`` (``EVAL`` once after a ``NOSCRIPT``) and integer replies.
+``SCRIPT LOAD``, ``EVALSHA`` (``EVAL`` once after a ``NOSCRIPT``), and integer, string and flat
+array replies.
 
 Failures are loud and bounded: a reply that does not arrive within ``socket_timeout`` or a lost
 connection fails every call in flight with ``ConnectionError`` (callers fail closed or open, as
@@ -61,6 +62,28 @@ def _command(*args: bytes) -> bytes:
 
 class ReplyError(Exception):
     """Redis answered with an error (``-ERR …``)."""
+
+
+async def _read_value(reader: asyncio.StreamReader, nested: bool = False) -> Any:
+    """One RESP2 reply: an integer, a simple or bulk string, an error (a :class:`ReplyError`
+    value), or a flat array of those (what a script's table becomes)."""
+    line = await reader.readline()
+    if not line:
+        raise ConnectionError("Redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b":":
+        return int(rest)
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        return ReplyError(rest.decode(errors="replace"))
+    if kind == b"$":
+        size = int(rest)
+        return None if size < 0 else (await reader.readexactly(size + 2))[:-2]
+    if kind == b"*" and not nested:
+        size = int(rest)
+        return None if size < 0 else [await _read_value(reader, nested=True) for _ in range(size)]
+    raise ConnectionError(f"unexpected Redis reply {line[:40]!r}")
 
 
 class ScriptConnection:
@@ -139,22 +162,7 @@ class ScriptConnection:
         assert reader is not None
         try:
             while True:
-                line = await reader.readline()
-                if not line:
-                    raise ConnectionError("Redis closed the connection")
-                kind, rest = line[:1], line[1:-2]
-                value: Any
-                if kind == b":":
-                    value = int(rest)
-                elif kind == b"+":
-                    value = rest
-                elif kind == b"-":
-                    value = ReplyError(rest.decode(errors="replace"))
-                elif kind == b"$":
-                    size = int(rest)
-                    value = None if size < 0 else (await reader.readexactly(size + 2))[:-2]
-                else:
-                    raise ConnectionError(f"unexpected Redis reply {line[:40]!r}")
+                value = await _read_value(reader)
                 future = self._pending.popleft()
                 if future.done():
                     continue
