@@ -3,12 +3,14 @@
 :func:`record` inserts one :class:`~audit.models.AuditEvent`. Called outside a transaction it
 commits at once (autocommit); called inside ``transaction.atomic()`` it commits or rolls back
 with the surrounding work, which is how a todo mutation and its audit row stay together.
-The row is written with one prepared ``INSERT … RETURNING id`` (the same SQL every time, so
-PostgreSQL plans it once), not ``Model.objects.create``: this runs on every MCP request and the
-ORM's per-call SQL compilation costs more than the insert. Raw tokens are never accepted:
-identity comes from the ``Principal`` (``token_id`` is a ``jti`` or fingerprint), arguments and
-messages are redacted here, and control characters in identifiers (``method``, ``tool``, ids)
-are replaced, so that a name such as ``x\r=HYPERLINK(…)`` is stored as one harmless line.
+The row is written with one ``INSERT … RETURNING id`` whose SQL is built once (the same
+statement every time, which psycopg prepares after a few uses on a connection when the
+project's ``prepare_threshold`` allows it), not ``Model.objects.create``: this runs on every
+MCP request and the ORM's per-call SQL compilation costs more than the insert. Raw tokens are
+never accepted: identity comes from the ``Principal`` (``token_id`` is a ``jti`` or
+fingerprint), arguments and messages are redacted here, and control characters in identifiers
+(``method``, ``tool``, ids) are replaced, so that a name such as ``x\r=HYPERLINK(…)`` is stored
+as one harmless line.
 
 ``record(..., commit=True)`` is for the last statement of a transaction: on PostgreSQL, inside
 the outermost ``atomic()`` block with no savepoint open, the row's ``INSERT`` and the
@@ -24,6 +26,7 @@ transaction was kept and :class:`CommitFailed` carries the database's error; whe
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 
 from django.db import DatabaseError, connections, router
@@ -140,12 +143,20 @@ _PREPARED = frozenset({"created_at", "client_ip", "arguments"})
 _SQL: dict[str, str] = {}
 
 
+@functools.cache
+def _psycopg3() -> bool:
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return bool(is_psycopg3)
+
+
 def _ends_transaction(connection: BaseDatabaseWrapper) -> bool:
     """Whether the row's ``INSERT`` may carry the ``COMMIT`` of ``connection``'s transaction:
-    PostgreSQL, inside the outermost ``atomic()`` block, which commits on exit, with no
-    savepoint open."""
+    PostgreSQL through psycopg 3 (whose client-side binding it uses), inside the outermost
+    ``atomic()`` block, which commits on exit, with no savepoint open."""
     return (
         connection.vendor == "postgresql"
+        and _psycopg3()
         and connection.in_atomic_block
         and connection.commit_on_exit
         and not connection.needs_rollback

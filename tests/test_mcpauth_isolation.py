@@ -227,6 +227,11 @@ async def test_hand_written_inserts_are_refused_by_the_database(
     )
     assert (await last_row())[:3] == ("sql_insert_comment", "denied", "acme")
     assert await Comment.all_tenants.acount() == 2
+    # refused at COMMIT, which went with the call's audit row: one row per call, no "ok" row
+    outcomes = [
+        r.outcome async for r in AuditEvent.objects.filter(tool="sql_insert_comment").order_by("id")
+    ]
+    assert outcomes == ["denied", "denied"]
 
 
 async def test_outside_a_governed_call_every_tenant_is_visible(world: World) -> None:
