@@ -115,9 +115,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A database that accepts TCP but never answers must not hang requests (libpq option).
     _pg_options = DATABASES["default"].setdefault("OPTIONS", {})
     _pg_options.setdefault("connect_timeout", int(os.environ.get("DATABASE_CONNECT_TIMEOUT", "5")))
-    # Server-side parameter binding lets psycopg prepare the hot statements (the same few
-    # queries on every call), so PostgreSQL stops re-parsing and re-planning them.
+    # Server-side parameter binding, and psycopg preparing a statement once it has run five times
+    # on a connection (Django's default is never: prepare_threshold=None), so PostgreSQL stops
+    # re-parsing and re-planning the same few statements every call makes. An empty
+    # DATABASE_PREPARE_THRESHOLD never prepares (poolers must run in session mode anyway: the
+    # tenant switch is a session setting).
     _pg_options.setdefault("server_side_binding", env_bool("DATABASE_SERVER_SIDE_BINDING", True))
+    _prepare = os.environ.get("DATABASE_PREPARE_THRESHOLD", "5").strip()
+    if _prepare and not (_prepare.isascii() and _prepare.isdigit()):
+        raise ImproperlyConfigured(
+            f"DATABASE_PREPARE_THRESHOLD must be a whole number >= 0, or empty to never prepare "
+            f"statements; got {_prepare!r}"
+        )
+    _pg_options.setdefault("prepare_threshold", int(_prepare) if _prepare else None)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache --------------------------------------------------------------------------------
